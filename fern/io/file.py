@@ -1,0 +1,90 @@
+"""File-backed audio I/O: a WAV replayed as a microphone, and a timeline sink standing in for the speaker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from fern.audio import read_wav, resample
+from fern.errors import ConfigValueError
+
+
+class WavFileSource:
+    """Plays a WAV file as if it were a microphone: fixed-size blocks, paced in real time when ``realtime``.
+
+    Real-time pacing is what makes latency figures from a replay mean what they would mean live. Trailing silence is
+    appended so the endpointer can close the last turn.
+    """
+
+    def __init__(self, path: str, sample_rate: int = 16000, block_ms: int = 20, realtime: bool = True,
+                 trailing_silence_s: float = 1.5) -> None:
+        if block_ms <= 0 or (sample_rate * block_ms) % 1000:
+            raise ConfigValueError(f"io.source.block_ms={block_ms} must be a positive whole number of samples "
+                                   f"at {sample_rate} Hz")
+        self.path = path
+        self.sample_rate = sample_rate
+        self.block_ms = block_ms
+        self.realtime = realtime
+        audio = read_wav(path, sample_rate)  # validates now, before any model loads
+        self.audio = np.concatenate([audio, np.zeros(int(trailing_silence_s * sample_rate), np.float32)])
+        self._closed = threading.Event()
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.size / self.sample_rate
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        block = self.sample_rate * self.block_ms // 1000
+        start = time.perf_counter()
+        for i in range(0, self.audio.size - block + 1, block):
+            if self._closed.is_set():
+                return
+            if self.realtime:
+                # a microphone delivers a block once its last sample has been captured
+                delay = start + (i + block) / self.sample_rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            yield self.audio[i:i + block]
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class TimelineSink:
+    """A speaker simulated on the session clock: agent audio plays in order, never overlapping itself, and both
+    sides are mixed into one timeline so a replay can be listened to (and analysed) as it happened."""
+
+    def __init__(self, sample_rate: int = 24000) -> None:
+        self.sample_rate = sample_rate
+        self._timeline = np.zeros(0, np.float32)
+        self._agent_free_at = 0.0  # session time at which the speaker finishes what it was given
+        self._lock = threading.Lock()
+
+    def _mix(self, samples: np.ndarray, rate: int, t_start: float) -> None:
+        audio = resample(samples, rate, self.sample_rate)
+        start = max(0, int(round(t_start * self.sample_rate)))
+        end = start + audio.size
+        if end > self._timeline.size:
+            self._timeline = np.concatenate([self._timeline, np.zeros(end - self._timeline.size, np.float32)])
+        self._timeline[start:end] += audio
+
+    def record_user(self, samples: np.ndarray, sample_rate: int, t_end: float) -> None:
+        with self._lock:
+            self._mix(samples, sample_rate, t_end - samples.size / sample_rate)
+
+    def play(self, samples: np.ndarray, sample_rate: int, t: float) -> float:
+        with self._lock:
+            t_start = max(t, self._agent_free_at)
+            self._mix(samples, sample_rate, t_start)
+            self._agent_free_at = t_start + samples.size / sample_rate
+            return t_start
+
+    def timeline(self) -> np.ndarray:
+        with self._lock:
+            return np.clip(self._timeline, -1.0, 1.0)
+
+    def close(self) -> None:
+        pass
