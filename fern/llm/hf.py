@@ -1,0 +1,319 @@
+"""Local LLM through transformers with our own decode loop.
+
+Why not ``model.generate``: we want (1) the KV cache of the system prompt and history kept across turns, so that a new
+turn only prefills the tokens that changed (time to first token does not grow with the conversation), (2) a cancel
+check between tokens (barge-in), and (3) on GPU a static cache with a compiled one-token decode step.
+
+Prefix reuse: after each call we remember which token ids have their keys/values in the cache (prompt + generated
+tokens that were fed back). The next prompt is compared with them; the longest common prefix is kept (a DynamicCache is
+cropped to it, a StaticCache simply overwrites the positions after it, which the causal mask hides) and only the rest is
+prefilled. Dropping the oldest turns from the history changes the prefix right after the system prompt, so then only
+the system prompt is reused; the history window bounds the prompt length anyway.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fern.errors import ConfigValueError, MissingWeightsError
+from fern.events import CancelToken
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise ConfigValueError(f"llm.dtype={dtype!r} is not one of auto, float32, bfloat16, float16")
+    return getattr(torch, _DTYPES[dtype])
+
+
+def _load_model_and_tokenizer(model: str, gguf_file: str | None, dtype, attn_implementation: str | None):
+    """Load from a local dir / GGUF or the hub cache; turn every "not here" failure into MissingWeightsError."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if gguf_file:
+        path = Path(model) / gguf_file
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"GGUF file {path} is missing; run the set-up (`make setup`) to extract the offline models"
+                " (or set FERN_MODELS_DIR to where they are)"
+            )
+        kwargs["gguf_file"] = gguf_file
+    local = Path(model).is_dir()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
+        mkw = dict(kwargs)
+        if attn_implementation:
+            mkw["attn_implementation"] = attn_implementation
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **mkw)
+    except (OSError, ValueError) as e:  # hub errors (gated, 404, offline) subclass OSError
+        if isinstance(e, ValueError):
+            msg = str(e).lower()
+            if "attn" in msg or "attention" in msg or "flash" in msg:
+                raise ConfigValueError(f"attn_implementation={attn_implementation!r} is not usable here: {e}") from e
+            raise
+        where = f"the local directory {model}" if local else f"the Hugging Face hub repo {model!r}"
+        raise MissingWeightsError(
+            f"could not load LLM weights from {where} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            + (
+                "Check the path, or run `make setup`."
+                if local or gguf_file
+                else f"Pre-download them on a machine with internet: `hf download {model}` (gated repos: accept the "
+                "licence on huggingface.co and `hf auth login` first), then run offline with HF_HUB_OFFLINE=1."
+            )
+        ) from e
+    return lm, tokenizer
+
+
+class IncrementalDecoder:
+    """Token ids in, new text out. Decoding the ids one by one is wrong for byte-level BPE (a multi-byte character is
+    split over tokens) and for SentencePiece (a leading space belongs to the next word), so we decode the whole reply
+    and emit what is new, holding back while the text ends in an incomplete UTF-8 sequence (U+FFFD)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if text.endswith("\ufffd") or len(text) <= len(self.text):
+            return ""
+        piece = text[len(self.text):] if text.startswith(self.text) else text[_common_prefix_len(text, self.text):]
+        self.text = text
+        return piece
+
+
+class HFCausalLM:
+    """A transformers causal LM behind the LanguageModel protocol (see module docstring)."""
+
+    def __init__(
+        self,
+        model: str,
+        gguf_file: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str | None = "eager",
+        max_new_tokens: int = 120,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        compile: bool = False,
+        static_cache: bool = False,
+        *,
+        max_cache_len: int = 4096,
+        ignore_eos: bool = False,
+        _model: Any = None,
+        _tokenizer: Any = None,
+    ) -> None:
+        import torch
+
+        from fern.devices import resolve_torch_device
+
+        if max_new_tokens < 1:
+            raise ConfigValueError(f"llm.max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.device = resolve_torch_device(device)
+        self.dtype = _resolve_dtype(dtype, self.device)
+        if _model is not None:  # built in code (benchmarks, tests with random weights)
+            self.model, self.tokenizer = _model, _tokenizer
+            self.name = f"hf:{getattr(_model.config, 'model_type', 'model')}-random"
+        else:
+            self.model, self.tokenizer = _load_model_and_tokenizer(model, gguf_file, self.dtype, attn_implementation)
+            self.name = f"hf:{Path(model).name if Path(model).is_dir() else model}" + (f"/{gguf_file}" if gguf_file else "")
+        self.model.to(self.device).eval()
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.top_k = int(top_k)
+        self.ignore_eos = ignore_eos
+        self.static_cache = bool(static_cache)
+        self.compile = bool(compile)
+        self.max_cache_len = int(max_cache_len)
+        self._vocab_limit = len(self.tokenizer)
+        self._eos_ids = self._stop_ids()
+        self._cache = None
+        self._cached_ids: list[int] = []
+        self._decode_fn = None
+        if self.compile:
+            # Compile only the one-token decode step: fixed shapes, so one graph (and CUDA graphs with a static cache).
+            mode = "reduce-overhead" if (self.device.startswith("cuda") and self.static_cache) else None
+            self._decode_fn = torch.compile(self.model.forward, mode=mode, dynamic=False)
+        self.last_stream_info: dict[str, Any] = {"backend": self.name, "fallback": False, "n_tokens": 0, "error": None}
+
+    def __repr__(self) -> str:
+        return f"HFCausalLM({self.name!r}, device={self.device!r}, static_cache={self.static_cache}, compile={self.compile})"
+
+    # ---- helpers -----------------------------------------------------------------------------------------------
+    def _stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(int(e) for e in eos)
+        if not ids and self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        # Chat models often end turns with a dedicated token the generation config may not list.
+        for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok) if tok in self.tokenizer.get_vocab() else None
+            if isinstance(tid, int):
+                ids.add(tid)
+        return ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_messages(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys") and "input_ids" in ids:  # transformers 5 may return a BatchEncoding
+            ids = ids["input_ids"]
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return [int(i) for i in ids]
+
+    def reset_cache(self) -> None:
+        """Forget the cached prefix (the next call prefills everything). Benchmarks use it for cold figures."""
+        self._cached_ids = []
+        if self._cache is not None and not self.static_cache:
+            self._cache = None
+
+    def _new_cache(self):
+        from transformers import DynamicCache, StaticCache
+
+        if not self.static_cache:
+            try:
+                return DynamicCache(config=self.model.config)
+            except TypeError:
+                return DynamicCache()
+        params = inspect.signature(StaticCache.__init__).parameters
+        kw: dict[str, Any] = {"config": self.model.config, "max_cache_len": self.max_cache_len}
+        for k, v in (("max_batch_size", 1), ("batch_size", 1), ("device", self.device), ("dtype", self.dtype)):
+            if k in params:
+                kw[k] = v
+        return StaticCache(**kw)
+
+    def _forward(self, ids, positions, *, decode: bool):
+        fn = self._decode_fn if (decode and self._decode_fn is not None) else self.model.forward
+        if decode and self._decode_fn is not None and self.device.startswith("cuda"):
+            import torch
+
+            torch.compiler.cudagraph_mark_step_begin()
+        out = fn(input_ids=ids, past_key_values=self._cache, cache_position=positions, use_cache=True,
+                 logits_to_keep=1)
+        return out.logits[:, -1, : self._vocab_limit].float()
+
+    def _pick(self, logits):
+        import torch
+
+        if self.temperature <= 0:
+            return int(torch.argmax(logits, dim=-1).item())
+        logits = logits / self.temperature
+        if self.top_k > 0:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1])).values[..., -1, None]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p < 1.0:
+            sp, si = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sp, dim=-1) - sp < self.top_p
+            sp = sp * keep
+            probs = torch.zeros_like(probs).scatter(-1, si, sp)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        return int(torch.multinomial(probs, 1).item())
+
+    # ---- the LanguageModel protocol ----------------------------------------------------------------------------
+    def stream(self, messages: Sequence[dict[str, str]], cancel: CancelToken) -> Iterator[str]:
+        import torch
+
+        t0 = time.perf_counter()
+        prompt = self.encode_messages(messages)
+        info: dict[str, Any] = {"backend": self.name, "fallback": False, "n_tokens": 0, "error": None,
+                                "prompt_tokens": len(prompt), "reused_tokens": 0, "ttft_s": None, "decode_s": 0.0,
+                                "cancelled": False}
+        self.last_stream_info = info
+        if self.static_cache and len(prompt) + self.max_new_tokens > self.max_cache_len:
+            raise ConfigValueError(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens exceeds the static cache ({self.max_cache_len});"
+                " lower dialogue.history_max_tokens"
+            )
+        keep = min(_common_prefix_len(prompt, self._cached_ids), len(prompt) - 1)
+        if self._cache is None or keep == 0:
+            if self._cache is None or not self.static_cache:
+                self._cache = self._new_cache()
+            keep = 0
+        elif not self.static_cache:
+            self._cache.crop(keep)
+        info["reused_tokens"] = keep
+        self._cached_ids = prompt[:keep]  # if we are interrupted, only this much is known to be valid
+        dev = self.device
+        generated: list[int] = []
+        decoder = IncrementalDecoder(self.tokenizer)
+        t_first = None
+        try:
+            with torch.inference_mode():
+                ids = torch.tensor([prompt[keep:]], device=dev)
+                pos = torch.arange(keep, len(prompt), device=dev)
+                logits = self._forward(ids, pos, decode=False)
+                self._cached_ids = list(prompt)
+                n_pos = len(prompt)
+                while True:
+                    tok = self._pick(logits)
+                    if tok in self._eos_ids and not self.ignore_eos:
+                        break
+                    generated.append(tok)
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                        info["ttft_s"] = t_first - t0
+                    info["n_tokens"] = len(generated)
+                    piece = decoder.push(tok)
+                    if piece:
+                        yield piece
+                    if cancel.cancelled:
+                        info["cancelled"] = True
+                        break
+                    if len(generated) >= self.max_new_tokens:
+                        break
+                    if self.static_cache and n_pos >= self.max_cache_len:
+                        break
+                    logits = self._forward(torch.tensor([[tok]], device=dev), torch.tensor([n_pos], device=dev),
+                                           decode=True)
+                    self._cached_ids.append(tok)
+                    n_pos += 1
+        except GeneratorExit:
+            info["cancelled"] = True
+            raise
+        except Exception as e:
+            info["error"] = f"{type(e).__name__}: {e}"
+            self.reset_cache()
+            self._cache = None
+            raise
+        finally:
+            if t_first is not None:
+                info["decode_s"] = time.perf_counter() - t_first
+            info["total_s"] = time.perf_counter() - t0

@@ -1,0 +1,91 @@
+"""HFCausalLM on the real offline SmolLM2-135M GGUF (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fern.errors import MissingWeightsError
+from fern.events import CancelToken
+from fern.llm.hf import HFCausalLM, IncrementalDecoder
+from fern.protocols import LanguageModel
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
+
+
+def ask(q: str) -> list[dict[str, str]]:
+    return [SYSTEM, {"role": "user", "content": q}]
+
+
+def test_answers_and_reports(smollm2: HFCausalLM) -> None:
+    assert isinstance(smollm2, LanguageModel)
+    pieces = list(smollm2.stream(ask("What is the capital of France?"), CancelToken()))
+    text = "".join(pieces)
+    assert "Paris" in text
+    assert len(pieces) > 1  # streamed, not one blob
+    info = smollm2.last_stream_info
+    assert info["backend"].startswith("hf:") and info["fallback"] is False and info["error"] is None
+    assert 1 <= info["n_tokens"] <= 48
+    assert "<|im_end|>" not in text and "<|im_start|>" not in text
+
+
+def test_prefix_cache_reuse_gives_the_same_tokens_as_a_cold_prompt(smollm2: HFCausalLM) -> None:
+    msgs = ask("Name a fruit.")
+    first = "".join(smollm2.stream(msgs, CancelToken()))
+    msgs2 = msgs + [{"role": "assistant", "content": first}, {"role": "user", "content": "And a vegetable?"}]
+    warm = "".join(smollm2.stream(msgs2, CancelToken()))
+    info = smollm2.last_stream_info
+    assert info["reused_tokens"] > 0.5 * info["prompt_tokens"]
+    smollm2.reset_cache()
+    cold = "".join(smollm2.stream(msgs2, CancelToken()))
+    assert smollm2.last_stream_info["reused_tokens"] == 0
+    assert warm == cold
+    # A different system prompt shares only the template's first tokens.
+    other = [{"role": "system", "content": "Talk like a pirate."}, {"role": "user", "content": "Hi"}]
+    "".join(smollm2.stream(other, CancelToken()))
+    assert smollm2.last_stream_info["reused_tokens"] < 5
+
+
+def test_cancel_stops_at_the_next_token(smollm2: HFCausalLM) -> None:
+    cancel = CancelToken()
+    got = []
+    for piece in smollm2.stream(ask("Tell me a long story about a dragon."), cancel):
+        got.append(piece)
+        cancel.cancel()
+    assert len(got) == 1
+    assert smollm2.last_stream_info["n_tokens"] == 1 and smollm2.last_stream_info["cancelled"]
+    # The cache stays usable after a cancelled stream.
+    assert "Paris" in "".join(smollm2.stream(ask("What is the capital of France?"), CancelToken()))
+
+
+def test_incremental_decode_multibyte_and_spaces(smollm2: HFCausalLM) -> None:
+    tok = smollm2.tokenizer
+    text = "Café naïve — 日本語 😀 costs €3.50, ok?  Two  spaces."
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text.split())  # multi-byte characters span several tokens
+    dec = IncrementalDecoder(tok)
+    pieces = [dec.push(i) for i in ids]
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_count_tokens(smollm2: HFCausalLM) -> None:
+    assert smollm2.count_tokens("") == 0
+    assert smollm2.count_tokens("hello world") == 2
+    assert smollm2.count_tokens("hello world " * 10) > 10
+
+
+def test_missing_gguf_says_run_setup(tmp_path) -> None:
+    with pytest.raises(MissingWeightsError, match="make setup"):
+        HFCausalLM(model=str(tmp_path), gguf_file="nope.gguf", device="cpu")
+
+
+def test_missing_hub_repo_names_repo_and_download(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(MissingWeightsError) as e:
+        HFCausalLM(model="fern-test/no-such-model", device="cpu")
+    assert "fern-test/no-such-model" in str(e.value) and "hf download" in str(e.value)
