@@ -33,7 +33,9 @@ class GeminiConfig:
     thinking_budget: int = 0
     ttft_timeout_ms: int = 2500
     api_base_url: Optional[str] = None  # for self-hosted gateways and the tests' local server
-    fallback: Optional[Any] = None  # another llm config, or null to speak ``apology``
+    stall_timeout_ms: int = 10000  # a stream silent this long after its first token counts as broken
+    fallback: Optional[Any] = None  # another llm config (built at start-up), or null to speak ``apology``
+    preload_fallback: bool = True
     apology: str = "Sorry, I lost my train of thought. Could you say that again?"
 
 
