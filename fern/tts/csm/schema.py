@@ -1,5 +1,55 @@
-"""Schemas of the CSM presets of the tts config group (see fern.config.schema)."""
+"""Schemas of the CSM presets of the tts config group (see fern.config.schema).
+
+Light on purpose (dataclasses + omegaconf only): Hydra imports this before any stage is built.
+"""
 
 from __future__ import annotations
 
-SCHEMAS: dict[str, dict[str, type]] = {}
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class CsmContextSegment:
+    """One voice-prompt segment: what a speaker said (text) and how it sounded (a wav file, any rate)."""
+
+    text: str = ""
+    audio: str = ""  # path to a wav; resampled to 24 kHz
+    speaker: int = 0
+
+
+@dataclass
+class CsmTTSConfig:
+    _target_: str = "fern.tts.csm.synthesizer.CsmSynthesizer"
+    model: str = "sesame/csm-1b"  # hub repo id or local dir (transformers CsmForConditionalGeneration + tokenizer)
+    mimi_repo: str = "kyutai/moshiko-pytorch-bf16"  # where the reference implementation takes Mimi from
+    mimi_weights: Optional[str] = None  # local Mimi safetensors; null: hub file moshi.models.loaders.MIMI_NAME
+    cache_dir: Optional[str] = None  # hub cache; null: huggingface_hub's default (HF_HOME)
+    local_files_only: bool = False  # never touch the network (the offline cache only)
+    device: str = "${device}"
+    dtype: str = "auto"  # auto (bf16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
+    # streaming: yield audio as frames are generated (tts/csm_streaming); false: whole utterance, then one chunk
+    streaming: bool = True
+    first_chunk_frames: int = 1  # frames (80 ms each) before the first chunk is yielded
+    chunk_frames: int = 4  # frames per later chunk
+    temperature: float = 0.9  # 0: greedy
+    top_k: int = 50
+    max_audio_s: float = 20.0  # per utterance; bounds generation when no EOS frame comes
+    speaker: int = 0
+    context: list[CsmContextSegment] = field(default_factory=list)  # voice prompt, encoded once per session
+    keep_history: bool = True  # previous agent utterances become context (oldest dropped past the window)
+    max_text_tokens: int = 160  # longer text is split into sentences (then words) and spoken piece by piece
+    lora: Optional[str] = None  # peft adapter dir (e.g. from train.py); merged into the weights at load
+    lora_merge: bool = True
+    # benchmarking only: build the architecture with random weights (no download); the audio is noise
+    random_weights: bool = False
+    cuda_graphs: bool = "${optim.cuda_graphs}"  # type: ignore[assignment]  # one graph per frame (backbone+depth)
+    compile: bool = "${optim.compile}"  # type: ignore[assignment]  # torch.compile the step functions
+    tf32: bool = "${optim.tf32}"  # type: ignore[assignment]
+    cudnn_benchmark: bool = "${optim.cudnn_benchmark}"  # type: ignore[assignment]
+    warmup: bool = True  # run one short utterance at build (graph capture, Mimi graph capture)
+    seed: Optional[int] = None
+    sample_rate: int = 24000
+
+
+SCHEMAS: dict[str, dict[str, type]] = {"tts": {"csm": CsmTTSConfig}}

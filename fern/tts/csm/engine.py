@@ -1,0 +1,291 @@
+"""CSM generation loop over the modules of a transformers ``CsmForConditionalGeneration``.
+
+Why our own loop: the stock ``generate`` runs a dynamic cache, a fresh ``depth_decoder.generate`` per frame and a host
+round trip per token (~185 ms/frame on an H100). Here each frame is one fixed computation on static buffers:
+
+    emb_in @ pos -> backbone (static KV cache, 1 row) -> lm_head -> sample c0
+                 -> depth decoder (own static cache, positions 0..31 fixed) -> sample c1..c31
+                 -> frame_out, emb_in <- embed(frame_out), pos += 1
+
+so on CUDA the whole frame is captured once as a CUDA graph and replayed; the host reads 32 ints per frame (EOS check +
+what the Mimi decode needs). We call the HF modules themselves (norms, projections, MLPs), so weights, LoRA layers
+(peft) and dtypes are exactly the model's; only attention and the caches are ours.
+
+Context: the cache holds a list of committed segments (voice prompt, then earlier utterances); a new utterance reuses
+the longest common prefix of segments already in the cache (the voice prompt's KV prefix is computed once per session)
+and only prefills what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Segment:
+    """Backbone rows of one turn: text tokens, then audio frames (ending with the all-zero EOS frame)."""
+
+    text_ids: torch.Tensor  # (n,) long
+    audio: torch.Tensor | None = None  # (frames, num_codebooks) long
+
+    def __len__(self) -> int:
+        return int(self.text_ids.numel()) + (0 if self.audio is None else int(self.audio.shape[0]))
+
+
+class _Stack:
+    """A decoder stack (layers + final norm) run with our static KV cache and SDPA."""
+
+    def __init__(self, layers, norm, rotary, config, max_len: int, device, dtype):
+        self.layers = list(layers)
+        self.norm = norm
+        attn = self.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.scaling = attn.scaling
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.max_len = max_len
+        shape = (len(self.layers), 1, self.n_kv, max_len, self.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        with torch.no_grad():
+            dummy = torch.zeros(1, 1, 1, device=device, dtype=dtype)
+            cos, sin = rotary(dummy, torch.arange(max_len, device=device)[None])
+        self.cos, self.sin = cos[0], sin[0]  # (max_len, head_dim), computed like transformers (fp32, then cast)
+        self.key_pos = torch.arange(max_len, device=device)
+
+    def forward(self, h: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+        """h: (1, T, D) rows at positions ``pos`` (T,) -> normed hidden (1, T, D). Writes the rows' K/V."""
+        T = h.shape[1]
+        L = self.max_len if kv_len is None else kv_len
+        cos = self.cos[pos][None, None]
+        sin = self.sin[pos][None, None]
+        mask = (self.key_pos[None, :L] <= pos[:, None])[None, None]  # (1, 1, T, L)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(1, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(1, T, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(1, T, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            self.k[i].index_copy_(2, pos, k)
+            self.v[i].index_copy_(2, pos, v)
+            kc, vc = self.k[i][:, :, :L], self.v[i][:, :, :L]
+            rep = self.n_heads // self.n_kv
+            if T == 1 and rep > 1:
+                # GQA decode without copying K/V: the query heads of one KV group become that group's "rows"
+                o = F.scaled_dot_product_attention(
+                    q.view(1, self.n_kv, rep, self.head_dim), kc, vc, attn_mask=mask, scale=self.scaling
+                ).view(1, self.n_heads, 1, self.head_dim)
+            else:
+                if rep > 1:
+                    kc = kc.repeat_interleave(rep, dim=1)
+                    vc = vc.repeat_interleave(rep, dim=1)
+                o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=self.scaling)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(1, T, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.norm(h)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+class CsmEngine:
+    """Owns the static caches and the per-frame computation; yields frames of codebook ids."""
+
+    def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False):
+        self.model = model.eval()
+        cfg = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.n_cb = cfg.num_codebooks
+        self.vocab = cfg.vocab_size
+        self.max_len = cfg.max_position_embeddings
+        self.eos_id = cfg.codebook_eos_token_id
+        bb = model.backbone_model
+        dd = model.depth_decoder.model
+        self.bb = _Stack(bb.layers, bb.norm, bb.rotary_emb, cfg, self.max_len, self.device, self.dtype)
+        self.dd = _Stack(dd.layers, dd.norm, dd.rotary_emb, cfg.depth_decoder_config, self.n_cb, self.device, self.dtype)
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self.compile = bool(compile)
+        # static buffers: the graph reads emb_in/pos and writes frame_out, emb_in, pos
+        D = cfg.hidden_size
+        self.emb_in = torch.zeros(1, 1, D, device=self.device, dtype=self.dtype)
+        self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.frame_out = torch.zeros(1, self.n_cb, dtype=torch.long, device=self.device)
+        self._dd_pos = [torch.arange(0, 2, device=self.device)] + [
+            torch.tensor([i], device=self.device) for i in range(2, self.n_cb)
+        ]
+        self._cb_offsets = torch.arange(self.n_cb, device=self.device) * self.vocab
+        self._bb_forward = self.bb.forward
+        self._dd_forward = self.dd.forward
+        if self.compile:
+            self._bb_forward = torch.compile(self.bb.forward, dynamic=False)
+            self._dd_forward = torch.compile(self.dd.forward, dynamic=False)
+        self._graph = None
+        self._graph_key = None
+        self.temperature = 0.0
+        self.top_k = 0
+        self._cached: list[Segment] = []  # segments whose K/V are in the backbone cache, from position 0
+        self.stats: dict[str, float] = {}
+
+    # ---- embeddings -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed_segment(self, seg: Segment) -> torch.Tensor:
+        parts = []
+        if seg.text_ids.numel():
+            parts.append(self.model.embed_text_tokens(seg.text_ids.to(self.device)[None]))
+        if seg.audio is not None and seg.audio.shape[0]:
+            parts.append(self.model.backbone_model.embed_tokens(seg.audio.to(self.device)[None]))
+        return torch.cat(parts, dim=1)
+
+    # ---- per-frame computation (graph-capturable: no host sync, fixed shapes) ---------------------------------
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.temperature <= 0:
+            return logits.argmax(dim=-1)
+        logits = logits / self.temperature
+        if self.top_k and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        # multinomial without a host sync (graph-safe): argmax(p / Exp(1))
+        return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+
+    def _frame(self) -> None:
+        model = self.model
+        h = self._bb_forward(self.emb_in, self.pos)[:, -1]  # (1, D)
+        c = self._sample(model.lm_head(h))  # (1,)
+        codes = [c]
+        dd = model.depth_decoder
+        head_w = dd.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
+        x = torch.stack([h, dd.model.embed_tokens(c)], dim=1)  # positions 0 (backbone state) and 1 (c0)
+        for i in range(1, self.n_cb):
+            x = dd.model.inputs_embeds_projector(x)
+            y = self._dd_forward(x, self._dd_pos[i - 1], self.n_cb)[:, -1]
+            c = self._sample(y @ head_w[i - 1])
+            codes.append(c)
+            if i + 1 < self.n_cb:
+                x = dd.model.embed_tokens(c + i * self.vocab)[:, None]
+        frame = torch.stack(codes, dim=1)  # (1, n_cb)
+        self.frame_out.copy_(frame)
+        self.emb_in.copy_(model.backbone_model.embed_tokens(frame[:, None]))
+        self.pos.add_(1)
+
+    def _run_frame(self) -> None:
+        if not self.cuda_graphs:
+            self._frame()
+            return
+        key = (self.temperature, self.top_k)
+        if self._graph is None or self._graph_key != key:
+            self._capture(key)
+        self._graph.replay()
+
+    def _capture(self, key) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        saved = (self.emb_in.clone(), self.pos.clone())
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):  # warm-up (and compilation) outside the graph
+                self.emb_in.copy_(saved[0])
+                self.pos.copy_(saved[1])
+                self._frame()
+        torch.cuda.current_stream().wait_stream(s)
+        self.emb_in.copy_(saved[0])
+        self.pos.copy_(saved[1])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._frame()
+        self.emb_in.copy_(saved[0])
+        self.pos.copy_(saved[1])
+        torch.cuda.synchronize()
+        self._graph, self._graph_key = graph, key
+        self.stats["graph_capture_s"] = time.perf_counter() - t0
+        log.info("CSM frame graph captured in %.2f s", self.stats["graph_capture_s"])
+
+    # ---- context / prefill ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _prefill_rows(self, emb: torch.Tensor, start: int) -> None:
+        if emb.shape[1] == 0:
+            return
+        pos = torch.arange(start, start + emb.shape[1], device=self.device)
+        self.bb.forward(emb, pos)
+
+    @torch.no_grad()
+    def prepare(self, context: list[Segment], text: Segment) -> int:
+        """Make the cache hold ``context`` (reusing the common prefix), prefill the text rows but its last; return
+        the position of the text's last row (where generation starts)."""
+        k = 0
+        while k < min(len(context), len(self._cached)) and context[k] is self._cached[k]:
+            k += 1
+        start = sum(len(s) for s in context[:k])
+        todo = [self.embed_segment(s) for s in context[k:]]
+        text_emb = self.embed_segment(text)
+        rows = torch.cat(todo + [text_emb[:, :-1]], dim=1)
+        if start + rows.shape[1] + 1 > self.max_len:
+            raise ValueError(
+                f"context + text take {start + rows.shape[1] + 1} positions, over the model's {self.max_len}: "
+                "trim the context first"
+            )
+        self._prefill_rows(rows, start)
+        self._cached = list(context)
+        self.stats["prefill_rows"] = float(rows.shape[1])
+        self.stats["reused_rows"] = float(start)
+        gen_pos = start + rows.shape[1]
+        self.emb_in.copy_(text_emb[:, -1:])
+        self.pos.fill_(gen_pos)
+        return gen_pos
+
+    @torch.no_grad()
+    def commit(self, context: list[Segment], seg: Segment, rows_written: int) -> None:
+        """After generation: make ``seg`` (text + generated frames + EOS frame) a cached context segment."""
+        if self._cached != context:
+            return  # the cache moved on; prepare() will prefill it again
+        start = sum(len(s) for s in context)
+        if start + len(seg) > self.max_len:
+            return
+        emb = self.embed_segment(seg)
+        self._prefill_rows(emb[:, rows_written:], start + rows_written)
+        self._cached = list(context) + [seg]
+
+    def invalidate(self) -> None:
+        self._cached = []
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, context: list[Segment], text: Segment, max_frames: int, cancel=None) -> Iterator[torch.Tensor]:
+        """Yield frames (1, n_cb) on the device until the EOS frame (not yielded), ``max_frames`` or cancellation.
+
+        On exit ``self.last_rows_written`` holds how many rows of the text+frames segment are in the cache.
+        """
+        gen_pos = self.prepare(context, text)
+        n_text = len(text)
+        max_frames = max(0, min(max_frames, self.max_len - gen_pos - 1))
+        replays = 0
+        self.last_eos = False
+        try:
+            for _ in range(max_frames):
+                if cancel is not None and cancel.cancelled:
+                    break
+                self._run_frame()
+                replays += 1
+                frame = self.frame_out.clone()
+                host = frame.cpu()  # the one sync per frame: EOS check (and the decoder needs the frame anyway)
+                if bool((host[0, :-1] == self.eos_id).all()):
+                    self.last_eos = True
+                    break
+                yield frame
+        finally:
+            self.last_rows_written = n_text - 1 + replays  # replay r wrote row n_text - 1 + r
