@@ -158,6 +158,7 @@ class HFCausalLM:
         self._cache = None
         self._cached_ids: list[int] = []
         self._decode_fn = None
+        self.last_token_ids = []
         if self.compile:
             # Compile only the one-token decode step: fixed shapes, so one graph (and CUDA graphs with a static cache).
             mode = "reduce-overhead" if (self.device.startswith("cuda") and self.static_cache) else None
@@ -257,6 +258,7 @@ class HFCausalLM:
                                 "prompt_tokens": len(prompt), "reused_tokens": 0, "ttft_s": None, "decode_s": 0.0,
                                 "cancelled": False}
         self.last_stream_info = info
+        self.last_token_ids: list[int] = []
         if self.static_cache and len(prompt) + self.max_new_tokens > self.max_cache_len:
             raise ConfigValueError(
                 f"prompt ({len(prompt)} tokens) + max_new_tokens exceeds the static cache ({self.max_cache_len});"
@@ -272,7 +274,7 @@ class HFCausalLM:
         info["reused_tokens"] = keep
         self._cached_ids = prompt[:keep]  # if we are interrupted, only this much is known to be valid
         dev = self.device
-        generated: list[int] = []
+        generated = self.last_token_ids
         decoder = IncrementalDecoder(self.tokenizer)
         t_first = None
         try:
