@@ -158,6 +158,7 @@ class HFCausalLM:
         self._cache = None
         self._cached_ids: list[int] = []
         self._decode_fn = None
+        self._takes_cache_position = "cache_position" in inspect.signature(self.model.forward).parameters
         self.last_token_ids = []
         if self.compile:
             # Compile only the one-token decode step: fixed shapes, so one graph (and CUDA graphs with a static cache).
@@ -226,8 +227,10 @@ class HFCausalLM:
             import torch
 
             torch.compiler.cudagraph_mark_step_begin()
-        out = fn(input_ids=ids, past_key_values=self._cache, cache_position=positions, use_cache=True,
-                 logits_to_keep=1)
+        kw: dict[str, Any] = {"position_ids": positions.unsqueeze(0)}
+        if self._takes_cache_position:  # transformers 4.x; 5.x may derive it from the cache and position_ids
+            kw["cache_position"] = positions
+        out = fn(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1, **kw)
         return out.logits[:, -1, : self._vocab_limit].float()
 
     def _pick(self, logits):
