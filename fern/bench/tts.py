@@ -1,0 +1,216 @@
+"""CSM TTS benchmark: ms/frame, time to first audio, RTF, Mimi ms/frame, peak VRAM, and stock transformers
+``generate`` on the same model in the same run as the baseline ratio.
+
+    python -m fern.bench.tts --size tiny                      # this CPU, tiny random config
+    python -m fern.bench.tts --size full --device cuda        # full CSM-1B architecture, RANDOM weights
+
+``--size full`` uses random weights (the ``random_weights`` switch: benchmarking only, the audio is noise), so the
+figures measure speed, not quality. Figures are medians over ``--runs`` after a warm-up; graph capture and compile
+times are reported separately. If MLFLOW_TRACKING_URI is set (and mlflow importable) the figures are logged there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+LINE_15_WORDS = "Sure, I can help with that: the next train to Boston leaves at half past seven tonight."
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build(size: str, device: str, dtype: str):
+    import torch
+
+    from fern.tts.csm.loading import build_mimi, random_csm, resolve_dtype
+    from fern.tts.csm.tiny import make_tiny_csm, make_tiny_mimi
+    from fern.tts.csm.tokenizer import ByteTokenizer
+
+    if size == "tiny":
+        model = make_tiny_csm(device=device).to(resolve_dtype(dtype, device) if dtype != "auto" else torch.float32)
+        mimi = make_tiny_mimi(device=device)
+    else:
+        model = random_csm(device, resolve_dtype(dtype, device))
+        mimi = build_mimi(device)
+    return model, ByteTokenizer(), mimi
+
+
+def bench(args) -> dict:
+    import torch
+
+    from fern.events import CancelToken
+    from fern.tts.csm.synthesizer import CsmSynthesizer
+
+    device = args.device
+    torch.manual_seed(0)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    t0 = time.perf_counter()
+    model, tok, mimi = build(args.size, device, args.dtype)
+    _sync(device)
+    res: dict = {"size": args.size, "device": device, "build_s": time.perf_counter() - t0, "frames": args.frames}
+    if device.startswith("cuda"):
+        res["gpu"] = torch.cuda.get_device_name()
+    res["torch"] = torch.__version__
+    import transformers
+
+    res["transformers"] = transformers.__version__
+    res["dtype"] = str(next(model.parameters()).dtype)
+
+    t0 = time.perf_counter()
+    synth = CsmSynthesizer(
+        _modules=(model, tok, mimi), temperature=args.temperature, top_k=50, max_audio_s=args.frames / 12.5,
+        first_chunk_frames=1, chunk_frames=args.chunk_frames, cuda_graphs=args.cuda_graphs, compile=args.compile,
+        keep_history=False, warmup=True, device=device,
+    )
+    _sync(device)
+    res["startup_s"] = time.perf_counter() - t0  # includes graph capture / compile and Mimi graph capture
+    res["graph_capture_s"] = synth.engine.stats.get("graph_capture_s", 0.0)
+    # warm Mimi and the frame graph on the full length once more
+    for _ in synth.stream(LINE_15_WORDS, CancelToken()):
+        pass
+
+    # 1) end to end: the SpeechSynthesizer stream (generation + streaming Mimi + host copies)
+    ttfa, per_frame, rtf = [], [], []
+    for _ in range(args.runs):
+        _sync(device)
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        for chunk in synth.stream(LINE_15_WORDS, CancelToken()):
+            if first is None:
+                first = time.perf_counter() - t0
+            n += len(chunk)
+        total = time.perf_counter() - t0
+        frames = synth.stats["frames"]
+        ttfa.append(first * 1e3)
+        per_frame.append(total / frames * 1e3)
+        rtf.append(total / (n / 24000))
+    res.update(ttfa_ms=statistics.median(ttfa), e2e_ms_per_frame=statistics.median(per_frame),
+               rtf=statistics.median(rtf))
+
+    # 2) the frame loop alone (no Mimi)
+    seg = synth._segment(LINE_15_WORDS, 0)
+    gen = []
+    for _ in range(args.runs):
+        synth.engine.prepare([], seg)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.frames):
+            synth.engine._run_frame()
+        _sync(device)
+        gen.append((time.perf_counter() - t0) / args.frames * 1e3)
+    res["gen_ms_per_frame"] = statistics.median(gen)
+
+    # 3) streaming Mimi alone
+    frames = synth.last_frames.to(device).long()
+    mimi_t = []
+    with torch.no_grad():
+        for _ in range(args.runs):
+            synth.mimi.reset_streaming()
+            _sync(device)
+            t0 = time.perf_counter()
+            for i in range(frames.shape[0]):
+                synth._decode_frame(frames[i : i + 1])
+            _sync(device)
+            mimi_t.append((time.perf_counter() - t0) / frames.shape[0] * 1e3)
+    res["mimi_ms_per_frame"] = statistics.median(mimi_t)
+
+    # 4) stock transformers generate, same model, same prompt rows
+    if args.baseline_frames > 0:
+        emb = synth.engine.embed_segment(seg)
+        mask = torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
+        kw = dict(inputs_embeds=emb, attention_mask=mask, max_new_tokens=args.baseline_frames)
+        if args.temperature > 0:
+            kw.update(do_sample=True, temperature=args.temperature, top_k=50, depth_decoder_do_sample=True,
+                      depth_decoder_temperature=args.temperature, depth_decoder_top_k=50)
+        else:
+            kw.update(do_sample=False)
+        with torch.no_grad():
+            model.generate(**{**kw, "max_new_tokens": 2})  # warm-up
+            base = []
+            for _ in range(max(1, args.baseline_runs)):
+                _sync(device)
+                t0 = time.perf_counter()
+                out = model.generate(**kw)
+                _sync(device)
+                base.append((time.perf_counter() - t0) / out.shape[1] * 1e3)
+        res["stock_ms_per_frame"] = statistics.median(base)
+        res["speedup_vs_stock_gen"] = res["stock_ms_per_frame"] / res["gen_ms_per_frame"]
+        res["speedup_vs_stock_e2e"] = res["stock_ms_per_frame"] / res["e2e_ms_per_frame"]
+    if device.startswith("cuda"):
+        res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return res
+
+
+def _log_mlflow(res: dict, args) -> None:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return
+    try:
+        import mlflow
+    except ImportError:
+        print("MLFLOW_TRACKING_URI is set but mlflow is not installed: figures not logged")
+        return
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("fern-bench-tts")
+    with mlflow.start_run(run_name=f"csm-{args.size}-{args.device}"):
+        mlflow.log_params({k: v for k, v in res.items() if isinstance(v, str)} | {
+            "cuda_graphs": args.cuda_graphs, "compile": args.compile, "random_weights": True})
+        mlflow.log_metrics({k: float(v) for k, v in res.items() if isinstance(v, (int, float))})
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--frames", type=int, default=None, help="frames per run (default 50 on cuda, 12 on cpu)")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--chunk-frames", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.9)
+    p.add_argument("--baseline-frames", type=int, default=None, help="0 skips stock generate")
+    p.add_argument("--baseline-runs", type=int, default=1)
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device.startswith("cuda")
+    if args.frames is None:
+        args.frames = 50 if cuda else 12
+    if args.baseline_frames is None:
+        args.baseline_frames = 20 if cuda else 6
+    if args.size == "full":
+        print("NOTE: --size full builds CSM-1B with RANDOM weights (benchmarking only; the audio is noise)")
+    res = bench(args)
+    res["cuda_graphs"] = bool(args.cuda_graphs and cuda)
+    res["compile"] = bool(args.compile)
+    print(f"CSM {args.size} on {res.get('gpu', args.device)} ({res['dtype']}, torch {res['torch']}, "
+          f"transformers {res['transformers']}, cuda_graphs={res['cuda_graphs']}, compile={res['compile']})")
+    for key in ("gen_ms_per_frame", "e2e_ms_per_frame", "ttfa_ms", "rtf", "mimi_ms_per_frame", "stock_ms_per_frame",
+                "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s"):
+        if key in res:
+            print(f"  {key:22s} {res[key]:10.3f}")
+    print(json.dumps(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    _log_mlflow(res, args)
+    return res
+
+
+if __name__ == "__main__":
+    main()
