@@ -152,6 +152,10 @@ class HFCausalLM:
         self.ignore_eos = ignore_eos
         self.static_cache = bool(static_cache)
         self.compile = bool(compile)
+        if self.compile and not self.static_cache:
+            # A dynamic cache changes shape every token: the compiled step would recompile until dynamo gives up.
+            log.info("llm.compile=true implies a static KV cache; using static_cache=true")
+            self.static_cache = True
         self.max_cache_len = int(max_cache_len)
         self._vocab_limit = len(self.tokenizer)
         self._eos_ids = self._stop_ids()
@@ -222,6 +226,14 @@ class HFCausalLM:
         return StaticCache(**kw)
 
     def _forward(self, ids, positions, *, decode: bool):
+        import torch
+
+        # inference_mode per call, not around the generator: a `with` held across `yield` would leak the mode into
+        # the consumer's thread between tokens.
+        with torch.inference_mode():
+            return self._forward_inner(ids, positions, decode=decode)
+
+    def _forward_inner(self, ids, positions, *, decode: bool):
         fn = self._decode_fn if (decode and self._decode_fn is not None) else self.model.forward
         if decode and self._decode_fn is not None and self.device.startswith("cuda"):
             import torch
@@ -281,35 +293,34 @@ class HFCausalLM:
         decoder = IncrementalDecoder(self.tokenizer)
         t_first = None
         try:
-            with torch.inference_mode():
-                ids = torch.tensor([prompt[keep:]], device=dev)
-                pos = torch.arange(keep, len(prompt), device=dev)
-                logits = self._forward(ids, pos, decode=False)
-                self._cached_ids = list(prompt)
-                n_pos = len(prompt)
-                while True:
-                    tok = self._pick(logits)
-                    if tok in self._eos_ids and not self.ignore_eos:
-                        break
-                    generated.append(tok)
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                        info["ttft_s"] = t_first - t0
-                    info["n_tokens"] = len(generated)
-                    piece = decoder.push(tok)
-                    if piece:
-                        yield piece
-                    if cancel.cancelled:
-                        info["cancelled"] = True
-                        break
-                    if len(generated) >= self.max_new_tokens:
-                        break
-                    if self.static_cache and n_pos >= self.max_cache_len:
-                        break
-                    logits = self._forward(torch.tensor([[tok]], device=dev), torch.tensor([n_pos], device=dev),
-                                           decode=True)
-                    self._cached_ids.append(tok)
-                    n_pos += 1
+            ids = torch.tensor([prompt[keep:]], device=dev)
+            pos = torch.arange(keep, len(prompt), device=dev)
+            logits = self._forward(ids, pos, decode=False)
+            self._cached_ids = list(prompt)
+            n_pos = len(prompt)
+            while True:
+                tok = self._pick(logits)
+                if tok in self._eos_ids and not self.ignore_eos:
+                    break
+                generated.append(tok)
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    info["ttft_s"] = t_first - t0
+                info["n_tokens"] = len(generated)
+                piece = decoder.push(tok)
+                if piece:
+                    yield piece
+                if cancel.cancelled:
+                    info["cancelled"] = True
+                    break
+                if len(generated) >= self.max_new_tokens:
+                    break
+                if self.static_cache and n_pos >= self.max_cache_len:
+                    break
+                logits = self._forward(torch.tensor([[tok]], device=dev), torch.tensor([n_pos], device=dev),
+                                       decode=True)
+                self._cached_ids.append(tok)
+                n_pos += 1
         except GeneratorExit:
             info["cancelled"] = True
             raise

@@ -43,7 +43,9 @@ def word_tokenizer(n_words: int = 3000, extra_words: tuple[str, ...] = ()):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<|begin_of_text|>",
                                    eos_token="<|eot_id|>")
-    fast.add_special_tokens({"additional_special_tokens": SPECIALS[1:3]})
+    # Mark the chat markers special (matched whole, skipped when decoding). add_tokens(special_tokens=True) exists in
+    # transformers 4.x and 5.x alike ("additional_special_tokens" was renamed in 5.x).
+    fast.add_tokens(SPECIALS[:4], special_tokens=True)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

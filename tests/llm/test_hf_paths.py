@@ -93,3 +93,12 @@ def test_compiled_static_decode_gives_the_same_greedy_tokens_without_recompiling
     got = turns(lm, conversation())
     assert [ids for ids, _ in got] == ref
     assert counters["stats"]["unique_graphs"] == 1  # one decode graph for every turn and position
+
+
+def test_inference_mode_does_not_leak_to_the_consumer_and_compile_implies_static() -> None:
+    import torch
+
+    lm = random_hf_lm("tiny", tokenizer=TOK, max_new_tokens=4, ignore_eos=True)
+    for _ in lm.stream(T1, CancelToken()):
+        assert not torch.is_inference_mode_enabled()
+    assert random_hf_lm("tiny", tokenizer=TOK, compile=True).static_cache is True
