@@ -55,11 +55,13 @@ class FasterWhisperRecognizer:
         except Exception as exc:  # the hub client raises several unrelated types when offline
             if Path(path).is_dir():
                 raise MissingWeightsError(f"asr.model={model}: could not load the model in {path}: {exc}") from exc
+            from huggingface_hub.constants import HF_HUB_CACHE
+
             repo = hub_repo_for(path)
             raise MissingWeightsError(
-                f"asr.model={model}: weights for hub repo '{repo}' are not in the local Hugging Face cache and could "
-                f"not be downloaded ({type(exc).__name__}). On a connected machine run `hf download {repo}` "
-                f"(or set asr.model to a local CTranslate2 model directory)") from exc
+                f"asr.model={model}: weights for hub repo '{repo}' are not in the Hugging Face cache ({HF_HUB_CACHE}) "
+                f"and could not be downloaded ({type(exc).__name__}). Run `hf download {repo}` on a connected "
+                f"machine and copy the cache, or set asr.model to a local CTranslate2 model directory") from exc
 
     def transcribe(self, audio: np.ndarray) -> str:
         if audio.size == 0:

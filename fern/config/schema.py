@@ -47,14 +47,6 @@ class WebRtcVadConfig:
 
 
 @dataclass
-class SileroVadConfig:
-    _target_: str = "fern.vad.silero.SileroVad"
-    threshold: float = 0.5
-    frame_ms: int = 32
-    sample_rate: int = 16000
-
-
-@dataclass
 class SilenceTurnConfig:
     _target_: str = "fern.turn.silence.SilenceEndpointer"
     silence_ms: int = 700
@@ -117,10 +109,8 @@ class TrackingConfig:
 
 @dataclass
 class DialogueConfig:
-    system_prompt: str = (
-        "You are FERN, a friendly voice assistant. Answer in one or two short spoken sentences, without lists, "
-        "markdown or emojis."
-    )
+    # Plain and short on purpose: small local models (SmolLM2-135M) ramble or switch language under longer personas.
+    system_prompt: str = "You are FERN, a helpful voice assistant. Keep answers short."
     history_max_tokens: int = 1024
 
 
@@ -138,11 +128,13 @@ class RunConfig:
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
+    warmup: bool = True  # run each model once before the session so the first turn's latency is not start-up time
+    round_trip_eval: bool = True  # after the session, transcribe each spoken reply and log its WER vs the reply text
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "io": {"file": FileIOConfig},
-    "vad": {"webrtc": WebRtcVadConfig, "silero": SileroVadConfig},
+    "vad": {"webrtc": WebRtcVadConfig},
     "turn": {"silence": SilenceTurnConfig},
     "asr": {"faster_whisper": FasterWhisperConfig},
     "chunker": {"clause": ClauseChunkerConfig},

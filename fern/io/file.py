@@ -59,32 +59,43 @@ class TimelineSink:
 
     def __init__(self, sample_rate: int = 24000) -> None:
         self.sample_rate = sample_rate
-        self._timeline = np.zeros(0, np.float32)
+        self._tracks = {"user": np.zeros(0, np.float32), "agent": np.zeros(0, np.float32)}
         self._agent_free_at = 0.0  # session time at which the speaker finishes what it was given
         self._lock = threading.Lock()
 
-    def _mix(self, samples: np.ndarray, rate: int, t_start: float) -> None:
+    def _mix(self, track: str, samples: np.ndarray, rate: int, t_start: float) -> None:
         audio = resample(samples, rate, self.sample_rate)
         start = max(0, int(round(t_start * self.sample_rate)))
         end = start + audio.size
-        if end > self._timeline.size:
-            self._timeline = np.concatenate([self._timeline, np.zeros(end - self._timeline.size, np.float32)])
-        self._timeline[start:end] += audio
+        buffer = self._tracks[track]
+        if end > buffer.size:
+            buffer = self._tracks[track] = np.concatenate([buffer, np.zeros(end - buffer.size, np.float32)])
+        buffer[start:end] += audio
 
     def record_user(self, samples: np.ndarray, sample_rate: int, t_end: float) -> None:
         with self._lock:
-            self._mix(samples, sample_rate, t_end - samples.size / sample_rate)
+            self._mix("user", samples, sample_rate, t_end - samples.size / sample_rate)
 
     def play(self, samples: np.ndarray, sample_rate: int, t: float) -> float:
         with self._lock:
             t_start = max(t, self._agent_free_at)
-            self._mix(samples, sample_rate, t_start)
+            self._mix("agent", samples, sample_rate, t_start)
             self._agent_free_at = t_start + samples.size / sample_rate
             return t_start
 
-    def timeline(self) -> np.ndarray:
+    def track(self, name: str) -> np.ndarray:
+        """One side alone ("user" or "agent"), on the same time axis as the timeline."""
         with self._lock:
-            return np.clip(self._timeline, -1.0, 1.0)
+            return self._tracks[name].copy()
+
+    def timeline(self) -> np.ndarray:
+        """Both sides mixed, as an observer in the room would have heard them."""
+        with self._lock:
+            user, agent = self._tracks["user"], self._tracks["agent"]
+            mixed = np.zeros(max(user.size, agent.size), np.float32)
+            mixed[:user.size] += user
+            mixed[:agent.size] += agent
+            return np.clip(mixed, -1.0, 1.0)
 
     def close(self) -> None:
         pass

