@@ -18,7 +18,7 @@ echo "tests took $(( $(date +%s) - T0 )) s"
 timeout ${BENCH_S:-150} python3 -m fern.bench.tts --size full --device cuda --runs 5 --json "$OUT/bench_full.json" \
   2>&1 | grep -v "^{" | tee "$OUT/bench_full.txt"
 echo "bench took $(( $(date +%s) - T0 )) s"
-if [ -f fern/bench/llm.py ]; then
+if [ -f fern/bench/llm.py ] && [ "${WITH_LLM:-1}" = 1 ]; then
   timeout ${LLM_S:-90} python3 -m fern.bench.llm --size llama1b --device cuda 2>&1 | tee "$OUT/llm_bench.txt" || true
 fi
 echo "llm took $(( $(date +%s) - T0 )) s"

@@ -102,6 +102,8 @@ class CsmSynthesizer:
         self._prompt: list = []  # voice prompt segments (KV prefix reused across utterances)
         self._history: deque = deque()  # earlier agent utterances, oldest first
         self.stats: dict[str, float] = {}
+        mimi_device = next(self.mimi.parameters()).device
+        self._mimi_stream = torch.cuda.Stream(mimi_device) if mimi_device.type == "cuda" else None
         self.mimi.streaming_forever(1)
         if context:
             self.set_context(
@@ -207,8 +209,29 @@ class CsmSynthesizer:
 
     # ---- audio ------------------------------------------------------------------------------------------------
     def _decode_frame(self, frame):
-        codes = frame.clamp(0, self.mimi.cardinality - 1)[:, :, None]  # random weights may emit codes >= 2048
-        return self.mimi.decode(codes)[0, 0]
+        """Queue the streaming Mimi decode of one frame; on CUDA on its own stream, overlapping the next frame."""
+        import torch
+
+        if self._mimi_stream is None:
+            codes = frame.clamp(0, self.mimi.cardinality - 1)[:, :, None]  # random weights may emit codes >= 2048
+            return self.mimi.decode(codes)[0, 0]
+        ready = self.engine.frame_ready
+        if ready is not None:
+            self._mimi_stream.wait_event(ready)  # this frame is done (not the one launched after it)
+        else:
+            self._mimi_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._mimi_stream):
+            codes = frame.clamp(0, self.mimi.cardinality - 1)[:, :, None]
+            pcm = self.mimi.decode(codes)[0, 0]
+        return pcm
+
+    def _to_host(self, pcm: list) -> np.ndarray:
+        import torch
+
+        if self._mimi_stream is None:
+            return torch.cat(pcm).float().cpu().numpy()
+        with torch.cuda.stream(self._mimi_stream):  # waits for the decoder only, not the generation queued after
+            return torch.cat(pcm).float().cpu().numpy()
 
     def stream(self, text: str, cancel: CancelToken) -> Iterator[np.ndarray]:
         for piece in self.split_text(text):
@@ -233,7 +256,7 @@ class CsmSynthesizer:
                     continue
                 pending.append(self._decode_frame(frame))
                 if len(pending) >= (self.first_chunk_frames if first else self.chunk_frames):
-                    chunk = torch.cat(pending).float().cpu().numpy()
+                    chunk = self._to_host(pending)
                     pending = []
                     if first:
                         self.stats["first_chunk_s"] = time.perf_counter() - t0
@@ -250,7 +273,7 @@ class CsmSynthesizer:
                 if first:
                     self.stats["first_chunk_s"] = time.perf_counter() - t0
                     self.stats["first_chunk_frame"] = len(frames)
-                yield torch.cat(pending).float().cpu().numpy()
+                yield self._to_host(pending)
         self.stats["frames"] = len(frames)
         self.stats["total_s"] = time.perf_counter() - t0
         self.stats["eos"] = float(self.engine.last_eos)
@@ -267,6 +290,7 @@ class CsmSynthesizer:
         saved = self.max_frames
         self.max_frames = max(self.first_chunk_frames, self.chunk_frames) + 1
         t0 = time.perf_counter()
+        self.engine.warm_prefill(self.max_text_tokens + 64)
         try:
             for _ in self.stream("Hello there.", CancelToken()):
                 pass
