@@ -13,7 +13,7 @@ export PYTHONPATH=/tmp/site:$PWD
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
 T0=$(date +%s)
-timeout ${GPU_TEST_S:-150} python3 -m pytest tests/tts/test_csm_gpu.py -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
+timeout ${GPU_TEST_S:-150} python3 -m pytest tests/tts/test_csm_gpu.py -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
 echo "tests took $(( $(date +%s) - T0 )) s"
 timeout ${BENCH_S:-150} python3 -m fern.bench.tts --size full --device cuda --runs 5 --json "$OUT/bench_full.json" \
   2>&1 | grep -v "^{" | tee "$OUT/bench_full.txt"
