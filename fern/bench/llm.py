@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 r = bench_turn(lm, k, args.runs)
                 r.update(variant=variant, load_s=load_s, first_call_s=first_call_s)
                 results.append(r)
-                print(f"[{variant}] turn {k}: {r['ttft_ms']:.1f} ms TTFT, {r['ms_per_token']:.2f} ms/token",
-                      flush=True)
+                # Complete figures per line, so a run cut by a timeout still reports what it measured.
+                print(f"[{variant}] turn {k}: TTFT {r['ttft_ms']:.1f} ms (cold {r['cold_ttft_ms']:.1f} ms), "
+                      f"{r['ms_per_token']:.2f} ms/token, prompt {r['prompt_tokens']} tok "
+                      f"({r['reused_tokens']} cached)", flush=True)
             del lm
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
