@@ -36,6 +36,17 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         raise FernError(f"could not build the {what} stage: {cause or exc}") from exc
 
 
+def run_name_for(cfg: DictConfig) -> str | None:
+    """Explicit name, else the command-line overrides (what tells sweep members apart in `mlflow ui`)."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return HydraConfig.get().job.override_dirname or "defaults"
+    return None
+
+
 def output_dir_for(cfg: DictConfig) -> Path:
     if cfg.io.get("output_dir"):
         return Path(cfg.io.output_dir).expanduser().resolve()
@@ -142,7 +153,7 @@ def _run(cfg: DictConfig) -> float:
     if cfg.tracking.enabled:
         from fern.tracking.mlflow_tracker import MlflowTracker, flatten
 
-        tracker = MlflowTracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, cfg.tracking.run_name,
+        tracker = MlflowTracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, run_name_for(cfg),
                                 tags={"device": str(applied["optim.applied.cuda_available"] and "cuda" or "cpu")})
         tracker.log_params({**flatten(OmegaConf.to_container(cfg, resolve=True)), **applied})
         tracker.log_metrics({"startup_s": startup_s})

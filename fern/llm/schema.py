@@ -27,6 +27,8 @@ class HFCausalLMConfig:
 @dataclass
 class GeminiConfig:
     _target_: str = "fern.llm.gemini.GeminiLLM"
+    # GeminiLLM builds its fallback itself, after checking the API key: a missing key must fail in milliseconds
+    _recursive_: bool = False
     model: str = "gemini-2.5-flash-lite"
     max_output_tokens: int = 150
     temperature: float = 0.7
