@@ -46,6 +46,13 @@ def build(size: str, device: str, dtype: str):
 def bench(args) -> dict:
     import torch
 
+    with torch.no_grad():
+        return _bench(args)
+
+
+def _bench(args) -> dict:
+    import torch
+
     from fern.events import CancelToken
     from fern.tts.csm.synthesizer import CsmSynthesizer
 

@@ -242,6 +242,7 @@ class CsmEngine:
         self.emb_in.copy_(model.backbone_model.embed_tokens(frame[:, None]))
         self.pos.add_(1)
 
+    @torch.no_grad()
     def _run_frame(self) -> None:
         if not self.cuda_graphs:
             self._frame()
