@@ -223,3 +223,23 @@ def test_presets_compose():
             assert cfg.tts._target_ == "fern.tts.csm.synthesizer.CsmSynthesizer"
             assert cfg.tts.streaming is streaming and cfg.tts.cuda_graphs is True
             assert cfg.tts.random_weights is False
+
+
+def test_preset_instantiates_to_missing_weights_error_offline(tmp_path):
+    """The Hydra preset builds the real loader path: offline and without a cache it names the repo and the cache."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from fern.config import register
+    from fern.paths import CONF_DIR
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("run", overrides=["tts=csm_streaming", "device=cpu", "tts.local_files_only=true",
+                                        f"tts.cache_dir={tmp_path}", "tts.warmup=false"])
+    with pytest.raises(Exception) as info:  # hydra wraps it in InstantiationException
+        instantiate(cfg.tts)
+    err = info.value
+    while err is not None and not isinstance(err, MissingWeightsError):
+        err = err.__cause__
+    assert err is not None and "sesame/csm-1b" in str(err) and str(tmp_path) in str(err)
