@@ -55,6 +55,7 @@ class TurnRecord:
     tts_compute_s: float = 0.0
     n_tokens: int = 0
     clauses: list[str] = field(default_factory=list)
+    clauses_spoken: int = 0  # clauses whose audio reached the speaker
     quality: dict[str, Any] = field(default_factory=dict)  # filled after the session (e.g. round-trip WER)
 
     def metrics(self) -> dict[str, float]:
@@ -106,6 +107,7 @@ class VoicePipeline:
         self.postroll_s = postroll_ms / 1000
         self.on_turn = on_turn
         self.records: list[TurnRecord] = []
+        self._reply: asyncio.Task | None = None
         # one thread per concurrent blocking activity: capture, asr/llm, tts
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fern-stage")
 
@@ -190,8 +192,27 @@ class VoicePipeline:
 
     async def _respond(self, turns: asyncio.Queue) -> None:
         while (user_turn := await turns.get()) is not None:
-            # one task per reply: the handle barge-in will cancel
-            await asyncio.create_task(self._answer(user_turn))
+            # one task per reply: the handle that interrupt() (and barge-in) cancels
+            self._reply = asyncio.create_task(self._answer(user_turn), name=f"reply-{user_turn.turn_id}")
+            try:
+                await self._reply
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the session itself is stopping
+                log.info("turn %d: reply interrupted", user_turn.turn_id)
+            finally:
+                self._reply = None
+
+    def interrupt(self) -> bool:
+        """Cancel the reply in progress (LLM and TTS stop at their next step); the session goes on.
+
+        Call it from the event loop; from another thread use ``loop.call_soon_threadsafe(pipeline.interrupt)``.
+        Returns whether there was a reply to cancel."""
+        if self._reply is None or self._reply.done():
+            return False
+        self._reply.cancel()
+        return True
 
     async def _answer(self, user_turn: UserTurn) -> None:
         loop = asyncio.get_running_loop()
@@ -223,9 +244,20 @@ class VoicePipeline:
             rec.t_llm_done = self.clock.now()
             for text in self.chunker.flush():
                 self._emit_clause(clauses, rec, text)
-        finally:
             clauses.put_nowait(None)
             await speaking
+        except BaseException as exc:
+            # interrupted or failed: stop both generators now, keep what was produced for the record
+            cancel.cancel()
+            speaking.cancel()
+            await asyncio.gather(speaking, return_exceptions=True)
+            self.chunker.flush()
+            rec.error = "interrupted" if isinstance(exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}"
+            rec.agent_text = "".join(reply).strip()
+            # the conversation keeps what the agent began to say, not what it only thought (the LLM ran ahead)
+            self.history.add_assistant(" ".join(rec.clauses[:rec.clauses_spoken]))
+            self._finish(rec)
+            raise
         info = getattr(self.llm, "last_stream_info", None) or {}
         rec.backend = info.get("backend", getattr(self.llm, "name", type(self.llm).__name__))
         rec.fallback = bool(info.get("fallback", False))
@@ -250,6 +282,7 @@ class VoicePipeline:
                 heard_at = self.sink.play(chunk, self.tts.sample_rate, t)
                 if rec.t_first_agent_sample is None:
                     rec.t_first_agent_sample = heard_at
+                rec.clauses_spoken = clause.index + 1
                 rec.agent_audio_s += chunk.size / self.tts.sample_rate
             rec.tts_compute_s += self.clock.now() - t_begin
         rec.t_tts_done = self.clock.now()

