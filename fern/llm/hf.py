@@ -284,8 +284,13 @@ class HFCausalLM:
             if self._cache is None or not self.static_cache:
                 self._cache = self._new_cache()
             keep = 0
-        elif not self.static_cache:
-            self._cache.crop(keep)
+        elif not self.static_cache or getattr(getattr(self._cache, "layers", [None])[0], "is_croppable", False):
+            # Roll the cache back to the shared prefix. A negative count removes tokens on transformers 4.x and 5.x
+            # alike (5.x rejects a positive length). Static layers of transformers 5 keep their own write position,
+            # which this rewinds in place (compiled graphs stay valid); 4.x static caches write at cache_position.
+            surplus = int(self._cache.get_seq_length()) - keep
+            if surplus > 0:
+                self._cache.crop(-surplus)
         info["reused_tokens"] = keep
         self._cached_ids = prompt[:keep]  # if we are interrupted, only this much is known to be valid
         dev = self.device
