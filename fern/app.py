@@ -78,10 +78,10 @@ def evaluate_round_trip(records: list, sink: Any, asr: Any) -> None:
 
     agent = sink.track("agent")
     for rec in records:
-        if rec.t_first_agent_sample is None or not rec.agent_text:
-            continue
+        if rec.error or rec.t_first_agent_sample is None or not rec.agent_text:
+            continue  # an interrupted reply was cut on purpose: its WER would measure the interruption
         start = int(rec.t_first_agent_sample * sink.sample_rate)
-        speech = agent[start:start + int(rec.agent_audio_s * sink.sample_rate)]
+        speech = agent[start:int(rec.t_last_agent_sample * sink.sample_rate)]
         heard = asr.transcribe(resample(speech, sink.sample_rate, asr.sample_rate))
         rec.quality["round_trip_text"] = heard
         rec.quality["round_trip_wer"] = word_error_rate(rec.agent_text, heard)
@@ -96,12 +96,13 @@ def write_outputs(out_dir: Path, records: list, sink: Any) -> dict[str, Path]:
     transcript.write_text(json.dumps({"turns": turns}, indent=2, allow_nan=True))
     table = out_dir / "turns.csv"
     with table.open("w", newline="") as f:
-        metric_names = list(records[0].metrics()) if records else list(SUMMARY_METRICS)
+        metric_names = list(dict.fromkeys(k for r in records for k in r.metrics())) or list(SUMMARY_METRICS)
         writer = csv.writer(f)
-        writer.writerow(["turn_id", "user_text", "agent_text", "backend", *metric_names])
+        writer.writerow(["turn_id", "user_text", "agent_text", "backend", "error", *metric_names])
         for r in records:
             m = r.metrics()
-            writer.writerow([r.turn_id, r.user_text, r.agent_text, r.backend, *(m[k] for k in metric_names)])
+            writer.writerow([r.turn_id, r.user_text, r.agent_text, r.backend, r.error or "",
+                             *(m.get(k, float("nan")) for k in metric_names)])
     paths = {"transcript": transcript, "turns": table,
              "timeline": write_wav(out_dir / "timeline.wav", sink.timeline(), sink.sample_rate)}
     if hasattr(sink, "track"):  # the agent's side alone: what the round-trip quality check listens to
@@ -110,7 +111,8 @@ def write_outputs(out_dir: Path, records: list, sink: Any) -> dict[str, Path]:
 
 
 def summarise(records: list) -> dict[str, float]:
-    summary: dict[str, float] = {"turns": float(len(records))}
+    failed = [r for r in records if r.error and r.error != "no speech recognised"]
+    summary: dict[str, float] = {"turns": float(len(records)), "turn_errors": float(len(failed))}
     for name in SUMMARY_METRICS:
         values = [v for r in records if not math.isnan(v := r.metrics().get(name, float("nan")))]
         if values:
@@ -129,6 +131,9 @@ def _run(cfg: DictConfig) -> float:
     vad = build(cfg.vad, "vad")
     turn = build(cfg.turn, "turn")
     chunker = build(cfg.chunker, "chunker")
+    from fern.llm.history import ChatHistory
+
+    ChatHistory(cfg.dialogue.system_prompt, cfg.dialogue.history_max_tokens)  # validates the dialogue settings
 
     import torch
 
@@ -136,63 +141,80 @@ def _run(cfg: DictConfig) -> float:
 
     torch.manual_seed(cfg.seed)
     applied = apply_optim(cfg.optim)
-    tts = build(cfg.tts, "tts")
-    asr = build(cfg.asr, "asr")
-    llm = build(cfg.llm, "llm")
-    from fern.llm.history import ChatHistory
-
-    history = ChatHistory(cfg.dialogue.system_prompt, cfg.dialogue.history_max_tokens,
-                          count_tokens=getattr(llm, "count_tokens", None))
-    stages = {"asr": asr, "llm": llm, "tts": tts}
-    if cfg.warmup:
-        warm_up(stages, vad.sample_rate)
-    startup_s = time.perf_counter() - t_start
-    log.info("stages ready in %.1f s", startup_s)
-
-    tracker = None
-    if cfg.tracking.enabled:
-        from fern.tracking.mlflow_tracker import MlflowTracker, flatten
-
-        tracker = MlflowTracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, run_name_for(cfg),
-                                tags={"device": str(applied["optim.applied.cuda_available"] and "cuda" or "cpu")})
-        tracker.log_params({**flatten(OmegaConf.to_container(cfg, resolve=True)), **applied})
-        tracker.log_metrics({"startup_s": startup_s})
-
-    from fern.pipeline import VoicePipeline
-
-    def on_turn(rec) -> None:
-        m = rec.metrics()
-        log.info("turn %d | user: %s | agent: %s | v2v %.0f ms", rec.turn_id, rec.user_text, rec.agent_text,
-                 m["voice_to_voice_ms"])
-        if tracker:
-            tracker.log_metrics(m, step=rec.turn_id)
-
-    pipeline = VoicePipeline(source=source, sink=sink, vad=vad, turn=turn, asr=asr, llm=llm, chunker=chunker,
-                             tts=tts, history=history, on_turn=on_turn)
+    # an unreachable tracking server is found now, not after the models have loaded
+    tracker = start_tracking(cfg, applied) if cfg.tracking.enabled else None
     status = "FAILED"
     try:
-        records = pipeline.run_sync()
-        if cfg.round_trip_eval and hasattr(sink, "track"):
-            evaluate_round_trip(records, sink, asr)
-            if tracker:
-                for rec in records:
-                    tracker.log_metrics({"round_trip_wer": rec.quality.get("round_trip_wer", float("nan"))},
-                                        step=rec.turn_id)
-        paths = write_outputs(out_dir, records, sink)
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        summary = summarise(records)
-        if tracker:
-            tracker.log_metrics(summary)
-            tracker.log_artifacts(out_dir)
+        records = _converse(cfg, out_dir, t_start, tracker, source=source, sink=sink, vad=vad, turn=turn,
+                            chunker=chunker)
         status = "FINISHED"
     finally:
         if tracker:
             tracker.close(status)
     print(format_table(records))
-    print(f"outputs: {paths['transcript'].parent}")
+    print(f"outputs: {out_dir}")
     if tracker:
-        print(f"mlflow run {tracker.run_id} in {tracker.tracking_uri}")
-    return summary.get("median_voice_to_voice_ms", float("nan"))
+        print(f"mlflow run {tracker.run_id} in {tracker.display_uri}")
+    return summarise(records).get("median_voice_to_voice_ms", float("nan"))
+
+
+def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, **stages: Any) -> list:
+    """Load the models, run the conversation, write and log what happened (also when it ended in an error)."""
+    from fern.llm.history import ChatHistory
+    from fern.pipeline import VoicePipeline
+
+    tts = build(cfg.tts, "tts")
+    asr = build(cfg.asr, "asr")
+    llm = build(cfg.llm, "llm")
+    history = ChatHistory(cfg.dialogue.system_prompt, cfg.dialogue.history_max_tokens,
+                          count_tokens=getattr(llm, "count_tokens", None))
+    if cfg.warmup:
+        warm_up({"asr": asr, "llm": llm, "tts": tts}, stages["vad"].sample_rate)
+    startup_s = time.perf_counter() - t_start
+    log.info("stages ready in %.1f s", startup_s)
+    if tracker:
+        tracker.log_metrics({"startup_s": startup_s})
+
+    def on_turn(rec) -> None:
+        log.info("turn %d | user: %s | agent: %s | v2v %.0f ms%s", rec.turn_id, rec.user_text, rec.agent_text,
+                 rec.metrics()["voice_to_voice_ms"], f" | {rec.error}" if rec.error else "")
+
+    sink = stages["sink"]
+    pipeline = VoicePipeline(asr=asr, llm=llm, tts=tts, history=history, on_turn=on_turn, **stages)
+    try:
+        pipeline.run_sync()
+    finally:
+        # whatever happened, the turns that did happen are written out and logged
+        records = pipeline.records
+        if cfg.round_trip_eval and hasattr(sink, "track"):
+            evaluate_round_trip(records, sink, asr)
+        paths = write_outputs(out_dir, records, sink)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(redacted_config(cfg)))
+        if tracker:
+            for rec in records:
+                tracker.log_metrics(rec.metrics(), step=rec.turn_id)
+            tracker.log_metrics(summarise(records))
+            tracker.log_files([*paths.values(), out_dir / "config.yaml"])
+    return records
+
+
+def redacted_config(cfg: DictConfig) -> dict[str, Any]:
+    from fern.tracking.mlflow_tracker import redact_tree
+
+    return redact_tree(OmegaConf.to_container(cfg, resolve=True))
+
+
+def start_tracking(cfg: DictConfig, applied: dict[str, Any]):
+    from fern.tracking.mlflow_tracker import MlflowTracker, flatten
+
+    tracker = MlflowTracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, run_name_for(cfg),
+                            tags={"device": "cuda" if applied["optim.applied.cuda_available"] else "cpu"})
+    try:
+        tracker.log_params({**flatten(OmegaConf.to_container(cfg, resolve=True)), **applied})
+    except BaseException:
+        tracker.close("FAILED")  # never leave a run open: the next job of a sweep could not start its own
+        raise
+    return tracker
 
 
 def format_table(records: list) -> str:

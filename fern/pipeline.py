@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +55,10 @@ class TurnRecord:
     agent_audio_s: float = 0.0
     tts_compute_s: float = 0.0
     n_tokens: int = 0
+    llm_text: str = ""  # everything the LLM wrote; differs from agent_text when a reply was interrupted
+    t_last_agent_sample: float | None = None  # when the speaker finishes this reply
     clauses: list[str] = field(default_factory=list)
-    clauses_spoken: int = 0  # clauses whose audio reached the speaker
+    clause_heard_at: list[float] = field(default_factory=list)  # when each clause starts on the speaker
     quality: dict[str, Any] = field(default_factory=dict)  # filled after the session (e.g. round-trip WER)
 
     def metrics(self) -> dict[str, float]:
@@ -88,6 +91,7 @@ class TurnRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"turn_id": self.turn_id, "user_text": self.user_text, "agent_text": self.agent_text,
+                "llm_text": self.llm_text,
                 "backend": self.backend, "error": self.error, "clauses": list(self.clauses),
                 "round_trip_text": self.quality.get("round_trip_text"),
                 "metrics": self.metrics(),
@@ -125,17 +129,21 @@ class VoicePipeline:
                 pass
 
         def worker() -> None:
+            items = make_iter()
             try:
-                for item in make_iter():
+                for item in items:
                     deliver(item)
                     if cancel.cancelled:
                         break
             except BaseException as exc:  # re-raised in the event loop
                 deliver(_Failure(exc))
             finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()  # generators release what they hold (espeak-ng's process, a model's cache) now
                 deliver(_DONE)
 
-        loop.run_in_executor(self._executor, worker)
+        worker_done = loop.run_in_executor(self._executor, worker)
         finished = False
         try:
             while True:
@@ -148,15 +156,22 @@ class VoicePipeline:
                     raise item.exc
                 yield t, item
         finally:
-            if not finished:  # the consumer stopped early (cancelled or failed): stop the producer too
+            if not finished:
+                # The consumer stopped early (interrupted or failed): stop the producer and wait until it has
+                # stopped (one step at most), so no stale worker still drives a model when the next reply starts.
                 cancel.cancel()
+                try:
+                    await asyncio.shield(worker_done)
+                except asyncio.CancelledError:
+                    pass
 
     # ---- stages -----------------------------------------------------------------------------------------------
     async def _capture(self, out: asyncio.Queue) -> None:
         cancel = CancelToken()
         try:
-            async for t, block in self._iterate_in_thread(self.source.blocks, cancel):
-                await out.put((t, block))
+            async with aclosing(self._iterate_in_thread(self.source.blocks, cancel)) as blocks:
+                async for t, block in blocks:
+                    await out.put((t, block))
         finally:
             await out.put(None)
 
@@ -165,7 +180,7 @@ class VoicePipeline:
         frame_len = rate * self.vad.frame_ms // 1000
         frame_s = frame_len / rate
         pending = np.zeros(0, np.float32)
-        recent: deque[tuple[float, np.ndarray]] = deque(maxlen=int(120 / frame_s))  # last 2 minutes of frames
+        recent: deque[tuple[float, np.ndarray]] = deque(maxlen=int(300 / frame_s))  # the last 5 minutes: the longest turn we keep whole
         turn_id = 0
         try:
             while (item := await inbox.get()) is not None:
@@ -201,15 +216,19 @@ class VoicePipeline:
                 if current is not None and current.cancelling():
                     raise  # the session itself is stopping
                 log.info("turn %d: reply interrupted", user_turn.turn_id)
+            except Exception:
+                # one bad turn (a model error, a TTS crash) must not end the conversation; it is in the record
+                log.exception("turn %d failed; the session goes on", user_turn.turn_id)
             finally:
                 self._reply = None
 
     def interrupt(self) -> bool:
-        """Cancel the reply in progress (LLM and TTS stop at their next step); the session goes on.
+        """Cancel the reply in progress: the LLM and TTS stop at their next step, audio not yet heard is dropped,
+        and history keeps only the clauses the user heard. The session goes on.
 
         Call it from the event loop; from another thread use ``loop.call_soon_threadsafe(pipeline.interrupt)``.
-        Returns whether there was a reply to cancel."""
-        if self._reply is None or self._reply.done():
+        Returns whether a reply was cancelled (False if none is running or one is already being cancelled)."""
+        if self._reply is None or self._reply.done() or self._reply.cancelling():
             return False
         self._reply.cancel()
         return True
@@ -219,50 +238,62 @@ class VoicePipeline:
         rec = TurnRecord(turn_id=user_turn.turn_id, t_speech_start=user_turn.t_speech_start,
                          t_last_voiced=user_turn.t_last_voiced, t_end=user_turn.t,
                          user_audio_s=user_turn.audio.size / user_turn.sample_rate)
-        rec.t_asr_start = self.clock.now()
-        rec.user_text = await loop.run_in_executor(self._executor, self.asr.transcribe, user_turn.audio)
-        rec.t_asr_end = self.clock.now()
-        if not rec.user_text:
-            log.info("turn %d: nothing recognised, no reply", rec.turn_id)
-            rec.error = "no speech recognised"
-            self._finish(rec)
-            return
-        self.history.add_user(rec.user_text)
-        messages = self.history.messages()
         cancel = CancelToken()
-        clauses: asyncio.Queue = asyncio.Queue()
-        speaking = asyncio.create_task(self._speak(clauses, rec, cancel))
+        speaking: asyncio.Task | None = None
         reply: list[str] = []
         try:
-            async for t, piece in self._iterate_in_thread(lambda: self.llm.stream(messages, cancel), cancel):
-                if rec.t_llm_first_token is None:
-                    rec.t_llm_first_token = t
-                reply.append(piece)
-                rec.n_tokens += 1
-                for text in self.chunker.push(piece):
-                    self._emit_clause(clauses, rec, text)
+            rec.t_asr_start = self.clock.now()
+            rec.user_text = await loop.run_in_executor(self._executor, self.asr.transcribe, user_turn.audio)
+            rec.t_asr_end = self.clock.now()
+            if not rec.user_text:
+                log.info("turn %d: nothing recognised, no reply", rec.turn_id)
+                rec.error = "no speech recognised"
+                self._finish(rec)
+                return
+            self.history.add_user(rec.user_text)
+            messages = self.history.messages()
+            clauses: asyncio.Queue = asyncio.Queue()
+            speaking = asyncio.create_task(self._speak(clauses, rec, cancel))
+            stream = self._iterate_in_thread(lambda: self.llm.stream(messages, cancel), cancel)
+            async with aclosing(stream):
+                async for t, piece in stream:
+                    if rec.t_llm_first_token is None:
+                        rec.t_llm_first_token = t
+                    reply.append(piece)
+                    rec.n_tokens += 1
+                    for text in self.chunker.push(piece):
+                        self._emit_clause(clauses, rec, text)
+                    if speaking.done():
+                        speaking.result()  # the TTS failed: stop the LLM too, rather than finish a reply nobody hears
             rec.t_llm_done = self.clock.now()
             for text in self.chunker.flush():
                 self._emit_clause(clauses, rec, text)
             clauses.put_nowait(None)
             await speaking
         except BaseException as exc:
-            # interrupted or failed: stop both generators now, keep what was produced for the record
+            interrupted = isinstance(exc, asyncio.CancelledError)
+            t_stop = self.clock.now()
             cancel.cancel()
-            speaking.cancel()
-            await asyncio.gather(speaking, return_exceptions=True)
-            self.chunker.flush()
-            rec.error = "interrupted" if isinstance(exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}"
-            rec.agent_text = "".join(reply).strip()
-            # the conversation keeps what the agent began to say, not what it only thought (the LLM ran ahead)
-            self.history.add_assistant(" ".join(rec.clauses[:rec.clauses_spoken]))
+            if speaking is not None:
+                speaking.cancel()
+                await asyncio.gather(speaking, return_exceptions=True)
+            self.chunker.flush()  # leftovers of this reply must not start the next one
+            if interrupted:
+                self.sink.stop(t_stop)  # what the user has not heard yet is not said
+            heard = [text for text, t in zip(rec.clauses, rec.clause_heard_at) if t < t_stop]
+            rec.error = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+            rec.agent_text = " ".join(heard)
+            rec.llm_text = "".join(reply).strip()
+            if rec.user_text:
+                # the conversation keeps what the user heard, not what the LLM had already written
+                self.history.add_assistant(rec.agent_text)
             self._finish(rec)
             raise
         info = getattr(self.llm, "last_stream_info", None) or {}
         rec.backend = info.get("backend", getattr(self.llm, "name", type(self.llm).__name__))
         rec.fallback = bool(info.get("fallback", False))
         rec.n_tokens = int(info.get("n_tokens", rec.n_tokens))
-        rec.agent_text = "".join(reply).strip()
+        rec.agent_text = rec.llm_text = "".join(reply).strip()
         self.history.add_assistant(rec.agent_text)
         self._finish(rec)
 
@@ -276,14 +307,19 @@ class VoicePipeline:
     async def _speak(self, clauses: asyncio.Queue, rec: TurnRecord, cancel: CancelToken) -> None:
         while (clause := await clauses.get()) is not None:
             t_begin = self.clock.now()
-            async for t, chunk in self._iterate_in_thread(lambda: self.tts.stream(clause.text, cancel), cancel):
-                if rec.t_tts_first_audio is None:
-                    rec.t_tts_first_audio = t
-                heard_at = self.sink.play(chunk, self.tts.sample_rate, t)
-                if rec.t_first_agent_sample is None:
-                    rec.t_first_agent_sample = heard_at
-                rec.clauses_spoken = clause.index + 1
-                rec.agent_audio_s += chunk.size / self.tts.sample_rate
+            chunks = self._iterate_in_thread(lambda: self.tts.stream(clause.text, cancel), cancel)
+            async with aclosing(chunks):
+                async for t, chunk in chunks:
+                    if rec.t_tts_first_audio is None:
+                        rec.t_tts_first_audio = t
+                    heard_at = self.sink.play(chunk, self.tts.sample_rate, t)
+                    if rec.t_first_agent_sample is None:
+                        rec.t_first_agent_sample = heard_at
+                    if len(rec.clause_heard_at) <= clause.index:
+                        rec.clause_heard_at.append(heard_at)
+                    duration = chunk.size / self.tts.sample_rate
+                    rec.agent_audio_s += duration
+                    rec.t_last_agent_sample = heard_at + duration
             rec.tts_compute_s += self.clock.now() - t_begin
         rec.t_tts_done = self.clock.now()
 

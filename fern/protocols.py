@@ -39,6 +39,10 @@ class AudioSink(Protocol):
 
     def play(self, samples: np.ndarray, sample_rate: int, t: float) -> float: ...
 
+    def stop(self, t: float) -> None:
+        """Drop agent audio that would be heard after session time ``t`` (an interrupted reply)."""
+        ...
+
     def close(self) -> None: ...
 
 

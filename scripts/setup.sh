@@ -18,7 +18,12 @@ fi
 python="${PYTHON:-python3}"
 stamp=.venv/.fern-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  if ! "$python" -c "import ensurepip, venv" 2>/dev/null; then  # Debian splits venv out of python3
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
+  fi
+  # a venv left half-made by an interrupted set-up has python but no pip: make it again
+  [ -x .venv/bin/pip ] || { rm -rf .venv; "$python" -m venv .venv; }
   echo "setup: installing Python dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"

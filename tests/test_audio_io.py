@@ -83,3 +83,26 @@ def test_timeline_sink_places_user_and_serialises_agent_audio():
     assert timeline.size == 1800
     assert timeline[400] == 0 and timeline[600] == pytest.approx(0.1, abs=1e-6)
     assert timeline[1300] == pytest.approx(0.2, abs=1e-6) and timeline[1600] == pytest.approx(0.3, abs=1e-6)
+
+
+def test_stopping_the_speaker_drops_what_was_not_heard():
+    sink = TimelineSink(sample_rate=1000)
+    assert sink.play(np.full(1000, 0.2, np.float32), 1000, t=1.0) == pytest.approx(1.0)  # queued until 2.0 s
+    sink.stop(1.4)  # interrupted 0.4 s in
+    agent = sink.track("agent")
+    assert agent.size == 1400 and np.all(agent[1000:1400] > 0)
+    # the next reply is not queued behind the dropped audio
+    assert sink.play(np.full(100, 0.3, np.float32), 1000, t=1.5) == pytest.approx(1.5)
+
+
+def test_user_track_keeps_its_own_rate_until_output():
+    sink = TimelineSink(sample_rate=24000)
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
+    for i in range(50):  # 20 ms blocks, as the microphone delivers them
+        sink.record_user(tone[i * 320:(i + 1) * 320], 16000, t_end=(i + 1) * 0.02)
+    out = sink.track("user")
+    assert abs(out.size - 24000) <= 2
+    # one smooth sine: no seams where the 20 ms blocks meet
+    spectrum = np.abs(np.fft.rfft(out[2400:21600]))
+    assert np.argmax(spectrum) == pytest.approx(440 * 19200 / 24000, abs=2)
+    assert spectrum[np.argmax(spectrum)] > 50 * np.median(spectrum)

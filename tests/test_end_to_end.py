@@ -4,6 +4,7 @@ endpointing -> faster-whisper tiny.en -> SmolLM2-135M -> clause chunker -> espea
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,9 +19,9 @@ from fern.tts.espeak import speak_conversation
 QUESTIONS = ["What is the capital of France?", "Can you tell me a short story about a cat?"]
 
 
-def run_cli(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*overrides: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(PROJECT_ROOT / "run.py"), *overrides], capture_output=True,
-                          text=True, timeout=timeout, cwd="/", env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          text=True, timeout=timeout, cwd="/", env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,14 @@ def test_bad_input_exits_with_one_clear_line(tmp_path, content, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_unreachable_tracking_server_is_one_clear_line_before_models_load(tmp_path):
+    wav = write_wav(tmp_path / "q.wav", speak_conversation(["Hello there."], gap_s=1.0), 16000)
+    # a closed port on this machine, with a credential in the URI that must not be printed
+    result = run_cli(f"io.input={wav}", f"io.output_dir={tmp_path / 'out'}",
+                     "tracking.tracking_uri=http://fern:s3cret@127.0.0.1:9", timeout=300,
+                     MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "MLflow tracking at http://***@127.0.0.1:9" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout and "Traceback" not in result.stderr

@@ -16,20 +16,36 @@ from fern.vad.webrtc import WebRtcVad
 
 
 class BargeInSink(TimelineSink):
-    """A speaker whose listener talks over the agent as soon as it starts speaking on ``interrupt_turn``."""
+    """A speaker whose listener talks over the agent as soon as reply number ``interrupt_turn`` starts playing."""
 
     def __init__(self, interrupt_turn: int) -> None:
         super().__init__(sample_rate=24000)
         self.pipeline: VoicePipeline | None = None
         self.interrupt_turn = interrupt_turn
-        self.replies_started = 0
-        self.interrupted = False
+        self.interrupted_at: float | None = None
 
     def play(self, samples, sample_rate, t):
-        if self.pipeline is not None and not self.interrupted and self.pipeline._reply is not None:
-            if self.replies_started == self.interrupt_turn:
-                self.interrupted = self.pipeline.interrupt()
-        return super().play(samples, sample_rate, t)
+        heard_at = super().play(samples, sample_rate, t)
+        replying_to = len(self.pipeline.records) if self.pipeline else -1  # finished replies so far
+        if self.interrupted_at is None and replying_to == self.interrupt_turn and self.pipeline.interrupt():
+            self.interrupted_at = t
+            assert not self.pipeline.interrupt()  # a second interrupt while the first is handled is refused
+        return heard_at
+
+
+class FailsOnce:
+    """Fault injection around the real LLM: its first reply dies mid-stream, as a GPU out-of-memory would."""
+
+    def __init__(self, llm) -> None:
+        self.llm, self.name, self.failed = llm, llm.name, False
+        self.count_tokens = llm.count_tokens
+
+    def stream(self, messages, cancel):
+        for i, piece in enumerate(self.llm.stream(messages, cancel)):
+            if not self.failed and i == 3:
+                self.failed = True
+                raise RuntimeError("CUDA out of memory (injected)")
+            yield piece
 
 
 def make_pipeline(tmp_path, write_wav, questions, asr, llm, tts, sink, gap_s=6.0):
@@ -47,15 +63,34 @@ def test_interrupting_a_reply_stops_llm_and_tts_and_the_session_goes_on(tmp_path
                              tiny_en, smollm2, EspeakSynthesizer(), sink)
     sink.pipeline = pipeline
     first, second = pipeline.run_sync()
-    assert sink.interrupted
+    assert sink.interrupted_at is not None
     assert first.error == "interrupted"
     # the story would run to max_new_tokens (40); it stopped right after the first clause started to play
     assert first.n_tokens < 30 and first.t_llm_done is None
-    assert len(first.clauses) <= 2 and first.agent_audio_s < 3.0
+    assert first.agent_text == first.clauses[0] and len(first.llm_text) > len(first.agent_text)
+    # nothing the user did not hear stays on the speaker
+    agent = sink.track("agent")
+    stop = int((first.t_first_agent_sample + 1.0) * 24000)
+    assert not np.any(agent[stop:int(second.t_first_agent_sample * 24000) - 1])
     assert pipeline.history.messages()[2] == {"role": "assistant", "content": first.clauses[0]}
     # the next turn is answered normally, by the same (now idle) LLM and TTS
     assert second.error is None and second.n_tokens > 0 and second.agent_audio_s > 0.5
     assert "france" in pipeline.history.messages()[3]["content"].lower()
+
+
+def test_a_failing_turn_is_recorded_and_the_session_goes_on(tmp_path, write_wav, tiny_en, smollm2):
+    llm = FailsOnce(smollm2)
+    pipeline = make_pipeline(tmp_path, write_wav, ["Can you tell me a short story about a cat?",
+                                                   "What is the capital of France?"],
+                             tiny_en, llm, EspeakSynthesizer(), TimelineSink())
+    first, second = pipeline.run_sync()
+    assert first.error == "RuntimeError: CUDA out of memory (injected)"
+    assert second.error is None and second.agent_text and second.agent_audio_s > 0.5
+
+
+def test_espeak_speaks_text_that_looks_like_an_option():
+    audio = EspeakSynthesizer().synthesize("- apples and pears")
+    assert audio.size > 0.5 * 22050
 
 
 def test_csm_synthesizer_streams_inside_the_pipeline(tmp_path, write_wav, tiny_en, smollm2):

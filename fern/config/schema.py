@@ -19,7 +19,6 @@ class WavFileSourceConfig:
     path: str = MISSING
     sample_rate: int = 16000
     block_ms: int = 20
-    realtime: bool = True
     trailing_silence_s: float = 1.5
 
 

@@ -13,10 +13,11 @@ from fern.errors import ConfigValueError
 
 
 class WavFileSource:
-    """Plays a WAV file as if it were a microphone: fixed-size blocks, paced in real time when ``realtime``.
+    """Plays a WAV file as if it were a microphone: fixed-size blocks, paced in real time.
 
-    Real-time pacing is what makes latency figures from a replay mean what they would mean live. Trailing silence is
-    appended so the endpointer can close the last turn.
+    Real-time pacing is what makes latency figures from a replay mean what they would mean live (the pipeline stamps
+    blocks on arrival, like a microphone's); ``realtime=False`` is only for reading the blocks themselves, not for
+    driving a pipeline. Trailing silence is appended so the endpointer can close the last turn.
     """
 
     def __init__(self, path: str, sample_rate: int = 16000, block_ms: int = 20, realtime: bool = True,
@@ -53,49 +54,80 @@ class WavFileSource:
         self._closed.set()
 
 
+class _Track:
+    """Audio on the session clock at one sample rate, in a buffer that doubles when it fills (appending 20 ms blocks
+    to a growing array would cost O(session length) per block)."""
+
+    def __init__(self, sample_rate: int | None = None) -> None:
+        self.sample_rate = sample_rate
+        self._buffer = np.zeros(0, np.float32)
+        self.length = 0
+
+    def mix(self, samples: np.ndarray, sample_rate: int, t_start: float) -> None:
+        if self.sample_rate is None:
+            self.sample_rate = sample_rate  # keep the producer's rate: resampling 20 ms pieces leaves seams
+        audio = resample(samples, sample_rate, self.sample_rate)
+        start = max(0, int(round(t_start * self.sample_rate)))
+        end = start + audio.size
+        if end > self._buffer.size:
+            grown = np.zeros(max(end, 2 * self._buffer.size, self.sample_rate * 10), np.float32)
+            grown[:self.length] = self._buffer[:self.length]
+            self._buffer = grown
+        self._buffer[start:end] += audio
+        self.length = max(self.length, end)
+
+    def truncate(self, t: float) -> None:
+        if self.sample_rate is None:
+            return
+        cut = max(0, int(round(t * self.sample_rate)))
+        if cut < self.length:
+            self._buffer[cut:self.length] = 0.0
+            self.length = cut
+
+    def audio(self, sample_rate: int) -> np.ndarray:
+        if self.sample_rate is None:
+            return np.zeros(0, np.float32)
+        return resample(self._buffer[:self.length].copy(), self.sample_rate, sample_rate)
+
+
 class TimelineSink:
     """A speaker simulated on the session clock: agent audio plays in order, never overlapping itself, and both
-    sides are mixed into one timeline so a replay can be listened to (and analysed) as it happened."""
+    sides are kept on one time axis so a replay can be listened to (and analysed) as it happened."""
 
     def __init__(self, sample_rate: int = 24000) -> None:
         self.sample_rate = sample_rate
-        self._tracks = {"user": np.zeros(0, np.float32), "agent": np.zeros(0, np.float32)}
+        self._tracks = {"user": _Track(), "agent": _Track()}
         self._agent_free_at = 0.0  # session time at which the speaker finishes what it was given
         self._lock = threading.Lock()
 
-    def _mix(self, track: str, samples: np.ndarray, rate: int, t_start: float) -> None:
-        audio = resample(samples, rate, self.sample_rate)
-        start = max(0, int(round(t_start * self.sample_rate)))
-        end = start + audio.size
-        buffer = self._tracks[track]
-        if end > buffer.size:
-            buffer = self._tracks[track] = np.concatenate([buffer, np.zeros(end - buffer.size, np.float32)])
-        buffer[start:end] += audio
-
     def record_user(self, samples: np.ndarray, sample_rate: int, t_end: float) -> None:
         with self._lock:
-            self._mix("user", samples, sample_rate, t_end - samples.size / sample_rate)
+            self._tracks["user"].mix(samples, sample_rate, t_end - samples.size / sample_rate)
 
     def play(self, samples: np.ndarray, sample_rate: int, t: float) -> float:
         with self._lock:
             t_start = max(t, self._agent_free_at)
-            self._mix("agent", samples, sample_rate, t_start)
+            self._tracks["agent"].mix(samples, sample_rate, t_start)
             self._agent_free_at = t_start + samples.size / sample_rate
             return t_start
 
-    def track(self, name: str) -> np.ndarray:
-        """One side alone ("user" or "agent"), on the same time axis as the timeline."""
+    def stop(self, t: float) -> None:
         with self._lock:
-            return self._tracks[name].copy()
+            self._tracks["agent"].truncate(t)
+            self._agent_free_at = min(self._agent_free_at, t)
+
+    def track(self, name: str) -> np.ndarray:
+        """One side alone ("user" or "agent") at the sink's rate, on the same time axis as the timeline."""
+        with self._lock:
+            return self._tracks[name].audio(self.sample_rate)
 
     def timeline(self) -> np.ndarray:
         """Both sides mixed, as an observer in the room would have heard them."""
-        with self._lock:
-            user, agent = self._tracks["user"], self._tracks["agent"]
-            mixed = np.zeros(max(user.size, agent.size), np.float32)
-            mixed[:user.size] += user
-            mixed[:agent.size] += agent
-            return np.clip(mixed, -1.0, 1.0)
+        user, agent = self.track("user"), self.track("agent")
+        mixed = np.zeros(max(user.size, agent.size), np.float32)
+        mixed[:user.size] += user
+        mixed[:agent.size] += agent
+        return np.clip(mixed, -1.0, 1.0)
 
     def close(self) -> None:
         pass

@@ -58,7 +58,7 @@ def _load_model_and_tokenizer(model: str, gguf_file: str | None, dtype, attn_imp
         path = Path(model) / gguf_file
         if not path.is_file():
             raise MissingWeightsError(
-                f"GGUF file {path} is missing; run the set-up (`make setup`) to extract the offline models"
+                f"GGUF file {path} is missing; run the set-up (`bash scripts/setup.sh`) to extract the offline models"
                 " (or set FERN_MODELS_DIR to where they are)"
             )
         kwargs["gguf_file"] = gguf_file
@@ -79,7 +79,7 @@ def _load_model_and_tokenizer(model: str, gguf_file: str | None, dtype, attn_imp
         raise MissingWeightsError(
             f"could not load LLM weights from {where} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             + (
-                "Check the path, or run `make setup`."
+                "Check the path, or run `bash scripts/setup.sh`."
                 if local or gguf_file
                 else f"Pre-download them on a machine with internet: `hf download {model}` (gated repos: accept the "
                 "licence on huggingface.co and `hf auth login` first), then run offline with HF_HUB_OFFLINE=1."

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fern.errors import ConfigValueError
+
 # Chat templates add a few tokens around each message (role markers, separators).
 MESSAGE_OVERHEAD_TOKENS = 4
 
@@ -28,9 +30,9 @@ class ChatHistory:
         low_water: float = 0.75,
     ) -> None:
         if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+            raise ConfigValueError(f"dialogue.history_max_tokens must be >= 1, got {max_tokens}")
         if not 0.0 < low_water <= 1.0:
-            raise ValueError(f"low_water must be in (0, 1], got {low_water}")
+            raise ConfigValueError(f"low_water must be in (0, 1], got {low_water}")
         self.system_prompt = system_prompt
         self.max_tokens = int(max_tokens)
         self.low_water = low_water

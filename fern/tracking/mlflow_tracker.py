@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fern.paths import PROJECT_ROOT, TRACKING_DIR
+from fern.paths import PROJECT_ROOT, TRACKING_DIR  # noqa: F401  (TRACKING_DIR: the default store)
 
 SECRET_KEY = re.compile(r"(api_?key|secret|token|password|credential)", re.IGNORECASE)
 REDACTED = "***"
@@ -35,10 +35,33 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def strip_credentials(value: Any) -> Any:
+    """``https://user:token@host/...`` -> ``https://***@host/...``: URIs may carry secrets in their user part."""
+    return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", value) if isinstance(value, str) else value
+
+
+def redact_value(key: str, value: Any) -> Any:
+    if SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, ""):
+        return REDACTED
+    return strip_credentials(value)
+
+
 def redact(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop the value of anything that names a secret; keys stay so a reader sees the setting existed."""
-    return {k: (REDACTED if SECRET_KEY.search(k.rsplit(".", 1)[-1]) and v not in (None, "") else v)
-            for k, v in params.items()}
+    """Drop the value of anything that names a secret (keys stay, so a reader sees the setting existed), and the
+    credentials part of any URI."""
+    return {k: redact_value(k, v) for k, v in params.items()}
+
+
+def redact_tree(tree: Any, key: str = "") -> Any:
+    """``redact`` for a nested config (what gets written to config.yaml)."""
+    if isinstance(tree, Mapping):
+        return {k: redact_tree(v, f"{key}.{k}" if key else str(k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact_tree(v, key) for v in tree]
+    return redact_value(key, tree)
 
 
 def git_sha() -> str:
@@ -56,18 +79,29 @@ class MlflowTracker:
                  tags: Mapping[str, str] | None = None) -> None:
         import mlflow
 
+        from fern.errors import ServiceError
+
         self._mlflow = mlflow
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.display_uri = strip_credentials(self.tracking_uri)
+        location = None
         if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(self.tracking_uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # the SQLite store's default artifact root is relative to the working directory: keep artifacts
+            # beside the database instead (tracking/artifacts for the default store)
+            location = (db.parent / "artifacts").resolve().as_uri()
         mlflow.set_tracking_uri(self.tracking_uri)
-        if mlflow.get_experiment_by_name(experiment) is None:
-            # the SQLite store's default artifact root is relative to the working directory: pin it to the project
-            location = (TRACKING_DIR / "artifacts").as_uri() if self.tracking_uri.startswith("sqlite") else None
-            mlflow.create_experiment(experiment, artifact_location=location)
-        mlflow.set_experiment(experiment)
-        all_tags = {"git_sha": git_sha(), "host": socket.gethostname(), **(tags or {})}
-        self.run = mlflow.start_run(run_name=run_name, tags=all_tags)
+        try:
+            if mlflow.get_experiment_by_name(experiment) is None:
+                mlflow.create_experiment(experiment, artifact_location=location)
+            mlflow.set_experiment(experiment)
+            all_tags = {"git_sha": git_sha(), "host": socket.gethostname(), **(tags or {})}
+            self.run = mlflow.start_run(run_name=run_name, tags=all_tags)
+        except Exception as exc:
+            raise ServiceError(f"MLflow tracking at {self.display_uri} is unusable ({type(exc).__name__}: "
+                               f"{strip_credentials(str(exc))[:300]}); fix MLFLOW_TRACKING_URI / tracking.tracking_uri "
+                               f"or run with tracking.enabled=false") from exc
         self.run_id = self.run.info.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -79,8 +113,11 @@ class MlflowTracker:
         if finite:
             self._mlflow.log_metrics(finite, step=step)
 
-    def log_artifacts(self, directory: str | Path) -> None:
-        self._mlflow.log_artifacts(str(directory))
+    def log_files(self, files: list[Path]) -> None:
+        """Log the named files (never a whole directory: an output dir may hold anything, .env files included)."""
+        for path in files:
+            if Path(path).is_file():
+                self._mlflow.log_artifact(str(path))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._mlflow.set_tags(dict(tags))

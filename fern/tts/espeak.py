@@ -41,7 +41,8 @@ class EspeakSynthesizer:
         if not text:
             return
         process = subprocess.Popen(
-            [self.binary, "-v", self.voice, "-s", str(self.words_per_minute), "--stdout", text],
+            # "--": text such as "- apples" or "-5 degrees" (LLM bullet points) is text, not an option
+            [self.binary, "-v", self.voice, "-s", str(self.words_per_minute), "--stdout", "--", text],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert process.stdout is not None
         try:

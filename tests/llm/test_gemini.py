@@ -166,4 +166,4 @@ def test_fallback_built_from_config_with_hydra(server, key, tmp_path) -> None:
                             "device": "cpu"})
     llm = make(server, model="err500", fallback=bad, preload_fallback=False)
     assert list(llm.stream(MSGS, CancelToken())) == [APOLOGY]
-    assert "make setup" in llm.last_stream_info["error"]
+    assert "scripts/setup.sh" in llm.last_stream_info["error"]

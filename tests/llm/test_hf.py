@@ -77,7 +77,7 @@ def test_count_tokens(smollm2: HFCausalLM) -> None:
 
 
 def test_missing_gguf_says_run_setup(tmp_path) -> None:
-    with pytest.raises(MissingWeightsError, match="make setup"):
+    with pytest.raises(MissingWeightsError, match="scripts/setup.sh"):
         HFCausalLM(model=str(tmp_path), gguf_file="nope.gguf", device="cpu")
 
 
