@@ -40,3 +40,13 @@ def test_multirun_logs_one_mlflow_run_per_member(tmp_path):
     for job, ms in enumerate((500, 900)):
         transcript = json.loads((tmp_path / "sweep" / f"{job}_{names[ms]}" / "transcript.json").read_text())
         assert len(transcript["turns"]) == 1
+
+    # the comparison tool puts the two members side by side, the swept setting as a column
+    from fern.tracking.compare import comparison, load_runs
+
+    header, rows = comparison(load_runs(f"sqlite:///{db}", "fern", 10), sort="median_endpoint_delay_ms")
+    assert [row[header.index("turn.silence_ms")] for row in rows] == ["500", "900"]
+    assert "llm.max_new_tokens" not in header  # equal in both runs: not a difference
+    printed = subprocess.run([sys.executable, str(PROJECT_ROOT / "tracking" / "compare.py"), "--tracking-uri",
+                              f"sqlite:///{db}"], capture_output=True, text=True, timeout=120, cwd="/")
+    assert printed.returncode == 0 and printed.stdout.count("turn.silence_ms=") == 2, printed.stderr
