@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -232,6 +233,9 @@ def run_session(cfg: DictConfig) -> float:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("httpx", "urllib3", "faster_whisper", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # GGUF progress bars and tokenizer notices
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader uses tqdm directly
     try:
         return _run(cfg)
     except FernError as exc:

@@ -57,6 +57,7 @@ def tiny_en():
 
 @pytest.fixture(scope="session")
 def smollm2():
+    """The real offline SmolLM2-135M (GGUF), loaded once for the whole suite (loading dequantises it: seconds)."""
     from fern.paths import models_dir
 
     path = models_dir() / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,9 +65,7 @@ def smollm2():
         pytest.fail(f"{path} is missing: run `bash scripts/setup.sh`")
     from fern.llm.hf import HFCausalLM
 
-    return HFCausalLM(model=str(path.parent), gguf_file=path.name, device="cpu", dtype="float32",
-                      attn_implementation="eager", max_new_tokens=40, temperature=0.0, top_p=1.0, top_k=0,
-                      compile=False, static_cache=False)
+    return HFCausalLM(model=str(path.parent), gguf_file=path.name, device="cpu", dtype="float32", max_new_tokens=48)
 
 
 @pytest.fixture
