@@ -24,3 +24,20 @@ def resolve_ctranslate2_device(device: str) -> str:
     if device.startswith("cuda") and not has_cuda:
         raise ConfigValueError(f"device={device} was asked for but CTranslate2 sees no CUDA GPU; use device=cpu or auto")
     return device.split(":")[0]
+
+
+_DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_torch_dtype(dtype: str, device: str, setting: str = "dtype"):
+    """``auto``: bf16 on a GPU that has it (else fp16), fp32 on a CPU; ``setting`` names the config key in errors."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPE_NAMES:
+        raise ConfigValueError(f"{setting}={dtype!r} is not one of auto, float32, bfloat16, float16")
+    return getattr(torch, _DTYPE_NAMES[dtype])

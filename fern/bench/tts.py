@@ -59,8 +59,9 @@ def _bench(args) -> dict:
     device = args.device
     torch.manual_seed(0)
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        from fern.optim import set_backend_flags
+
+        set_backend_flags(tf32=True, cudnn_benchmark=False)
     t0 = time.perf_counter()
     model, tok, mimi = build(args.size, device, args.dtype)
     _sync(device)

@@ -25,9 +25,6 @@ from fern.events import CancelToken
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
-
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
@@ -35,18 +32,6 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if dtype not in _DTYPES:
-        raise ConfigValueError(f"llm.dtype={dtype!r} is not one of auto, float32, bfloat16, float16")
-    return getattr(torch, _DTYPES[dtype])
 
 
 def _load_model_and_tokenizer(model: str, gguf_file: str | None, dtype, attn_implementation: str | None):
@@ -132,12 +117,12 @@ class HFCausalLM:
     ) -> None:
         import torch
 
-        from fern.devices import resolve_torch_device
+        from fern.devices import resolve_torch_device, resolve_torch_dtype
 
         if max_new_tokens < 1:
             raise ConfigValueError(f"llm.max_new_tokens must be >= 1, got {max_new_tokens}")
         self.device = resolve_torch_device(device)
-        self.dtype = _resolve_dtype(dtype, self.device)
+        self.dtype = resolve_torch_dtype(dtype, self.device, "llm.dtype")
         if _model is not None:  # built in code (benchmarks, tests with random weights)
             self.model, self.tokenizer = _model, _tokenizer
             self.name = f"hf:{getattr(_model.config, 'model_type', 'model')}-random"

@@ -6,14 +6,21 @@ from __future__ import annotations
 from typing import Any
 
 
+def set_backend_flags(tf32: bool, cudnn_benchmark: bool) -> None:
+    """The process-wide PyTorch math flags; stages and benchmarks built outside run.py call this too."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
 def apply_optim(optim: Any) -> dict[str, Any]:
     """Apply the process-wide flags and return what is in force, for logging."""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = bool(optim.tf32)
-    torch.backends.cudnn.allow_tf32 = bool(optim.tf32)
-    torch.set_float32_matmul_precision("high" if optim.tf32 else "highest")
-    torch.backends.cudnn.benchmark = bool(optim.cudnn_benchmark)
+    set_backend_flags(optim.tf32, optim.cudnn_benchmark)
     return {
         "optim.applied.tf32": torch.backends.cuda.matmul.allow_tf32,
         "optim.applied.cudnn_benchmark": torch.backends.cudnn.benchmark,

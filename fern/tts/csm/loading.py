@@ -10,21 +10,10 @@ from fern.errors import ConfigValueError, MissingWeightsError
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str) -> str:
-    from fern.devices import resolve_torch_device
-
-    return resolve_torch_device(device)
-
-
 def resolve_dtype(dtype: str, device: str):
-    import torch
+    from fern.devices import resolve_torch_dtype
 
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise ConfigValueError(f"tts.dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+    return resolve_torch_dtype(dtype, device, "tts.dtype")
 
 
 def hub_cache(cache_dir: str | None) -> str:

@@ -72,11 +72,12 @@ class CsmSynthesizer:
         if seed is not None:
             torch.manual_seed(seed)
         if _modules is None:
-            dev = loading.resolve_device(device)
+            from fern.devices import resolve_torch_device
+            from fern.optim import set_backend_flags
+
+            dev = resolve_torch_device(device)
             if dev.startswith("cuda"):
-                torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
-                torch.backends.cudnn.allow_tf32 = bool(tf32)
-                torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+                set_backend_flags(tf32, cudnn_benchmark)
             csm, tokenizer = loading.load_csm(
                 model, dev, dtype, cache_dir=cache_dir, local_files_only=local_files_only,
                 random_weights=random_weights,
