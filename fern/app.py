@@ -114,8 +114,9 @@ def write_outputs(out_dir: Path, records: list, sink: Any) -> dict[str, Path]:
 def summarise(records: list) -> dict[str, float]:
     failed = [r for r in records if r.error and r.error != "no speech recognised"]
     summary: dict[str, float] = {"turns": float(len(records)), "turn_errors": float(len(failed))}
+    per_turn = [r.metrics() for r in records]
     for name in SUMMARY_METRICS:
-        values = [v for r in records if not math.isnan(v := r.metrics().get(name, float("nan")))]
+        values = [v for m in per_turn if not math.isnan(v := m.get(name, float("nan")))]
         if values:
             summary[f"median_{name}"] = float(statistics.median(values))
     return summary
