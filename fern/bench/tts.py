@@ -118,6 +118,13 @@ def _bench(args) -> dict:
         _sync(device)
         gen.append((time.perf_counter() - t0) / args.frames * 1e3)
     res["gen_ms_per_frame"] = statistics.median(gen)
+    if not args.compile:  # compiled code runs Inductor kernels, not dispatched operators
+        from fern.bench.opcount import count_ops
+
+        synth.engine.prepare([], seg)
+        res["ops_per_frame"] = float(sum(count_ops(synth.engine._frame).values()))
+    if args.profile and device.startswith("cuda"):
+        res.update(_profile(synth, seg, args))
 
     # 3) streaming Mimi alone
     frames = synth.last_frames.to(device).long()
@@ -160,6 +167,33 @@ def _bench(args) -> dict:
     return res
 
 
+def _profile(synth, seg, args) -> dict:
+    """Where a frame's time goes on the GPU: kernels per frame and their kinds, eagerly and as the replayed graph."""
+    from fern.bench.opcount import profile_cuda_kernels
+
+    out = {}
+    engine = synth.engine
+    for label, fn in (("eager", engine._frame), ("replay", engine._run_frame)):
+        try:
+            engine.prepare([], seg)
+            out[f"profile_{label}"] = profile_cuda_kernels(fn, min(args.frames, 20))
+        except Exception as exc:  # the figures above stand without the profile
+            out[f"profile_{label}"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def _print_profile(label: str, prof: dict) -> None:
+    if "error" in prof:
+        print(f"  profile {label}: failed: {prof['error']}")
+        return
+    shares = ", ".join(f"{k[6:]} {v:.0%}" for k, v in prof.items() if k.startswith("share_"))
+    print(f"  profile {label}: {prof['kernels_per_repeat']:.0f} kernels/frame, GPU busy "
+          f"{prof.get('kernel_busy_ms_per_repeat', 0):.2f} of {prof.get('kernel_span_ms_per_repeat', 0):.2f} ms span "
+          f"({shares})")
+    for k in prof.get("top_kernels", [])[:8]:
+        print(f"    {k['share']:5.1%} {k['per_repeat']:6.1f}/frame {k['avg_us']:7.2f} us  {k['name']}")
+
+
 def _log_mlflow(res: dict, args) -> None:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -190,6 +224,7 @@ def main(argv=None) -> dict:
     p.add_argument("--baseline-runs", type=int, default=1)
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--profile", action="store_true", help="CUDA: kernels per frame, by kind, eager and replayed")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     import torch
@@ -209,9 +244,13 @@ def main(argv=None) -> dict:
     print(f"CSM {args.size} on {res.get('gpu', args.device)} ({res['dtype']}, torch {res['torch']}, "
           f"transformers {res['transformers']}, cuda_graphs={res['cuda_graphs']}, compile={res['compile']})")
     for key in ("gen_ms_per_frame", "e2e_ms_per_frame", "ttfa_ms", "rtf", "mimi_ms_per_frame", "stock_ms_per_frame",
-                "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s"):
+                "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s",
+                "ops_per_frame"):
         if key in res:
             print(f"  {key:22s} {res[key]:10.3f}")
+    for label in ("eager", "replay"):
+        if f"profile_{label}" in res:
+            _print_profile(label, res[f"profile_{label}"])
     print(json.dumps(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -8,8 +8,10 @@ import pytest
 import torch
 from conftest import make_synth, make_tiny_csm, make_tiny_mimi
 
+from fern.bench.opcount import count_ops
 from fern.errors import MissingWeightsError
 from fern.events import CancelToken
+from fern.tts.csm.engine import CsmEngine
 
 N = 5  # frames compared against transformers generate (~0.3 s each there)
 
@@ -54,6 +56,52 @@ def test_greedy_matches_with_voice_prompt_and_history(tiny_csm):
     assert synth.engine.stats["reused_rows"] == sum(len(s) for s in context)  # KV prefix reused, not recomputed
     assert synth.engine.stats["prefill_rows"] == len(synth._segment(text, 0)) - 1
     assert torch.equal(mine, ref)
+
+
+def test_fast_layers_match_the_module_path_with_far_fewer_ops(tiny_csm):
+    """The fast path (fused weights, addmm residuals, one rope pass, one cache write, projected depth embeddings)
+    must give the module path's tokens while dispatching far fewer operators per frame (kernels, on a GPU)."""
+    seg = make_synth(tiny_csm)._segment("Count the kernels.", 0)
+    frames, ops = {}, {}
+    for fast in (True, False):
+        engine = CsmEngine(tiny_csm, fast=fast)
+        frames[fast] = torch.cat(list(engine.generate([], seg, 4)))
+        engine.prepare([], seg)
+        ops[fast] = sum(count_ops(torch.no_grad()(engine._run_frame)).values())
+    assert torch.equal(frames[True], frames[False])
+    assert ops[True] <= 0.6 * ops[False], ops
+
+
+def test_sampler_draws_from_the_top_k_softmax(tiny_csm):
+    engine = CsmEngine(tiny_csm)
+    engine.temperature, engine.top_k = 0.8, 5
+    torch.manual_seed(1)
+    logits = torch.randn(1, engine.vocab) * 2
+    noise = torch.cat([engine._frame_noise() for _ in range(1500)])  # 48000 rows of per-frame noise
+    ids = engine._sample(logits.expand(noise.shape[0], -1), noise)
+    top = logits[0].topk(5)
+    assert torch.isin(ids, top.indices).all()  # never outside the top k
+    freq = (ids[:, None] == top.indices[None]).float().mean(0)
+    expected = torch.softmax(top.values / 0.8, dim=-1)
+    assert (freq - expected).abs().max() < 0.01, (freq, expected)
+    engine.top_k = 0  # no top-k: Gumbel-max over the whole vocabulary
+    full = engine._sample(logits.expand(20000, -1), torch.cat([engine._frame_noise() for _ in range(625)]))
+    assert full.unique().numel() > 5
+
+
+@pytest.mark.slow
+def test_compiled_frame_matches_eager_in_three_graphs(tiny_csm):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    text = "Compile on the CPU."
+    ref = _mine(make_synth(tiny_csm), [], text, 4)
+    compiled = make_synth(tiny_csm, compile=True)
+    assert torch.equal(_mine(compiled, [], text, 4), ref)
+    assert torch.equal(_mine(compiled, [], "And again, longer this time.", 3),
+                       _mine(make_synth(tiny_csm), [], "And again, longer this time.", 3))
+    # backbone step, depth step 1 (two rows) and depth steps 2..31 (one row): no recompiles per step or utterance
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
 
 
 def test_streaming_mimi_equals_whole_decode(tiny_csm):

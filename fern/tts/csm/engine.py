@@ -8,8 +8,11 @@ round trip per token (~185 ms/frame on an H100). Here each frame is one fixed co
                  -> frame_out, emb_in <- embed(frame_out), pos += 1
 
 so on CUDA the whole frame is captured once as a CUDA graph and replayed; the host reads 32 ints per frame (EOS check +
-what the Mimi decode needs). We call the HF modules themselves (norms, projections, MLPs), so weights, LoRA layers
-(peft) and dtypes are exactly the model's; only attention and the caches are ours.
+what the Mimi decode needs). At batch 1 a frame costs what its ~1 700 small kernels (``fern.bench.opcount``) cost to
+run one after another, far more than its weights take to read, so the fast path (see ``_Stack``) is written to launch
+as few kernels as it can: it runs the model's own weights (after any LoRA merge) through fused functional ops, and
+falls back to calling the transformers modules where a layer is not a plain Linear (an unmerged peft adapter).
+Sampling is Gumbel-max over the top-k, with the noise for the whole frame drawn at once.
 
 Context: the cache holds a list of committed segments (voice prompt, then earlier utterances); a new utterance reuses
 the longest common prefix of segments already in the cache (the voice prompt's KV prefix is computed once per session)
@@ -46,13 +49,22 @@ def _plain_linear(m) -> bool:
 class _Stack:
     """A decoder stack (layers + final norm) run with our static KV cache and SDPA.
 
-    Fast path (plain Linear layers: no unmerged LoRA): q/k/v and gate/up weights are re-laid out as one contiguous
-    tensor each, and the modules' weights become views of it (no extra memory), so a layer is 4 GEMMs instead of 7;
-    RMSNorm is ``F.rms_norm``, rope runs once over q and k together. At batch 1 the frame is bound by the number of
-    kernels (31 depth steps x 4 layers + 16 backbone layers), so fewer kernels is the main lever.
+    At batch 1 a frame is bound by the number of kernels (31 depth steps x 4 layers + 16 backbone layers), so the
+    fast path (plain Linear layers: no unmerged LoRA) spends as few as it can per layer:
+
+    - q/k/v and gate/up weights are re-laid out as one contiguous tensor each; the modules' weights become views of
+      it (no extra memory), so a layer is 4 GEMMs instead of 7;
+    - the o and down projections add the residual inside the GEMM (``addmm``);
+    - RMSNorm is ``F.rms_norm`` (one fused kernel on CUDA);
+    - rope runs once over all of q|k|v with per-head tables (v heads: cos 1, sin 0, i.e. untouched) as
+      ``x*cos + roll(x)*sin_signed``, which leaves k|v adjacent so one ``index_copy_`` writes both caches;
+    - the causal mask (additive) and the rope rows are gathered once per forward, or precomputed by the caller for
+      fixed positions (the depth decoder's), where rope can even be folded into the q|k|v weights
+      (:meth:`qkv_rotated_at`).
+    Per layer and one-row step that is 13 operators (10 with folded rope), against ~38 through the modules.
     """
 
-    def __init__(self, layers, norm, rotary, config, max_len: int, device, dtype):
+    def __init__(self, layers, norm, rotary, config, max_len: int, device, dtype, fast: bool = True):
         self.layers = list(layers)
         self.norm = norm
         attn = self.layers[0].self_attn
@@ -62,22 +74,31 @@ class _Stack:
         self.n_kv = config.num_key_value_heads
         self.hidden = config.hidden_size
         self.max_len = max_len
-        shape = (len(self.layers), 1, self.n_kv, max_len, self.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.dtype = dtype
+        n, nh, nkv, hd = len(self.layers), self.n_heads, self.n_kv, self.head_dim
+        # one buffer for both caches: [:, 0] is K, [:, 1] is V, each (layers, 1, nkv, max_len, hd)
+        self.kv = torch.zeros(n, 2, 1, nkv, max_len, hd, device=device, dtype=dtype)
+        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
         with torch.no_grad():
             dummy = torch.zeros(1, 1, 1, device=device, dtype=dtype)
             cos, sin = rotary(dummy, torch.arange(max_len, device=device)[None])
         self.cos, self.sin = cos[0], sin[0]  # (max_len, head_dim), computed like transformers (fp32, then cast)
         self.key_pos = torch.arange(max_len, device=device)
-        self.fused = hasattr(F, "rms_norm") and config.hidden_act == "silu" and all(
+        self.mask_table = torch.full((max_len, max_len), float("-inf"), device=device, dtype=dtype).triu_(1)
+        self.fused = fast and hasattr(F, "rms_norm") and config.hidden_act == "silu" and all(
             _plain_linear(m)
             for layer in self.layers
-            for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                      layer.mlp.gate_proj, layer.mlp.up_proj)
+            for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                      layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
         )
         if self.fused:
             self._fuse()
+            half = hd // 2
+            sign = torch.cat([-torch.ones(half), torch.ones(hd - half)]).to(device=device, dtype=dtype)
+            self.rope_cos = torch.ones(max_len, nh + 2 * nkv, hd, device=device, dtype=dtype)
+            self.rope_sin = torch.zeros(max_len, nh + 2 * nkv, hd, device=device, dtype=dtype)
+            self.rope_cos[:, : nh + nkv] = self.cos[:, None]
+            self.rope_sin[:, : nh + nkv] = (self.sin * sign)[:, None]
 
     @torch.no_grad()
     def _fuse(self) -> None:
@@ -86,59 +107,102 @@ class _Stack:
             layer._fern_qkv = _concat_as_views([a.q_proj, a.k_proj, a.v_proj])
             layer._fern_gu = _concat_as_views([m.gate_proj, m.up_proj])
 
-    def _rms(self, norm, x):
+    def rows(self, pos: torch.Tensor, kv_len: int | None = None) -> tuple[torch.Tensor, ...]:
+        """What a forward over rows at positions ``pos`` needs besides the hidden states, gathered once per forward
+        (not per layer): (pos, additive causal mask over the first ``kv_len`` cache slots, rope cos, rope sin)."""
+        L = self.max_len if kv_len is None else kv_len
+        mask = self.mask_table[pos, :L][None, None]  # (1, 1, T, L)
         if self.fused:
-            return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-        return norm(x)
+            return pos, mask, self.rope_cos[pos][None], self.rope_sin[pos][None]  # (1, T, heads, hd)
+        return pos, mask, self.cos[pos][None, None], self.sin[pos][None, None]
 
     def forward(self, h: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """h: (1, T, D) rows at positions ``pos`` (T,) -> normed hidden (1, T, D). Writes the rows' K/V."""
-        T = h.shape[1]
-        L = self.max_len if kv_len is None else kv_len
-        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
-        mask = (self.key_pos[None, :L] <= pos[:, None])[None, None]  # (1, 1, T, L)
+        return self.run(h, *self.rows(pos, kv_len))
+
+    def run(self, h, pos, mask, cos, sin, qkv_rotated=None) -> torch.Tensor:
+        """:meth:`forward` with the rows' tensors given (precomputed for fixed positions); tensors only, so
+        ``torch.compile`` guards on shapes, not on objects. ``qkv_rotated``: per-layer q|k|v weights with the rope
+        of the (single, fixed) position folded in (:meth:`qkv_rotated_at`)."""
         if self.fused:
-            cos = self.cos[pos][None, :, None]  # (1, T, 1, hd): rows-major layout, before the head transpose
-            sin = self.sin[pos][None, :, None]
-        else:
-            cos = self.cos[pos][None, None]
-            sin = self.sin[pos][None, None]
+            return self._forward_fused(h, pos, mask, cos, sin, qkv_rotated)
+        return self._forward_modules(h, pos, mask, cos, sin)
+
+    @torch.no_grad()
+    def qkv_rotated_at(self, position: int) -> tuple[torch.Tensor, ...]:
+        """Each layer's q|k|v weight with the rope of ``position`` folded in. Rope is linear in the projected row,
+        so for a position known in advance (the depth decoder's) it can be applied to the weight's rows once,
+        here, instead of to every projected row: three kernels fewer per layer and step. Costs one q|k|v weight
+        per layer and position (CSM-1B's depth decoder: ~380 MB in bf16 for positions 2..31)."""
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        cos = self.cos[position].float()[:, None]  # (hd, 1): scales the rows of each head's block
+        sin = self.sin[position].float()[:, None]
+        out = []
+        for layer in self.layers:
+            w = layer._fern_qkv.float().view(nh + 2 * nkv, hd, -1)
+            qk = w[: nh + nkv]
+            half = hd // 2
+            rot = torch.cat((-qk[:, half:], qk[:, :half]), dim=1)
+            w = torch.cat([qk * cos + rot * sin, w[nh + nkv :]])
+            out.append(w.reshape(layer._fern_qkv.shape).to(layer._fern_qkv.dtype))
+        return tuple(out)
+
+    def _attend(self, q, kc, vc, mask):
+        """q (1, nh, T, hd) against the cache slices kc/vc (1, nkv, L, hd)."""
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        rep = nh // nkv
+        if q.shape[2] == 1 and rep > 1:
+            # GQA decode without copying K/V: the query heads of one KV group become that group's "rows"
+            return F.scaled_dot_product_attention(
+                q.reshape(1, nkv, rep, hd), kc, vc, attn_mask=mask, scale=self.scaling
+            ).reshape(1, nh, 1, hd)
+        if rep > 1:
+            kc = kc.repeat_interleave(rep, dim=1)
+            vc = vc.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=self.scaling)
+
+    def _forward_fused(self, h, pos, mask, cos, sin, qkv_rotated=None) -> torch.Tensor:
+        T, D = h.shape[1], self.hidden
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        L = mask.shape[-1]
+        half = hd // 2
+        for i, layer in enumerate(self.layers):
+            norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
+            x = F.rms_norm(h, (D,), norm1.weight, norm1.variance_epsilon)
+            if qkv_rotated is None:
+                qkv = F.linear(x, layer._fern_qkv).view(1, T, nh + 2 * nkv, hd)
+                qkv = torch.addcmul(qkv * cos, qkv.roll(half, -1), sin)
+            else:
+                qkv = F.linear(x, qkv_rotated[i]).view(1, T, nh + 2 * nkv, hd)
+            kv_new = qkv[:, :, nh:].view(1, T, 2, nkv, hd).permute(2, 0, 3, 1, 4)  # (2, 1, nkv, T, hd)
+            self.kv[i].index_copy_(3, pos, kv_new)
+            q = qkv[:, :, :nh].transpose(1, 2)
+            o = self._attend(q, self.kv[i, 0, :, :, :L], self.kv[i, 1, :, :, :L], mask)
+            h = torch.addmm(h.reshape(T, D), o.transpose(1, 2).reshape(T, nh * hd), layer.self_attn.o_proj.weight.t())
+            x = F.rms_norm(h, (D,), norm2.weight, norm2.variance_epsilon)
+            g, u = F.linear(x, layer._fern_gu).chunk(2, dim=-1)
+            h = torch.addmm(h, F.silu(g) * u, layer.mlp.down_proj.weight.t()).view(1, T, D)
+        return F.rms_norm(h, (D,), self.norm.weight, self.norm.variance_epsilon)
+
+    def _forward_modules(self, h, pos, mask, cos, sin) -> torch.Tensor:
+        """The reference path through the modules themselves (used when a layer is not a plain Linear, e.g. an
+        unmerged LoRA adapter)."""
+        T = h.shape[1]
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        L = mask.shape[-1]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            x = self._rms(layer.input_layernorm, h)
-            if self.fused:
-                qkv = F.linear(x, layer._fern_qkv).view(1, T, nh + 2 * nkv, hd)
-                qk = _rope(qkv[:, :, : nh + nkv], cos, sin)
-                q = qk[:, :, :nh].transpose(1, 2)
-                k = qk[:, :, nh:].transpose(1, 2)
-                v = qkv[:, :, nh + nkv :].transpose(1, 2)
-            else:
-                q = attn.q_proj(x).view(1, T, nh, hd).transpose(1, 2)
-                k = attn.k_proj(x).view(1, T, nkv, hd).transpose(1, 2)
-                v = attn.v_proj(x).view(1, T, nkv, hd).transpose(1, 2)
-                q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(1, T, nh, hd).transpose(1, 2)
+            k = attn.k_proj(x).view(1, T, nkv, hd).transpose(1, 2)
+            v = attn.v_proj(x).view(1, T, nkv, hd).transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
             self.k[i].index_copy_(2, pos, k)
             self.v[i].index_copy_(2, pos, v)
-            kc, vc = self.k[i][:, :, :L], self.v[i][:, :, :L]
-            rep = nh // nkv
-            if T == 1 and rep > 1:
-                # GQA decode without copying K/V: the query heads of one KV group become that group's "rows"
-                o = F.scaled_dot_product_attention(
-                    q.reshape(1, nkv, rep, hd), kc, vc, attn_mask=mask, scale=self.scaling
-                ).reshape(1, nh, 1, hd)
-            else:
-                if rep > 1:
-                    kc = kc.repeat_interleave(rep, dim=1)
-                    vc = vc.repeat_interleave(rep, dim=1)
-                o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=self.scaling)
+            o = self._attend(q, self.k[i][:, :, :L], self.v[i][:, :, :L], mask)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(1, T, -1))
-            x = self._rms(layer.post_attention_layernorm, h)
-            if self.fused:
-                g, u = F.linear(x, layer._fern_gu).chunk(2, dim=-1)
-                h = h + layer.mlp.down_proj(F.silu(g) * u)
-            else:
-                h = h + layer.mlp(x)
-        return self._rms(self.norm, h)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.norm(h)
 
 
 def _concat_as_views(linears) -> torch.Tensor:
@@ -161,7 +225,9 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class CsmEngine:
     """Owns the static caches and the per-frame computation; yields frames of codebook ids."""
 
-    def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False):
+    def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False, fast: bool = True):
+        """``fast=False`` runs every layer through the transformers modules (the reference the fast path is tested
+        against); it is chosen anyway for layers that are not plain Linear (an unmerged LoRA adapter)."""
         self.model = model.eval()
         cfg = model.config
         p = next(model.parameters())
@@ -172,8 +238,10 @@ class CsmEngine:
         self.eos_id = cfg.codebook_eos_token_id
         bb = model.backbone_model
         dd = model.depth_decoder.model
-        self.bb = _Stack(bb.layers, bb.norm, bb.rotary_emb, cfg, self.max_len, self.device, self.dtype)
-        self.dd = _Stack(dd.layers, dd.norm, dd.rotary_emb, cfg.depth_decoder_config, self.n_cb, self.device, self.dtype)
+        self.bb = _Stack(bb.layers, bb.norm, bb.rotary_emb, cfg, self.max_len, self.device, self.dtype, fast)
+        self.dd = _Stack(
+            dd.layers, dd.norm, dd.rotary_emb, cfg.depth_decoder_config, self.n_cb, self.device, self.dtype, fast
+        )
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.compile = bool(compile)
         # static buffers: the graph reads emb_in/pos and writes frame_out, emb_in, pos
@@ -181,15 +249,27 @@ class CsmEngine:
         self.emb_in = torch.zeros(1, 1, D, device=self.device, dtype=self.dtype)
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self.frame_out = torch.zeros(1, self.n_cb, dtype=torch.long, device=self.device)
-        self._dd_pos = [torch.arange(0, 2, device=self.device)] + [
+        # the depth decoder's positions are the same every frame: its masks and rope rows are gathered once here
+        dd_pos = [torch.arange(0, 2, device=self.device)] + [
             torch.tensor([i], device=self.device) for i in range(2, self.n_cb)
         ]
-        self._cb_offsets = torch.arange(self.n_cb, device=self.device) * self.vocab
+        self._dd_rows = [self.dd.rows(p, self.n_cb) + (None,) for p in dd_pos]
+        if self.dd.fused:  # one-row steps at fixed positions: rope folded into their q|k|v weights
+            for step in range(1, len(self._dd_rows)):
+                pos, mask, _, _, _ = self._dd_rows[step]
+                self._dd_rows[step] = (pos, mask, None, None, self.dd.qkv_rotated_at(step + 1))
+        depth = model.depth_decoder.model
+        self._dd_embed_projected = None
+        if fast and _plain_linear(depth.inputs_embeds_projector):
+            # every codebook token's embedding, already projected to the depth decoder's width: a step's input is
+            # one row lookup instead of a lookup plus a GEMM (n_cb * vocab rows; ~134 MB in bf16 for CSM-1B)
+            with torch.no_grad():
+                self._dd_embed_projected = depth.inputs_embeds_projector(depth.embed_tokens.weight)
         self._bb_forward = self.bb.forward
-        self._dd_forward = self.dd.forward
+        self._dd_run = self.dd.run
         if self.compile:
             self._bb_forward = torch.compile(self.bb.forward, dynamic=False)
-            self._dd_forward = torch.compile(self.dd.forward, dynamic=False)
+            self._dd_run = torch.compile(self.dd.run, dynamic=False)
         self._graph = None
         self._graph_key = None
         self._prefill_graphs: dict = {}
@@ -210,33 +290,50 @@ class CsmEngine:
         return torch.cat(parts, dim=1)
 
     # ---- per-frame computation (graph-capturable: no host sync, fixed shapes) ---------------------------------
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+    def _frame_noise(self) -> torch.Tensor | None:
+        """Gumbel noise for the whole frame, scaled by the temperature: one row per codebook, one column per top-k
+        candidate. ``argmax(logit + T * G)`` samples ``softmax(logit / T)`` exactly (the Gumbel-max trick) with no host
+        sync, so it is graph-safe, and drawing it once per frame saves kernels in each of the 32 steps."""
         if self.temperature <= 0:
+            return None
+        k = self.top_k if 0 < self.top_k < self.vocab else self.vocab
+        noise = torch.empty(self.n_cb, k, device=self.device, dtype=torch.float32).exponential_(1)
+        return noise.log_().mul_(-self.temperature)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """logits (rows, vocab) -> token ids (rows,): greedy without noise, else top-k then Gumbel-max."""
+        if noise is None:
             return logits.argmax(dim=-1)
-        logits = logits / self.temperature
-        if self.top_k and self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        # multinomial without a host sync (graph-safe): argmax(p / Exp(1))
-        return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+        if noise.shape[-1] < logits.shape[-1]:
+            top, ids = torch.topk(logits, noise.shape[-1], dim=-1)
+            return ids.gather(-1, (top + noise).argmax(dim=-1, keepdim=True))[..., 0]
+        return (logits + noise).argmax(dim=-1)
+
+    def _depth_input(self, c: torch.Tensor, codebook: int) -> torch.Tensor:
+        """The depth decoder's input row for token ``c`` of ``codebook``: (1, 1, depth hidden)."""
+        depth = self.model.depth_decoder.model
+        if self._dd_embed_projected is not None:
+            table = self._dd_embed_projected[codebook * self.vocab : (codebook + 1) * self.vocab]
+            return F.embedding(c, table)[:, None]
+        return depth.inputs_embeds_projector(depth.embed_tokens(c + codebook * self.vocab))[:, None]
 
     def _frame(self) -> None:
         model = self.model
+        noise = self._frame_noise()
         h = self._bb_forward(self.emb_in, self.pos)[:, -1]  # (1, D)
-        c = self._sample(model.lm_head(h))  # (1,)
+        c = self._sample(model.lm_head(h), None if noise is None else noise[0])  # (1,)
         codes = [c]
-        dd = model.depth_decoder
-        head_w = dd.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
-        x = torch.stack([h, dd.model.embed_tokens(c)], dim=1)  # positions 0 (backbone state) and 1 (c0)
+        depth = model.depth_decoder
+        head_w = depth.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
+        # positions 0 (the backbone state) and 1 (c0)
+        x = torch.cat([depth.model.inputs_embeds_projector(h)[:, None], self._depth_input(c, 0)], dim=1)
         for i in range(1, self.n_cb):
-            x = dd.model.inputs_embeds_projector(x)
-            y = self._dd_forward(x, self._dd_pos[i - 1], self.n_cb)[:, -1]
-            c = self._sample(y @ head_w[i - 1])
+            y = self._dd_run(x, *self._dd_rows[i - 1])[:, -1]
+            c = self._sample(y @ head_w[i - 1], None if noise is None else noise[i])
             codes.append(c)
             if i + 1 < self.n_cb:
-                x = dd.model.embed_tokens(c + i * self.vocab)[:, None]
+                x = self._depth_input(c, i)
         frame = torch.stack(codes, dim=1)  # (1, n_cb)
         self.frame_out.copy_(frame)
         self.emb_in.copy_(model.backbone_model.embed_tokens(frame[:, None]))
