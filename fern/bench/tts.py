@@ -118,6 +118,8 @@ def _bench(args) -> dict:
         _sync(device)
         gen.append((time.perf_counter() - t0) / args.frames * 1e3)
     res["gen_ms_per_frame"] = statistics.median(gen)
+    if args.compare_modules:
+        res.update(_module_path(synth, model, seg, args))
     if not args.compile:  # compiled code runs Inductor kernels, not dispatched operators
         from fern.bench.opcount import count_ops
 
@@ -165,6 +167,33 @@ def _bench(args) -> dict:
     if device.startswith("cuda"):
         res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return res
+
+
+def _module_path(synth, model, seg, args) -> dict:
+    """The same frame loop through the transformers modules (``CsmEngine(fast=False)``), same run, same flags:
+    what the fast path's fused operators buy."""
+    from fern.bench.opcount import count_ops
+    from fern.tts.csm.engine import CsmEngine
+
+    engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, fast=False)
+    engine.temperature, engine.top_k = synth.engine.temperature, synth.engine.top_k
+    engine.prepare([], seg)
+    for _ in range(3):  # graph capture and warm-up
+        engine._run_frame()
+    times = []
+    for _ in range(args.runs):
+        engine.prepare([], seg)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        for _ in range(args.frames):
+            engine._run_frame()
+        _sync(args.device)
+        times.append((time.perf_counter() - t0) / args.frames * 1e3)
+    engine.prepare([], seg)
+    out = {"modules_gen_ms_per_frame": statistics.median(times),
+           "modules_ops_per_frame": float(sum(count_ops(engine._frame).values()))}
+    del engine
+    return out
 
 
 def _profile(synth, seg, args) -> dict:
@@ -224,6 +253,8 @@ def main(argv=None) -> dict:
     p.add_argument("--baseline-runs", type=int, default=1)
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-compare-modules", dest="compare_modules", action="store_false",
+                   help="skip timing the same loop through the transformers modules (CsmEngine(fast=False))")
     p.add_argument("--profile", action="store_true", help="CUDA: kernels per frame, by kind, eager and replayed")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
@@ -245,9 +276,9 @@ def main(argv=None) -> dict:
           f"transformers {res['transformers']}, cuda_graphs={res['cuda_graphs']}, compile={res['compile']})")
     for key in ("gen_ms_per_frame", "e2e_ms_per_frame", "ttfa_ms", "rtf", "mimi_ms_per_frame", "stock_ms_per_frame",
                 "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s",
-                "ops_per_frame"):
+                "ops_per_frame", "modules_gen_ms_per_frame", "modules_ops_per_frame"):
         if key in res:
-            print(f"  {key:22s} {res[key]:10.3f}")
+            print(f"  {key:26s} {res[key]:10.3f}")
     for label in ("eager", "replay"):
         if f"profile_{label}" in res:
             _print_profile(label, res[f"profile_{label}"])

@@ -72,6 +72,16 @@ def test_fast_layers_match_the_module_path_with_far_fewer_ops(tiny_csm):
     assert ops[True] <= 0.6 * ops[False], ops
 
 
+def test_a_second_engine_reuses_the_fused_weights(tiny_csm):
+    """Re-concatenating would free the tensor an earlier engine's CUDA graph reads."""
+    layer = tiny_csm.backbone_model.layers[0]
+    CsmEngine(tiny_csm)
+    fused = layer._fern_qkv
+    CsmEngine(tiny_csm)
+    assert layer._fern_qkv.data_ptr() == fused.data_ptr() == layer.self_attn.q_proj.weight.data_ptr()
+    assert torch.equal(layer._fern_qkv, fused)
+
+
 def test_sampler_draws_from_the_top_k_softmax(tiny_csm):
     engine = CsmEngine(tiny_csm)
     engine.temperature, engine.top_k = 0.8, 5

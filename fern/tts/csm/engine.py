@@ -206,7 +206,21 @@ class _Stack:
 
 
 def _concat_as_views(linears) -> torch.Tensor:
-    """One contiguous weight for several Linear layers; each layer's weight becomes a view of its rows."""
+    """One contiguous weight for several Linear layers; each layer's weight becomes a view of its rows.
+
+    If the weights already are consecutive rows of one tensor (an earlier engine over the same model fused them),
+    that tensor is returned as is: reallocating it would free memory an earlier engine's CUDA graph still reads."""
+    first = linears[0].weight
+    ptr, rows = first.data_ptr(), 0
+    contiguous_run = True
+    for m in linears:
+        w = m.weight
+        if not w.is_contiguous() or w.data_ptr() != ptr + rows * w.shape[1] * w.element_size():
+            contiguous_run = False
+            break
+        rows += w.shape[0]
+    if contiguous_run and len({m.weight.shape[1] for m in linears}) == 1:
+        return first.detach().as_strided((rows, first.shape[1]), (first.shape[1], 1))
     w = torch.cat([m.weight.detach() for m in linears]).contiguous()
     row = 0
     for m in linears:
@@ -265,11 +279,17 @@ class CsmEngine:
             # one row lookup instead of a lookup plus a GEMM (n_cb * vocab rows; ~134 MB in bf16 for CSM-1B)
             with torch.no_grad():
                 self._dd_embed_projected = depth.inputs_embeds_projector(depth.embed_tokens.weight)
-        self._bb_forward = self.bb.forward
-        self._dd_run = self.dd.run
-        if self.compile:
-            self._bb_forward = torch.compile(self.bb.forward, dynamic=False)
-            self._dd_run = torch.compile(self.dd.run, dynamic=False)
+        # per-codebook weights and embedding tables as views, handed to the step as tensors (compile guards on
+        # their shapes, so one compiled step serves every codebook)
+        head_w = model.depth_decoder.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
+        self._head_w = [head_w[i] for i in range(self.n_cb - 1)]
+        table = depth.embed_tokens.weight if self._dd_embed_projected is None else self._dd_embed_projected
+        self._dd_tables = [table[i * self.vocab : (i + 1) * self.vocab] for i in range(self.n_cb)]
+        self._bb_step = self._backbone_step
+        self._dd_step = self._depth_step
+        if self.compile:  # whole steps, so sampling and the next step's input fuse with the layers
+            self._bb_step = torch.compile(self._backbone_step, dynamic=False)
+            self._dd_step = torch.compile(self._depth_step, dynamic=False)
         self._graph = None
         self._graph_key = None
         self._prefill_graphs: dict = {}
@@ -310,33 +330,40 @@ class CsmEngine:
             return ids.gather(-1, (top + noise).argmax(dim=-1, keepdim=True))[..., 0]
         return (logits + noise).argmax(dim=-1)
 
-    def _depth_input(self, c: torch.Tensor, codebook: int) -> torch.Tensor:
-        """The depth decoder's input row for token ``c`` of ``codebook``: (1, 1, depth hidden)."""
-        depth = self.model.depth_decoder.model
-        if self._dd_embed_projected is not None:
-            table = self._dd_embed_projected[codebook * self.vocab : (codebook + 1) * self.vocab]
-            return F.embedding(c, table)[:, None]
-        return depth.inputs_embeds_projector(depth.embed_tokens(c + codebook * self.vocab))[:, None]
+    def _depth_input(self, c: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """The depth decoder's input row (1, 1, depth hidden) for token ``c`` of the codebook whose (projected, on
+        the fast path) embedding table is ``table``."""
+        x = F.embedding(c, table)[:, None]
+        if self._dd_embed_projected is None:
+            x = self.model.depth_decoder.model.inputs_embeds_projector(x)
+        return x
+
+    def _backbone_step(self, emb, pos, noise, table):
+        """Backbone row -> codebook 0 and the depth decoder's first input (positions 0: the backbone state, 1: c0)."""
+        model = self.model
+        h = self.bb.forward(emb, pos)[:, -1]  # (1, D)
+        c = self._sample(model.lm_head(h), noise)  # (1,)
+        x = torch.cat([model.depth_decoder.model.inputs_embeds_projector(h)[:, None], self._depth_input(c, table)], 1)
+        return c, x
+
+    def _depth_step(self, x, pos, mask, cos, sin, qkv_rotated, head_w, noise, table):
+        """One depth-decoder step -> this codebook's token and the next step's input row."""
+        y = self.dd.run(x, pos, mask, cos, sin, qkv_rotated)[:, -1]
+        c = self._sample(y @ head_w, noise)
+        return c, self._depth_input(c, table)
 
     def _frame(self) -> None:
-        model = self.model
         noise = self._frame_noise()
-        h = self._bb_forward(self.emb_in, self.pos)[:, -1]  # (1, D)
-        c = self._sample(model.lm_head(h), None if noise is None else noise[0])  # (1,)
+        rows = [None] * self.n_cb if noise is None else noise.unbind(0)
+        c, x = self._bb_step(self.emb_in, self.pos, rows[0], self._dd_tables[0])
         codes = [c]
-        depth = model.depth_decoder
-        head_w = depth.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
-        # positions 0 (the backbone state) and 1 (c0)
-        x = torch.cat([depth.model.inputs_embeds_projector(h)[:, None], self._depth_input(c, 0)], dim=1)
         for i in range(1, self.n_cb):
-            y = self._dd_run(x, *self._dd_rows[i - 1])[:, -1]
-            c = self._sample(y @ head_w[i - 1], None if noise is None else noise[i])
+            # the last step's "next input" (codebook 31's table) is unused: one lookup, for one step shape for all
+            c, x = self._dd_step(x, *self._dd_rows[i - 1], self._head_w[i - 1], rows[i], self._dd_tables[i])
             codes.append(c)
-            if i + 1 < self.n_cb:
-                x = self._depth_input(c, i)
         frame = torch.stack(codes, dim=1)  # (1, n_cb)
         self.frame_out.copy_(frame)
-        self.emb_in.copy_(model.backbone_model.embed_tokens(frame[:, None]))
+        self.emb_in.copy_(self.model.backbone_model.embed_tokens(frame[:, None]))
         self.pos.add_(1)
 
     @torch.no_grad()
