@@ -169,6 +169,26 @@ def test_eos_frame_stops_generation():
     assert chunks == [] and synth.engine.last_eos and synth.stats["frames"] == 0
 
 
+def test_launching_ahead_keeps_the_cached_history_exact():
+    """On CUDA frame t+1 is launched before frame t's EOS check; the frame launched past EOS writes a row the
+    committed history must not keep (here the EOS frame's last code is not 0, so its row differs)."""
+    model = make_tiny_csm(seed=5)
+    with torch.no_grad():  # codebooks 0..30 always 0 (EOS at the first frame), codebook 31 free
+        model.lm_head.weight.zero_()
+        model.depth_decoder.codebooks_head.weight[:-1].zero_()
+    caches = {}
+    for ahead in (False, True):
+        synth = make_synth(model, max_audio_s=0.4)
+        synth.engine.lookahead = ahead
+        assert list(synth.stream("Stop here.", CancelToken())) == [] and synth.engine.last_eos
+        if not ahead:
+            assert synth.engine.frame_out[0, -1] != 0  # the generated EOS frame is not the all-zero one
+        rows = sum(len(s) for s in synth.engine._cached)
+        assert rows == len(synth._segment("Stop here.", 0)) + 1
+        caches[ahead] = synth.engine.bb.kv[..., :rows, :].clone()
+    assert torch.equal(caches[True], caches[False])
+
+
 def test_max_length_bounds_generation(tiny_csm):
     synth = make_synth(tiny_csm, max_audio_s=0.32, chunk_frames=2)
     audio = np.concatenate(list(synth.stream("Bounded.", CancelToken())))

@@ -294,6 +294,8 @@ class CsmEngine:
         self._graph_key = None
         self._prefill_graphs: dict = {}
         self.frame_ready = None  # CUDA event: the last yielded frame is complete
+        self.lookahead = self.device.type == "cuda"  # launch frame t+1 before waiting for frame t
+        self._host_frame = torch.zeros(1, self.n_cb, dtype=torch.long, pin_memory=self.device.type == "cuda")
         self.temperature = 0.0
         self.top_k = 0
         self._cached: list[Segment] = []  # segments whose K/V are in the backbone cache, from position 0
@@ -493,15 +495,17 @@ class CsmEngine:
     def generate(self, context: list[Segment], text: Segment, max_frames: int, cancel=None) -> Iterator[torch.Tensor]:
         """Yield frames (1, n_cb) on the device until the EOS frame (not yielded), ``max_frames`` or cancellation.
 
-        On CUDA frame t+1 is launched before frame t is yielded, so the caller's Mimi decode of frame t (on its own
-        stream) overlaps the generation of t+1. On exit ``self.last_rows_written`` holds how many rows of the
-        text+frames segment are in the cache.
+        With ``self.lookahead`` (default on CUDA) frame t+1 is launched before the host waits for frame t, so the
+        GPU never idles on the per-frame EOS check (an async copy of 32 ints into pinned memory), and the caller's
+        Mimi decode of frame t (on its own stream, after ``frame_ready``) overlaps the generation of t+1. A frame
+        launched past the EOS frame is wasted work, not wrong output. On exit ``self.last_rows_written`` holds how
+        many rows of the text+frames segment are in the cache.
         """
         gen_pos = self.prepare(context, text)
         n_text = len(text)
         max_frames = max(0, min(max_frames, self.max_len - gen_pos - 1))
-        lookahead = self.device.type == "cuda"
-        replays = 0
+        cuda = self.device.type == "cuda"
+        replays = yielded = 0
         self.last_eos = False
 
         def stopped() -> bool:
@@ -515,16 +519,26 @@ class CsmEngine:
                     self._run_frame()
                     replays += 1
                 frame = self.frame_out.clone()
-                if lookahead:  # the decoder stream waits for this point, not for the frame launched after it
+                copied = None
+                if cuda:  # the decoder stream waits for this point, not for the frame launched after it
                     self.frame_ready = torch.cuda.Event()
                     self.frame_ready.record()
-                host = frame.cpu()  # the one sync per frame: the EOS check
+                    host = self._host_frame.copy_(frame, non_blocking=True)
+                    copied = torch.cuda.Event()
+                    copied.record()
+                else:
+                    host = frame
+                if self.lookahead and t + 1 < max_frames and not stopped():
+                    self._run_frame()
+                    replays += 1
+                if copied is not None:
+                    copied.synchronize()  # frame t only; t+1 keeps the GPU busy meanwhile
                 if bool((host[0, :-1] == self.eos_id).all()):
                     self.last_eos = True
                     break
-                if lookahead and t + 1 < max_frames and not stopped():
-                    self._run_frame()
-                    replays += 1
+                yielded += 1
                 yield frame
         finally:
-            self.last_rows_written = n_text - 1 + replays  # replay r wrote row n_text - 1 + r
+            # replay r wrote the row of the segment's row n_text - 1 + r: the text's last row, then frame r - 1.
+            # Rows of frames past what was yielded (launched ahead) are not the segment's.
+            self.last_rows_written = n_text - 1 + min(replays, yielded + 1)
