@@ -30,12 +30,13 @@ _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
                 "float16": "float16", "fp16": "float16", "half": "float16"}
 
 
-def resolve_torch_dtype(dtype: str, device: str, setting: str = "dtype"):
-    """``auto``: bf16 on a GPU that has it (else fp16), fp32 on a CPU; ``setting`` names the config key in errors."""
+def resolve_torch_dtype(dtype: str, device: str, setting: str = "dtype", half: bool = True):
+    """``auto``: with ``half`` (the stage's ``bf16`` flag, from ``optim.bf16``) bf16 on a GPU that has it (else
+    fp16); fp32 otherwise and on a CPU. ``setting`` names the config key in errors."""
     import torch
 
     if dtype == "auto":
-        if device.startswith("cuda"):
+        if half and device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in _DTYPE_NAMES:

@@ -41,6 +41,19 @@ def test_optim_flags_flow_into_stage_configs(compose):
     assert compose(["optim=none"]).llm.attn_implementation == "eager"
 
 
+def test_optim_bf16_decides_what_auto_dtype_means_on_a_gpu(compose):
+    import torch
+
+    from fern.devices import resolve_torch_dtype
+
+    none, native = compose(["optim=none", "tts=csm_streaming"]), compose(["optim=native", "tts=csm_streaming"])
+    assert (none.llm.bf16, none.tts.bf16, native.llm.bf16, native.tts.bf16) == (False, False, True, True)
+    # optim=none is the fp32 reference point of a sweep, on a GPU too; a CPU stays fp32 whatever the flag
+    assert resolve_torch_dtype("auto", "cuda", half=False) is torch.float32
+    assert resolve_torch_dtype("auto", "cpu", half=True) is torch.float32
+    assert resolve_torch_dtype("bfloat16", "cuda", half=False) is torch.bfloat16  # an explicit dtype wins
+
+
 @pytest.mark.parametrize("override,message", [
     ("asr=nope", "Available options in 'asr'"),
     ("vad.aggressiveness=loud", "aggressiveness"),

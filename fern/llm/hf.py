@@ -102,6 +102,7 @@ class HFCausalLM:
         gguf_file: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
+        bf16: bool = True,
         attn_implementation: str | None = "eager",
         max_new_tokens: int = 120,
         temperature: float = 0.0,
@@ -122,7 +123,7 @@ class HFCausalLM:
         if max_new_tokens < 1:
             raise ConfigValueError(f"llm.max_new_tokens must be >= 1, got {max_new_tokens}")
         self.device = resolve_torch_device(device)
-        self.dtype = resolve_torch_dtype(dtype, self.device, "llm.dtype")
+        self.dtype = resolve_torch_dtype(dtype, self.device, "llm.dtype", half=bf16)
         if _model is not None:  # built in code (benchmarks, tests with random weights)
             self.model, self.tokenizer = _model, _tokenizer
             self.name = f"hf:{getattr(_model.config, 'model_type', 'model')}-random"

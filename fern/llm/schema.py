@@ -14,7 +14,8 @@ class HFCausalLMConfig:
     model: str = MISSING  # hub repo id or local dir
     gguf_file: Optional[str] = None  # load a GGUF file from ``model`` (dir) with transformers + gguf
     device: str = "${device}"
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 on a GPU when bf16, else float32) | float32 | bfloat16 | float16
+    bf16: bool = "${optim.bf16}"  # type: ignore[assignment]
     attn_implementation: str = "${optim.attn_implementation}"
     max_new_tokens: int = 120
     temperature: float = 0.0  # 0: greedy

@@ -10,10 +10,10 @@ from fern.errors import ConfigValueError, MissingWeightsError
 log = logging.getLogger(__name__)
 
 
-def resolve_dtype(dtype: str, device: str):
+def resolve_dtype(dtype: str, device: str, half: bool = True):
     from fern.devices import resolve_torch_dtype
 
-    return resolve_torch_dtype(dtype, device, "tts.dtype")
+    return resolve_torch_dtype(dtype, device, "tts.dtype", half=half)
 
 
 def hub_cache(cache_dir: str | None) -> str:
@@ -44,12 +44,13 @@ def random_csm(device: str, dtype, config=None):
     return model.to(dtype=dtype).eval()
 
 
-def load_csm(repo: str, device: str, dtype: str, *, cache_dir=None, local_files_only=False, random_weights=False):
-    """-> (CsmForConditionalGeneration on ``device``, tokenizer)."""
+def load_csm(repo: str, device: str, dtype: str, *, cache_dir=None, local_files_only=False, random_weights=False,
+             half: bool = True):
+    """-> (CsmForConditionalGeneration on ``device``, tokenizer). ``half``: what ``dtype=auto`` means on a GPU."""
     import torch  # noqa: F401
     from transformers import AutoTokenizer, CsmForConditionalGeneration
 
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device, half)
     if random_weights:
         from fern.tts.csm.tokenizer import ByteTokenizer
 

@@ -27,7 +27,8 @@ class CsmTTSConfig:
     cache_dir: Optional[str] = None  # hub cache; null: huggingface_hub's default (HF_HOME)
     local_files_only: bool = False  # never touch the network (the offline cache only)
     device: str = "${device}"
-    dtype: str = "auto"  # auto (bf16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 on a GPU when bf16, else float32) | float32 | bfloat16 | float16
+    bf16: bool = "${optim.bf16}"  # type: ignore[assignment]
     # streaming: yield audio as frames are generated (tts/csm_streaming); false: whole utterance, then one chunk
     streaming: bool = True
     first_chunk_frames: int = 1  # frames (80 ms each) before the first chunk is yielded

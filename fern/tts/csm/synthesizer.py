@@ -38,6 +38,7 @@ class CsmSynthesizer:
         local_files_only: bool = False,
         device: str = "auto",
         dtype: str = "auto",
+        bf16: bool = True,
         streaming: bool = True,
         first_chunk_frames: int = 1,
         chunk_frames: int = 4,
@@ -80,7 +81,7 @@ class CsmSynthesizer:
                 set_backend_flags(tf32, cudnn_benchmark)
             csm, tokenizer = loading.load_csm(
                 model, dev, dtype, cache_dir=cache_dir, local_files_only=local_files_only,
-                random_weights=random_weights,
+                random_weights=random_weights, half=bf16,
             )
             mimi = loading.load_mimi(
                 mimi_repo, mimi_weights, dev, cache_dir=cache_dir, local_files_only=local_files_only,
