@@ -34,6 +34,8 @@ class _Dispatched(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if not self.paused and not _is_view(func) and name not in _NO_KERNEL:
             self.ops[name] += 1
+            if name == "addmm" and getattr(args[0], "dim", lambda: 0)() == 2:
+                self.ops["copy (addmm's 2-D input)"] += 1  # out of place, a 2-D addend is copied before the GEMM
         return func(*args, **(kwargs or {}))
 
 

@@ -72,10 +72,24 @@ def test_fast_layers_match_the_module_path_with_far_fewer_ops(tiny_csm):
     assert ops[True] <= 0.6 * ops[False], ops
 
 
+def test_adjacent_weights_in_separate_storages_are_concatenated_not_aliased():
+    """The CUDA caching allocator packs small tensors back to back; adjacent is not the same storage."""
+    from fern.tts.csm.engine import _concat_as_views
+
+    block = np.arange(48, dtype=np.float32).reshape(12, 4)
+    linears = [torch.nn.Linear(4, 4, bias=False) for _ in range(3)]
+    for i, m in enumerate(linears):  # three storages (numpy slices), each exactly after the previous one
+        m.weight = torch.nn.Parameter(torch.from_numpy(block[4 * i : 4 * i + 4]), requires_grad=False)
+    assert len({m.weight.untyped_storage().nbytes() for m in linears}) == 1
+    fused = _concat_as_views(linears)
+    assert torch.equal(fused, torch.from_numpy(block)) and fused.untyped_storage().nbytes() == block.nbytes
+    assert all(m.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr() for m in linears)
+
+
 def test_a_second_engine_reuses_the_fused_weights(tiny_csm):
     """Re-concatenating would free the tensor an earlier engine's CUDA graph reads."""
     layer = tiny_csm.backbone_model.layers[0]
-    CsmEngine(tiny_csm)
+    CsmEngine(tiny_csm, fast=False)  # the module path lays the weights out too, so a later engine frees nothing
     fused = layer._fern_qkv
     CsmEngine(tiny_csm)
     assert layer._fern_qkv.data_ptr() == fused.data_ptr() == layer.self_attn.q_proj.weight.data_ptr()
@@ -185,7 +199,7 @@ def test_launching_ahead_keeps_the_cached_history_exact():
             assert synth.engine.frame_out[0, -1] != 0  # the generated EOS frame is not the all-zero one
         rows = sum(len(s) for s in synth.engine._cached)
         assert rows == len(synth._segment("Stop here.", 0)) + 1
-        caches[ahead] = synth.engine.bb.kv[..., :rows, :].clone()
+        caches[ahead] = torch.stack([kv[..., :rows, :] for kv in synth.engine.bb.kv])
     assert torch.equal(caches[True], caches[False])
 
 

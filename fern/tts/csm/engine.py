@@ -8,7 +8,7 @@ round trip per token (~185 ms/frame on an H100). Here each frame is one fixed co
                  -> frame_out, emb_in <- embed(frame_out), pos += 1
 
 so on CUDA the whole frame is captured once as a CUDA graph and replayed; the host reads 32 ints per frame (EOS check +
-what the Mimi decode needs). At batch 1 a frame costs what its ~1 700 small kernels (``fern.bench.opcount``) cost to
+what the Mimi decode needs). At batch 1 a frame costs what its ~1 750 small kernels (``fern.bench.opcount``) cost to
 run one after another, far more than its weights take to read, so the fast path (see ``_Stack``) is written to launch
 as few kernels as it can: it runs the model's own weights (after any LoRA merge) through fused functional ops, and
 falls back to calling the transformers modules where a layer is not a plain Linear (an unmerged peft adapter).
@@ -21,6 +21,7 @@ and only prefills what changed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,22 @@ class Segment:
         return int(self.text_ids.numel()) + (0 if self.audio is None else int(self.audio.shape[0]))
 
 
+def _with_attention_kernels(fn):
+    """Run ``fn`` with the SDPA kernels the engine may use: flash, memory-efficient, math; not cuDNN. torch 2.9
+    tries cuDNN first on Hopper, and its kernels misbehave under CUDA graph capture for query lengths not divisible
+    by 128 (ours are 1 and 2; pytorch#169849, off by default from 2.10). The memory-efficient kernel takes these
+    calls as they are. Set around whole frames and prefills, outside compiled code, so compile traces this choice."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _plain_linear(m) -> bool:
     return type(m) is torch.nn.Linear and m.bias is None
 
@@ -54,7 +71,7 @@ class _Stack:
 
     - q/k/v and gate/up weights are re-laid out as one contiguous tensor each; the modules' weights become views of
       it (no extra memory), so a layer is 4 GEMMs instead of 7;
-    - the o and down projections add the residual inside the GEMM (``addmm``);
+    - the o and down projections add into the residual stream inside the GEMM (in-place ``addmm_``);
     - RMSNorm is ``F.rms_norm`` (one fused kernel on CUDA);
     - rope runs once over all of q|k|v with per-head tables (v heads: cos 1, sin 0, i.e. untouched) as
       ``x*cos + roll(x)*sin_signed``, which leaves k|v adjacent so one ``index_copy_`` writes both caches;
@@ -76,23 +93,28 @@ class _Stack:
         self.max_len = max_len
         self.dtype = dtype
         n, nh, nkv, hd = len(self.layers), self.n_heads, self.n_kv, self.head_dim
-        # one buffer for both caches: [:, 0] is K, [:, 1] is V, each (layers, 1, nkv, max_len, hd)
-        self.kv = torch.zeros(n, 2, 1, nkv, max_len, hd, device=device, dtype=dtype)
-        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
+        # per layer one buffer for both caches: [0] is K, [1] is V, each (1, nkv, max_len, hd). One tensor per
+        # layer, not one for all: torch.compile writes a compiled step's cache row in place only into a whole
+        # input tensor (into a view of one it copies the whole tensor)
+        self.kv = [torch.zeros(2, 1, nkv, max_len, hd, device=device, dtype=dtype) for _ in range(n)]
         with torch.no_grad():
             dummy = torch.zeros(1, 1, 1, device=device, dtype=dtype)
             cos, sin = rotary(dummy, torch.arange(max_len, device=device)[None])
         self.cos, self.sin = cos[0], sin[0]  # (max_len, head_dim), computed like transformers (fp32, then cast)
         self.key_pos = torch.arange(max_len, device=device)
         self.mask_table = torch.full((max_len, max_len), float("-inf"), device=device, dtype=dtype).triu_(1)
-        self.fused = fast and hasattr(F, "rms_norm") and config.hidden_act == "silu" and all(
+        fusable = hasattr(F, "rms_norm") and config.hidden_act == "silu" and all(
             _plain_linear(m)
             for layer in self.layers
             for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
                       layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
         )
-        if self.fused:
+        if fusable:
+            # also for the module path: the weights are re-laid out once per model, whichever engine comes first,
+            # so no later engine frees weights an earlier engine's CUDA graph reads
             self._fuse()
+        self.fused = fast and fusable
+        if self.fused:
             half = hd // 2
             sign = torch.cat([-torch.ones(half), torch.ones(hd - half)]).to(device=device, dtype=dtype)
             self.rope_cos = torch.ones(max_len, nh + 2 * nkv, hd, device=device, dtype=dtype)
@@ -166,6 +188,9 @@ class _Stack:
         nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         L = mask.shape[-1]
         half = hd // 2
+        # the residual stream is updated in place by the o/down GEMMs (addmm_ with beta=1: one kernel; an
+        # out-of-place addmm would first copy the residual); cloned once so the caller's input is left alone
+        h = h.reshape(T, D).clone()
         for i, layer in enumerate(self.layers):
             norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
             x = F.rms_norm(h, (D,), norm1.weight, norm1.variance_epsilon)
@@ -175,14 +200,15 @@ class _Stack:
             else:
                 qkv = F.linear(x, qkv_rotated[i]).view(1, T, nh + 2 * nkv, hd)
             kv_new = qkv[:, :, nh:].view(1, T, 2, nkv, hd).permute(2, 0, 3, 1, 4)  # (2, 1, nkv, T, hd)
-            self.kv[i].index_copy_(3, pos, kv_new)
+            kv = self.kv[i]
+            kv.index_copy_(3, pos, kv_new)
             q = qkv[:, :, :nh].transpose(1, 2)
-            o = self._attend(q, self.kv[i, 0, :, :, :L], self.kv[i, 1, :, :, :L], mask)
-            h = torch.addmm(h.reshape(T, D), o.transpose(1, 2).reshape(T, nh * hd), layer.self_attn.o_proj.weight.t())
+            o = self._attend(q, kv[0, :, :, :L], kv[1, :, :, :L], mask)
+            h.addmm_(o.transpose(1, 2).reshape(T, nh * hd), layer.self_attn.o_proj.weight.t())
             x = F.rms_norm(h, (D,), norm2.weight, norm2.variance_epsilon)
             g, u = F.linear(x, layer._fern_gu).chunk(2, dim=-1)
-            h = torch.addmm(h, F.silu(g) * u, layer.mlp.down_proj.weight.t()).view(1, T, D)
-        return F.rms_norm(h, (D,), self.norm.weight, self.norm.variance_epsilon)
+            h.addmm_(F.silu(g) * u, layer.mlp.down_proj.weight.t())
+        return F.rms_norm(h, (D,), self.norm.weight, self.norm.variance_epsilon).view(1, T, D)
 
     def _forward_modules(self, h, pos, mask, cos, sin) -> torch.Tensor:
         """The reference path through the modules themselves (used when a layer is not a plain Linear, e.g. an
@@ -197,9 +223,9 @@ class _Stack:
             k = attn.k_proj(x).view(1, T, nkv, hd).transpose(1, 2)
             v = attn.v_proj(x).view(1, T, nkv, hd).transpose(1, 2)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            self.k[i].index_copy_(2, pos, k)
-            self.v[i].index_copy_(2, pos, v)
-            o = self._attend(q, self.k[i][:, :, :L], self.v[i][:, :, :L], mask)
+            self.kv[i][0].index_copy_(2, pos, k)
+            self.kv[i][1].index_copy_(2, pos, v)
+            o = self._attend(q, self.kv[i][0, :, :, :L], self.kv[i][1, :, :, :L], mask)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(1, T, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.norm(h)
@@ -211,15 +237,19 @@ def _concat_as_views(linears) -> torch.Tensor:
     If the weights already are consecutive rows of one tensor (an earlier engine over the same model fused them),
     that tensor is returned as is: reallocating it would free memory an earlier engine's CUDA graph still reads."""
     first = linears[0].weight
+    storage = first.untyped_storage()
     ptr, rows = first.data_ptr(), 0
-    contiguous_run = True
+    contiguous_run = len({m.weight.shape[1] for m in linears}) == 1
     for m in linears:
         w = m.weight
-        if not w.is_contiguous() or w.data_ptr() != ptr + rows * w.shape[1] * w.element_size():
+        # adjacent addresses are not enough: the CUDA caching allocator packs separate small tensors back to back
+        if (not contiguous_run or not w.is_contiguous() or w.untyped_storage().data_ptr() != storage.data_ptr()
+                or w.data_ptr() != ptr + rows * w.shape[1] * w.element_size()):
             contiguous_run = False
             break
         rows += w.shape[0]
-    if contiguous_run and len({m.weight.shape[1] for m in linears}) == 1:
+    end = ptr + rows * first.shape[1] * first.element_size()
+    if contiguous_run and end <= storage.data_ptr() + storage.nbytes():
         return first.detach().as_strided((rows, first.shape[1]), (first.shape[1], 1))
     w = torch.cat([m.weight.detach() for m in linears]).contiguous()
     row = 0
@@ -319,8 +349,9 @@ class CsmEngine:
         if self.temperature <= 0:
             return None
         k = self.top_k if 0 < self.top_k < self.vocab else self.vocab
-        noise = torch.empty(self.n_cb, k, device=self.device, dtype=torch.float32).exponential_(1)
-        return noise.log_().mul_(-self.temperature)
+        # rows padded to 16 bytes: a compiled step copies any input that is not 16-byte aligned
+        noise = torch.empty(self.n_cb, -(-k // 4) * 4, device=self.device, dtype=torch.float32).exponential_(1)
+        return noise.log_().mul_(-self.temperature)[:, :k]
 
     @staticmethod
     def _sample(logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
@@ -354,6 +385,7 @@ class CsmEngine:
         c = self._sample(y @ head_w, noise)
         return c, self._depth_input(c, table)
 
+    @_with_attention_kernels
     def _frame(self) -> None:
         noise = self._frame_noise()
         rows = [None] * self.n_cb if noise is None else noise.unbind(0)
@@ -407,6 +439,7 @@ class CsmEngine:
     PREFILL_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 
     @torch.no_grad()
+    @_with_attention_kernels
     def _prefill_rows(self, emb: torch.Tensor, start: int) -> None:
         T = emb.shape[1]
         if T == 0:
@@ -428,7 +461,7 @@ class CsmEngine:
         if bucket not in self._prefill_graphs:
             buf_emb = torch.zeros(1, bucket, self.emb_in.shape[-1], device=self.device, dtype=self.dtype)
             buf_pos = torch.arange(bucket, device=self.device)
-            saved = (self.bb.k.clone(), self.bb.v.clone())  # capture must not clobber cached context rows
+            saved = [kv.clone() for kv in self.bb.kv]  # capture must not clobber cached context rows
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
@@ -438,11 +471,12 @@ class CsmEngine:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self.bb.forward(buf_emb, buf_pos)
-            self.bb.k.copy_(saved[0])
-            self.bb.v.copy_(saved[1])
+            for kv, old in zip(self.bb.kv, saved):
+                kv.copy_(old)
             self._prefill_graphs[bucket] = (graph, buf_emb, buf_pos)
         return self._prefill_graphs[bucket]
 
+    @_with_attention_kernels
     def warm_prefill(self, max_rows: int = 256) -> None:
         """Capture the prefill graphs up front (start-up, not the first utterance, pays for it)."""
         if self.cuda_graphs:
