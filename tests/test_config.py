@@ -81,3 +81,23 @@ def test_cli_unknown_value_lists_valid_choices():
     assert result.returncode != 0
     assert "Available options in 'tts'" in result.stderr and "espeak" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_backend_flags_keep_cudnn_attention_off_where_torch_still_defaults_to_it():
+    import torch
+
+    from fern.optim import _torch_before, apply_optim, set_backend_flags
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
+              torch.backends.cuda.cudnn_sdp_enabled())
+    try:
+        set_backend_flags(tf32=True, cudnn_benchmark=False)
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        if _torch_before(2, 10):
+            assert torch.backends.cuda.cudnn_sdp_enabled() is False
+        applied = apply_optim(type("Optim", (), {"tf32": False, "cudnn_benchmark": True})())
+        assert applied["optim.applied.tf32"] is False and applied["optim.applied.cudnn_benchmark"] is True
+        assert applied["optim.applied.cudnn_sdp"] == torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        set_backend_flags(tf32=before[0], cudnn_benchmark=before[1])
+        torch.backends.cuda.enable_cudnn_sdp(before[2])

@@ -14,6 +14,17 @@ def set_backend_flags(tf32: bool, cudnn_benchmark: bool) -> None:
     torch.backends.cudnn.allow_tf32 = bool(tf32)
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+    if _torch_before(2, 10):
+        # torch 2.9 tries cuDNN attention first on Hopper, and it misbehaves under CUDA graph capture for query
+        # lengths not divisible by 128 (pytorch#169849); 2.10 turns it off by default for CUDA < 12.9
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def _torch_before(major: int, minor: int) -> bool:
+    import torch
+
+    version = torch.__version__.split("+")[0].split(".")
+    return (int(version[0]), int(version[1])) < (major, minor)
 
 
 def apply_optim(optim: Any) -> dict[str, Any]:
@@ -25,5 +36,6 @@ def apply_optim(optim: Any) -> dict[str, Any]:
         "optim.applied.tf32": torch.backends.cuda.matmul.allow_tf32,
         "optim.applied.cudnn_benchmark": torch.backends.cudnn.benchmark,
         "optim.applied.float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "optim.applied.cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
         "optim.applied.cuda_available": torch.cuda.is_available(),
     }
