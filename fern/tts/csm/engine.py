@@ -91,7 +91,6 @@ class _Stack:
         self.n_kv = config.num_key_value_heads
         self.hidden = config.hidden_size
         self.max_len = max_len
-        self.dtype = dtype
         n, nh, nkv, hd = len(self.layers), self.n_heads, self.n_kv, self.head_dim
         # per layer one buffer for both caches: [0] is K, [1] is V, each (1, nkv, max_len, hd). One tensor per
         # layer, not one for all: torch.compile writes a compiled step's cache row in place only into a whole
@@ -101,7 +100,6 @@ class _Stack:
             dummy = torch.zeros(1, 1, 1, device=device, dtype=dtype)
             cos, sin = rotary(dummy, torch.arange(max_len, device=device)[None])
         self.cos, self.sin = cos[0], sin[0]  # (max_len, head_dim), computed like transformers (fp32, then cast)
-        self.key_pos = torch.arange(max_len, device=device)
         self.mask_table = torch.full((max_len, max_len), float("-inf"), device=device, dtype=dtype).triu_(1)
         fusable = hasattr(F, "rms_norm") and config.hidden_act == "silu" and all(
             _plain_linear(m)
