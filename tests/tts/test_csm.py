@@ -96,6 +96,27 @@ def test_a_second_engine_reuses_the_fused_weights(tiny_csm):
     assert torch.equal(layer._fern_qkv, fused)
 
 
+@pytest.mark.slow
+def test_full_size_architecture_greedy_matches_transformers():
+    """CSM-1B's real shapes (head dims 64/128, GQA 32/8 and 8/2), random weights, fp32: the fast path (fused
+    weights, folded rope, projected embeddings) gives transformers' frames. ~7 GB of RAM, ~40 s."""
+    from transformers import CsmConfig, CsmForConditionalGeneration
+
+    from fern.tts.csm.engine import Segment
+
+    torch.manual_seed(0)
+    config = CsmConfig()
+    config.max_position_embeddings = 256  # a smaller static cache; the layers are CSM-1B's
+    with torch.no_grad():
+        model = CsmForConditionalGeneration(config).eval()
+        engine = CsmEngine(model)
+        assert engine.bb.fused and engine.dd.fused and engine._dd_embed_projected is not None
+        seg = Segment(torch.tensor([128000, 791, 6864, 315, 9822, 374, 12366, 13, 128001]))
+        mine = torch.cat(list(engine.generate([], seg, 3)))
+        emb = engine.embed_segment(seg)
+    assert torch.equal(mine, _reference(model, emb, 3))
+
+
 def test_sampler_draws_from_the_top_k_softmax(tiny_csm):
     engine = CsmEngine(tiny_csm)
     engine.temperature, engine.top_k = 0.8, 5
