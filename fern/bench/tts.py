@@ -108,16 +108,7 @@ def _bench(args) -> dict:
 
     # 2) the frame loop alone (no Mimi)
     seg = synth._segment(LINE_15_WORDS, 0)
-    gen = []
-    for _ in range(args.runs):
-        synth.engine.prepare([], seg)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(args.frames):
-            synth.engine._run_frame()
-        _sync(device)
-        gen.append((time.perf_counter() - t0) / args.frames * 1e3)
-    res["gen_ms_per_frame"] = statistics.median(gen)
+    res["gen_ms_per_frame"] = _frame_loop_ms(synth.engine, seg, args)
     if args.compare_modules:
         res.update(_module_path(synth, model, seg, args))
     if not args.compile:  # compiled code runs Inductor kernels, not dispatched operators
@@ -169,6 +160,20 @@ def _bench(args) -> dict:
     return res
 
 
+def _frame_loop_ms(engine, seg, args) -> float:
+    """Median ms per frame of ``engine``'s frame loop alone (no Mimi) over ``args.runs`` runs of ``args.frames``."""
+    times = []
+    for _ in range(args.runs):
+        engine.prepare([], seg)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        for _ in range(args.frames):
+            engine._run_frame()
+        _sync(args.device)
+        times.append((time.perf_counter() - t0) / args.frames * 1e3)
+    return statistics.median(times)
+
+
 def _module_path(synth, model, seg, args) -> dict:
     """The same frame loop through the transformers modules (``CsmEngine(fast=False)``), same run, same flags:
     what the fast path's fused operators buy."""
@@ -180,17 +185,9 @@ def _module_path(synth, model, seg, args) -> dict:
     engine.prepare([], seg)
     for _ in range(3):  # graph capture and warm-up
         engine._run_frame()
-    times = []
-    for _ in range(args.runs):
-        engine.prepare([], seg)
-        _sync(args.device)
-        t0 = time.perf_counter()
-        for _ in range(args.frames):
-            engine._run_frame()
-        _sync(args.device)
-        times.append((time.perf_counter() - t0) / args.frames * 1e3)
+    gen_ms = _frame_loop_ms(engine, seg, args)
     engine.prepare([], seg)
-    out = {"modules_gen_ms_per_frame": statistics.median(times),
+    out = {"modules_gen_ms_per_frame": gen_ms,
            "modules_ops_per_frame": float(sum(count_ops(engine._frame).values()))}
     del engine
     return out
