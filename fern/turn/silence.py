@@ -44,3 +44,22 @@ class SilenceEndpointer:
         long_enough = self._speech_s + 1e-9 >= self.min_speech_s
         self.reset()
         return turn if long_enough else None
+
+
+class SilenceTurnDetector:
+    """The seed's rule under the TurnDetector contract: a pause of ``silence_ms`` ends the turn, nothing earlier."""
+
+    needs_transcript = False
+
+    def __init__(self, silence_ms: int = 700, min_speech_ms: int = 200, speech_start_ms: int = 60) -> None:
+        from fern.errors import ConfigValueError
+
+        if silence_ms <= 0:
+            raise ConfigValueError(f"turn.silence_ms must be > 0, got {silence_ms}")
+        self.silence_ms, self.min_speech_ms, self.speech_start_ms = silence_ms, min_speech_ms, speech_start_ms
+        self.checkpoints_s = (silence_ms / 1000,)
+
+    def decide(self, state):
+        from fern.turn.base import Verdict
+
+        return Verdict(end=True)
