@@ -25,3 +25,12 @@ class ServiceError(FernError):
 
 class ConfigValueError(FernError):
     """A config value is syntactically valid but unusable (wrong path, bad range...)."""
+
+
+class LlmStreamError(ServiceError):
+    """An LLM stream failed (slow to start, stalled, refused, cut off); ``reason`` is a short machine-readable tag."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,11 +1,10 @@
-"""Typed events that flow one way through the pipeline.
+"""Typed events: what the stages hand along, and what observers see.
 
-source -> AudioFrame -> vad -> VadFrame -> turn -> UserTurn -> asr -> Transcript -> llm -> LlmToken/LlmDone
--> chunker -> Clause -> tts -> AgentAudio -> sink.
+    source --blocks--> Listener --SpeechStarted, UserTurn--> Responder --Transcript, LlmToken, LlmDone, Clause,
+    AgentAudio, ClauseSpoken, StageStats, ReplyEnded--> observers (record, console, outputs, MLflow)
 
-Every event carries ``t``: seconds on the session clock (fern.clock.SessionClock) when it was produced; audio frames
-carry the time their last sample was captured. ``turn_id`` ties everything an agent does to the user turn it answers,
-which is what barge-in will cancel by.
+Every event carries ``t``: seconds on the session clock (fern.clock.SessionClock) when it happened. ``turn_id`` ties
+everything the agent does to the user turn it answers; a reply is cancelled (barge-in, a resumed turn) by turn.
 """
 
 from __future__ import annotations
@@ -16,19 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# ---- the listener -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class AudioFrame:
-    t: float
-    samples: np.ndarray  # float32 mono in [-1, 1]
-    sample_rate: int
-    index: int
+class SpeechStarted:
+    """The user started talking (after the detector's debounce). During agent playback this is a barge-in cue."""
 
-
-@dataclass(frozen=True)
-class VadFrame:
     t: float
-    frame: AudioFrame
-    is_speech: bool
+    t_speech_start: float
 
 
 @dataclass(frozen=True)
@@ -41,6 +34,7 @@ class UserTurn:
     t_last_voiced: float  # end of the last voiced frame: the reference for endpoint and voice-to-voice delay
 
 
+# ---- the responder ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Transcript:
     t: float
@@ -56,14 +50,28 @@ class LlmToken:
     text: str
 
 
+@dataclass
+class StreamInfo:
+    """What one LLM stream reports when it ends (the value its generator returns)."""
+
+    backend: str  # the model that produced the reply (a fallback shows here)
+    n_tokens: int = 0
+    prompt_tokens: int | None = None
+    reused_tokens: int | None = None  # prompt tokens whose KV cache was reused from the previous turn
+    ttft_s: float | None = None
+    decode_s: float = 0.0
+    fallback: bool = False
+    fallback_reason: str | None = None
+    error: str | None = None
+    cancelled: bool = False
+
+
 @dataclass(frozen=True)
 class LlmDone:
     t: float
     turn_id: int
     text: str
-    n_tokens: int
-    backend: str  # which model produced the reply (a fallback shows here)
-    fallbacks: int = 0
+    info: StreamInfo
 
 
 @dataclass(frozen=True)
@@ -72,16 +80,43 @@ class Clause:
     turn_id: int
     index: int
     text: str
-    final: bool = False
 
 
 @dataclass(frozen=True)
 class AgentAudio:
-    t: float
+    t: float  # when the TTS produced it
     turn_id: int
     clause_index: int
     samples: np.ndarray  # float32 mono
     sample_rate: int
+    heard_at: float  # when its first sample reaches the listener's ear (the sink's answer to play())
+
+
+@dataclass(frozen=True)
+class ClauseSpoken:
+    t: float
+    turn_id: int
+    index: int
+    compute_s: float  # TTS time spent on this clause
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Figures a stage computes about itself (e.g. CSM's first-chunk time), returned when its stream ends."""
+
+    t: float
+    turn_id: int
+    stage: str
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ReplyEnded:
+    t: float
+    turn_id: int
+    agent_text: str  # what the user heard
+    llm_text: str  # everything the LLM wrote (longer than agent_text when the reply was cut)
+    error: str | None = None  # "interrupted", "no speech recognised", or the failure
 
 
 @dataclass
@@ -96,3 +131,7 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+
+Event = (SpeechStarted | UserTurn | Transcript | LlmToken | LlmDone | Clause | AgentAudio | ClauseSpoken | StageStats
+         | ReplyEnded)

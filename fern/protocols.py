@@ -1,17 +1,22 @@
 """The contract of each stage. A config group's ``_target_`` builds an object that satisfies one of these.
 
 Stages are plain synchronous classes so they are easy to test and to reuse in benchmarks; fern.pipeline runs them
-concurrently. Anything that streams takes a CancelToken and must stop at its next step once it is cancelled.
+concurrently. Anything that streams takes a CancelToken and must stop at its next step once it is cancelled; a stream
+may *return* a summary when it ends (an LLM its StreamInfo, a synthesizer a dict of its own figures).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fern.events import CancelToken
+from fern.events import CancelToken, Event, StreamInfo
+from fern.turn.base import TurnDetector
+
+__all__ = ["AudioSink", "AudioSource", "ChatHistory", "Chunker", "LanguageModel", "Observer", "RecordingSink",
+           "SpeechRecognizer", "SpeechSynthesizer", "TurnDetector", "VoiceActivityDetector"]
 
 
 @runtime_checkable
@@ -21,21 +26,16 @@ class AudioSource(Protocol):
     sample_rate: int
     block_ms: int
 
-    def blocks(self) -> Iterator[np.ndarray]: ...
+    def blocks(self) -> Generator[np.ndarray, None, None]: ...
 
     def close(self) -> None: ...
 
 
 @runtime_checkable
 class AudioSink(Protocol):
-    """Receives user audio (for the timeline) and agent audio to be played at session time ``t``.
-
-    ``play`` returns the session time at which the first sample is (or will be) heard.
-    """
+    """Plays agent audio. ``play`` returns the session time at which the first sample is (or will be) heard."""
 
     sample_rate: int
-
-    def record_user(self, samples: np.ndarray, sample_rate: int, t_end: float) -> None: ...
 
     def play(self, samples: np.ndarray, sample_rate: int, t: float) -> float: ...
 
@@ -47,20 +47,24 @@ class AudioSink(Protocol):
 
 
 @runtime_checkable
+class RecordingSink(AudioSink, Protocol):
+    """A sink that also keeps both sides of the conversation on the session clock (timeline.wav, round-trip WER)."""
+
+    def record_user(self, samples: np.ndarray, sample_rate: int, t_end: float) -> None: ...
+
+    def track(self, name: str) -> np.ndarray:
+        """One side alone ("user" or "agent") at the sink's rate, on the session time axis."""
+        ...
+
+    def timeline(self) -> np.ndarray: ...
+
+
+@runtime_checkable
 class VoiceActivityDetector(Protocol):
     sample_rate: int
     frame_ms: int
 
     def is_speech(self, frame: np.ndarray) -> bool: ...
-
-
-@runtime_checkable
-class TurnDetector(Protocol):
-    """Consumes VAD decisions and returns (start, last_voiced, end) session times when a user turn ends."""
-
-    def push(self, t_frame_end: float, frame_s: float, is_speech: bool) -> tuple[float, float, float] | None: ...
-
-    def reset(self) -> None: ...
 
 
 @runtime_checkable
@@ -72,11 +76,26 @@ class SpeechRecognizer(Protocol):
 
 @runtime_checkable
 class LanguageModel(Protocol):
-    """Streams reply text pieces for a chat history of {"role", "content"} messages."""
+    """Streams reply text pieces for a chat history of {"role", "content"} messages; returns its StreamInfo."""
 
     name: str
 
-    def stream(self, messages: Sequence[dict[str, str]], cancel: CancelToken) -> Iterator[str]: ...
+    def stream(self, messages: Sequence[dict[str, str]], cancel: CancelToken) -> Generator[str, None, StreamInfo]: ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` costs this model (the chat history's budget is kept in these)."""
+        ...
+
+
+@runtime_checkable
+class ChatHistory(Protocol):
+    def add_user(self, text: str) -> None: ...
+
+    def add_assistant(self, text: str) -> None:
+        """What the agent said: after an interruption, only the part the user heard."""
+        ...
+
+    def messages(self) -> list[dict[str, str]]: ...
 
 
 @runtime_checkable
@@ -90,8 +109,19 @@ class Chunker(Protocol):
 
 @runtime_checkable
 class SpeechSynthesizer(Protocol):
-    """Streams float32 mono audio chunks at ``sample_rate`` for one piece of text."""
+    """Streams float32 mono audio chunks at ``sample_rate`` for one piece of text; may return its own figures."""
 
     sample_rate: int
 
-    def stream(self, text: str, cancel: CancelToken) -> Iterator[np.ndarray]: ...
+    def stream(self, text: str, cancel: CancelToken) -> Generator[np.ndarray, None, dict[str, float] | None]: ...
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Sees every event of a session, in order, on the event loop (so it must be quick: no model calls)."""
+
+    def on_event(self, event: Event) -> None: ...
+
+    def close(self) -> None:
+        """The session is over (normally or not): write out what is kept."""
+        ...

@@ -11,7 +11,7 @@ from fern.io.file import TimelineSink, WavFileSource
 from fern.llm.history import ChatHistory
 from fern.pipeline import VoicePipeline
 from fern.tts.espeak import EspeakSynthesizer, speak_conversation
-from fern.turn.silence import SilenceEndpointer
+from fern.turn.silence import SilenceTurnDetector
 from fern.vad.webrtc import WebRtcVad
 
 
@@ -51,7 +51,7 @@ class FailsOnce:
 def make_pipeline(tmp_path, write_wav, questions, asr, llm, tts, sink, gap_s=6.0):
     wav = write_wav("conversation.wav", speak_conversation(questions, gap_s=gap_s), 16000)
     return VoicePipeline(
-        source=WavFileSource(str(wav), trailing_silence_s=1.0), sink=sink, vad=WebRtcVad(), turn=SilenceEndpointer(),
+        source=WavFileSource(str(wav), trailing_silence_s=1.0), sink=sink, vad=WebRtcVad(), turn=SilenceTurnDetector(),
         asr=asr, llm=llm, chunker=ClauseChunker(), tts=tts,
         history=ChatHistory("You are FERN, a helpful voice assistant. Keep answers short.", 1024, llm.count_tokens))
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fern.errors import ConfigValueError
-from fern.turn.silence import SilenceEndpointer
+from fern.turn.segmenter import Checkpoint, Segmenter
+from fern.turn.silence import SilenceTurnDetector
 from fern.vad.webrtc import WebRtcVad
 
 
@@ -31,12 +32,16 @@ def test_webrtc_vad_rejects_unsupported_settings(kwargs):
 
 
 def run_endpointer(pattern: str, frame_s: float = 0.02, **kwargs):
-    ep = SilenceEndpointer(**kwargs)
+    """Drive the silence detector through the Segmenter the way the listener does."""
+    detector = SilenceTurnDetector(**kwargs)
+    segmenter = Segmenter(detector.checkpoints_s, detector.speech_start_ms, detector.min_speech_ms)
     turns = []
     for i, ch in enumerate(pattern):
-        turn = ep.push((i + 1) * frame_s, frame_s, ch == "x")
-        if turn:
-            turns.append(turn)
+        signal = segmenter.push((i + 1) * frame_s, frame_s, ch == "x")
+        if isinstance(signal, Checkpoint) and (signal.last or detector.decide(None).end):
+            bounds = segmenter.end_turn(signal.t)
+            if bounds:
+                turns.append((bounds.t_start, bounds.t_last_voiced, bounds.t_end))
     return turns
 
 
@@ -57,3 +62,25 @@ def test_two_turns_are_separate():
     pattern = ("x" * 20 + "." * 40) * 2
     turns = run_endpointer(pattern, silence_ms=700)
     assert len(turns) == 2 and turns[1][0] == pytest.approx(1.2)
+
+
+def test_segmenter_reports_checkpoints_and_resumption_in_order():
+    from fern.turn.segmenter import Resume, SpeechStart
+
+    segmenter = Segmenter([0.2, 0.5], speech_start_ms=60, min_speech_ms=200)
+    pattern = "x" * 20 + "." * 15 + "x" * 10 + "." * 30  # 0.4 s speech, 0.3 s pause, 0.2 s speech, 0.6 s silence
+    signals = [s for i, ch in enumerate(pattern) if (s := segmenter.push(round((i + 1) * 0.02, 3), 0.02, ch == "x"))]
+    kinds = [type(s).__name__ for s in signals]
+    assert kinds == ["SpeechStart", "Checkpoint", "Resume", "Checkpoint", "Checkpoint"]
+    assert isinstance(signals[0], SpeechStart) and signals[0].t == pytest.approx(0.0, abs=1e-9)
+    assert signals[1].silence_s == pytest.approx(0.2) and not signals[1].last
+    assert isinstance(signals[2], Resume) and signals[2].pause_s == pytest.approx(0.3)
+    assert signals[4].last and signals[4].t_last_voiced == pytest.approx(0.9)
+    bounds = segmenter.end_turn(signals[4].t)
+    assert (bounds.t_start, bounds.t_last_voiced) == (pytest.approx(0.0, abs=1e-9), pytest.approx(0.9))
+    assert not segmenter.in_turn
+
+
+def test_segmenter_rejects_checkpoints_out_of_order():
+    with pytest.raises(ConfigValueError):
+        Segmenter([0.5, 0.2])

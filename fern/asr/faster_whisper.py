@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from fern.devices import resolve_ctranslate2_device
 from fern.errors import ConfigValueError, MissingWeightsError
+from omegaconf import MISSING
+
+@dataclass
+class FasterWhisperConfig:
+    _target_: str = "fern.asr.faster_whisper.FasterWhisperRecognizer"
+    model: str = MISSING  # a faster-whisper size name, a hub repo id, a local dir, or package:<module>/<subdir>
+    device: str = "${device}"
+    compute_type: str = "default"  # CTranslate2: default | int8 | int8_float16 | float16 | float32
+    beam_size: int = 1
+    language: Optional[str] = "en"
+    cpu_threads: int = 0  # 0: CTranslate2's default
+    sample_rate: int = "${io.source.sample_rate}"  # type: ignore[assignment]
+
+
+SCHEMAS = {"asr": {"faster_whisper": FasterWhisperConfig}}
 
 PACKAGE_PREFIX = "package:"
 
@@ -36,8 +53,9 @@ def hub_repo_for(model: str) -> str:
 
 
 class FasterWhisperRecognizer:
-    def __init__(self, model: str, device: str = "auto", compute_type: str = "default", beam_size: int = 1,
-                 language: str | None = "en", cpu_threads: int = 0, sample_rate: int = 16000) -> None:
+    def __init__(self, model: str, device: str = "auto", compute_type: str = FasterWhisperConfig.compute_type,
+                 beam_size: int = FasterWhisperConfig.beam_size, language: str | None = FasterWhisperConfig.language,
+                 cpu_threads: int = FasterWhisperConfig.cpu_threads, sample_rate: int = 16000) -> None:
         if sample_rate != 16000:
             raise ConfigValueError(f"asr.sample_rate={sample_rate}: Whisper takes 16000 Hz audio")
         from faster_whisper import WhisperModel

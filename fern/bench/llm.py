@@ -82,9 +82,12 @@ def build(size: str, device: str, dtype: str, variant: str, new_tokens: int, max
 def one(lm, msgs) -> dict[str, Any]:
     from fern.events import CancelToken
 
-    for _ in lm.stream(msgs, CancelToken()):
-        pass
-    info = dict(lm.last_stream_info)
+    from dataclasses import asdict
+
+    from fern.streams import drain
+
+    _, stream_info = drain(lm.stream(msgs, CancelToken()))
+    info = asdict(stream_info)
     n = info["n_tokens"]
     info["ms_per_token"] = 1000 * info["decode_s"] / (n - 1) if n > 1 else float("nan")
     return info

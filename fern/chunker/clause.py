@@ -12,6 +12,21 @@ Rules (see tests/chunker for the table of tricky strings):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass
+class ClauseChunkerConfig:
+    """A short first clause gets audio out fast; later clauses are longer so the voice sounds natural."""
+
+    _target_: str = "fern.chunker.clause.ClauseChunker"
+    first_min_words: int = 3
+    min_words: int = 6
+    max_words: int = 30
+
+
+SCHEMAS = {"chunker": {"clause": ClauseChunkerConfig}}
+
 STRONG = ".!?…\n"
 WEAK = ",;:–—"
 CLOSERS = "\"'”’)]}»"
@@ -28,7 +43,8 @@ SENTENCE_FINAL_ABBREVIATIONS = {"etc", "a.m", "p.m", "inc", "ltd", "corp", "co"}
 
 
 class ClauseChunker:
-    def __init__(self, first_min_words: int = 3, min_words: int = 6, max_words: int = 30) -> None:
+    def __init__(self, first_min_words: int = ClauseChunkerConfig.first_min_words,
+                 min_words: int = ClauseChunkerConfig.min_words, max_words: int = ClauseChunkerConfig.max_words) -> None:
         if not 1 <= first_min_words <= max_words or not 1 <= min_words <= max_words:
             raise ValueError(
                 f"need 1 <= first_min_words, min_words <= max_words; got {first_min_words}, {min_words}, {max_words}"

@@ -5,11 +5,40 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
+from omegaconf import MISSING
 
 from fern.audio import read_wav, resample
 from fern.errors import ConfigValueError
+
+
+@dataclass
+class WavFileSourceConfig:
+    _target_: str = "fern.io.file.WavFileSource"
+    path: str = "${..input}"
+    sample_rate: int = 16000
+    block_ms: int = 20
+    trailing_silence_s: float = 1.5  # appended so the endpointer can close the last turn
+
+
+@dataclass
+class TimelineSinkConfig:
+    _target_: str = "fern.io.file.TimelineSink"
+    sample_rate: int = 24000
+
+
+@dataclass
+class FileIOConfig:
+    input: str = MISSING  # the WAV replayed as the microphone (any rate, any channel count)
+    output_dir: Optional[str] = None  # null: the Hydra run directory
+    source: WavFileSourceConfig = field(default_factory=WavFileSourceConfig)
+    sink: TimelineSinkConfig = field(default_factory=TimelineSinkConfig)
+
+
+SCHEMAS = {"io": {"file": FileIOConfig}}
 
 
 class WavFileSource:
@@ -20,8 +49,9 @@ class WavFileSource:
     driving a pipeline. Trailing silence is appended so the endpointer can close the last turn.
     """
 
-    def __init__(self, path: str, sample_rate: int = 16000, block_ms: int = 20, realtime: bool = True,
-                 trailing_silence_s: float = 1.5) -> None:
+    def __init__(self, path: str, sample_rate: int = WavFileSourceConfig.sample_rate,
+                 block_ms: int = WavFileSourceConfig.block_ms, realtime: bool = True,
+                 trailing_silence_s: float = WavFileSourceConfig.trailing_silence_s) -> None:
         if block_ms <= 0 or (sample_rate * block_ms) % 1000:
             raise ConfigValueError(f"io.source.block_ms={block_ms} must be a positive whole number of samples "
                                    f"at {sample_rate} Hz")
@@ -94,7 +124,7 @@ class TimelineSink:
     """A speaker simulated on the session clock: agent audio plays in order, never overlapping itself, and both
     sides are kept on one time axis so a replay can be listened to (and analysed) as it happened."""
 
-    def __init__(self, sample_rate: int = 24000) -> None:
+    def __init__(self, sample_rate: int = TimelineSinkConfig.sample_rate) -> None:
         self.sample_rate = sample_rate
         self._tracks = {"user": _Track(), "agent": _Track()}
         self._agent_free_at = 0.0  # session time at which the speaker finishes what it was given

@@ -1,11 +1,7 @@
-"""Gemini through google-genai (streaming), with fallbacks that keep the conversation alive.
-
-Faults and what the turn does (each counted in ``last_stream_info`` and ``self.fallbacks``):
-- no first token within ``ttft_timeout_ms``, an HTTP error (401/403 bad key, 429, 5xx), a connection failure, or a
-  stream that breaks before any text → the whole reply comes from the local ``fallback`` LLM, or is the ``apology``
-  line when there is none (or the fallback fails too);
-- a stream that breaks after some text was already streamed (and maybe spoken) → the reply ends with the apology line:
-  re-answering from scratch with another model would repeat what the user already heard.
+"""Gemini through google-genai (streaming), with deadlines: a stream that is slow to start, stalls or breaks raises
+LlmStreamError with a reason (ttft_timeout, stalled, auth, http_<code>, connection, stream_broken, empty_reply).
+What the turn does then is fern.llm.fallback.FallbackLLM's business (conf/llm/gemini.yaml wraps Gemini in it: the
+local model answers, or an apology ends a reply that had already started).
 
 The key comes from GOOGLE_API_KEY (preferred) or GEMINI_API_KEY; it is handed to the client and nowhere else (not
 logged, not in repr, not in the config).
@@ -13,23 +9,36 @@ logged, not in repr, not in the config).
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
 
-from fern.errors import ConfigValueError, MissingSecretError
-from fern.events import CancelToken
+from fern.errors import ConfigValueError, LlmStreamError, MissingSecretError
+from fern.events import CancelToken, StreamInfo
 from fern.llm.history import approx_token_count
-
-log = logging.getLogger(__name__)
+from fern.streams import Failed, Finished, pump
 
 KEY_VARS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
-_DONE = object()
 _POLL_S = 0.02
+
+
+@dataclass
+class GeminiConfig:
+    _target_: str = "fern.llm.gemini.GeminiLLM"
+    model: str = "gemini-2.5-flash-lite"
+    max_output_tokens: int = 150
+    temperature: float = 0.7
+    thinking_budget: int = 0
+    ttft_timeout_ms: int = 2500
+    stall_timeout_ms: int = 10000  # a stream silent this long after its first token counts as broken
+    api_base_url: Optional[str] = None  # for self-hosted gateways and the tests' local server
+
+
+SCHEMAS = {"llm": {"gemini": GeminiConfig}}
 
 
 def api_key_from_env() -> str:
@@ -62,26 +71,16 @@ class _Incomplete(Exception):
     pass
 
 
-class _StreamFailed(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 class GeminiLLM:
     def __init__(
         self,
-        model: str = "gemini-2.5-flash-lite",
-        max_output_tokens: int = 150,
-        temperature: float = 0.7,
-        thinking_budget: int = 0,
-        ttft_timeout_ms: int = 2500,
+        model: str = GeminiConfig.model,
+        max_output_tokens: int = GeminiConfig.max_output_tokens,
+        temperature: float = GeminiConfig.temperature,
+        thinking_budget: int = GeminiConfig.thinking_budget,
+        ttft_timeout_ms: int = GeminiConfig.ttft_timeout_ms,
+        stall_timeout_ms: int = GeminiConfig.stall_timeout_ms,
         api_base_url: str | None = None,
-        fallback: Any = None,
-        apology: str = "Sorry, I lost my train of thought. Could you say that again?",
-        stall_timeout_ms: int = 10000,
-        preload_fallback: bool = True,
     ) -> None:
         if ttft_timeout_ms <= 0 or stall_timeout_ms <= 0:
             raise ConfigValueError("llm.ttft_timeout_ms and llm.stall_timeout_ms must be > 0")
@@ -96,7 +95,6 @@ class GeminiLLM:
         self.thinking_budget = thinking_budget
         self.ttft_timeout_s = ttft_timeout_ms / 1000.0
         self.stall_timeout_s = stall_timeout_ms / 1000.0
-        self.apology = apology
         http_options = types.HttpOptions(
             base_url=api_base_url,
             # httpx timeout: bounds a worker left behind by a ttft timeout; the turn itself never waits this long.
@@ -104,36 +102,12 @@ class GeminiLLM:
         )
         self._client = genai.Client(api_key=api_key, http_options=http_options)
         del api_key
-        self._fallback_cfg = fallback
-        self._fallback = None
-        self._fallback_lock = threading.Lock()
-        self.fallbacks = 0
-        self.last_stream_info: dict[str, Any] = {"backend": self.name, "fallback": False, "n_tokens": 0, "error": None}
-        if fallback is not None and preload_fallback:
-            self._get_fallback()
 
     def __repr__(self) -> str:
-        return f"GeminiLLM(model={self.model!r}, fallback={'yes' if self._fallback_cfg is not None else 'apology'})"
+        return f"GeminiLLM(model={self.model!r})"
 
     def count_tokens(self, text: str) -> int:
-        fb = self._fallback
-        if fb is not None and hasattr(fb, "count_tokens"):
-            return fb.count_tokens(text)
-        return approx_token_count(text)
-
-    def _get_fallback(self):
-        if self._fallback_cfg is None:
-            return None
-        with self._fallback_lock:
-            if self._fallback is None:
-                cfg = self._fallback_cfg
-                if hasattr(cfg, "stream"):  # already a LanguageModel
-                    self._fallback = cfg
-                else:
-                    from hydra.utils import instantiate
-
-                    self._fallback = instantiate(cfg)
-        return self._fallback
+        return approx_token_count(text)  # a tokenizer round trip to the API per message would cost more than it saves
 
     def _config(self, system: str | None):
         from google.genai import types
@@ -149,32 +123,20 @@ class GeminiLLM:
             kw["thinking_config"] = types.ThinkingConfig(thinking_budget=self.thinking_budget)
         return types.GenerateContentConfig(**kw)
 
-    def _worker(self, system, contents, out: queue.Queue, stop: threading.Event) -> None:
-        it = None
-        try:
-            it = self._client.models.generate_content_stream(model=self.model, contents=contents,
-                                                             config=self._config(system))
-            finished = False
-            for chunk in it:
-                if stop.is_set():
-                    return
-                cand = chunk.candidates[0] if chunk.candidates else None
-                if cand is not None and cand.finish_reason:
-                    finished = True
-                parts = (cand.content.parts or []) if cand is not None and cand.content else []
-                text = "".join(p.text for p in parts if p.text and not p.thought)
-                if text:
-                    out.put(text)
-            # Every complete Gemini stream ends with a finishReason; without one the body was cut short.
-            out.put(_DONE if finished else _Incomplete("stream ended without a finishReason"))
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the consumer
-            out.put(e)
-        finally:
-            if it is not None and hasattr(it, "close"):
-                try:
-                    it.close()
-                except Exception:  # noqa: BLE001
-                    pass
+    def _texts(self, system: str | None, contents: list) -> Generator[str, None, None]:
+        """The HTTP stream as text pieces; raises _Incomplete when the body ends without a finishReason."""
+        finished = False
+        for chunk in self._client.models.generate_content_stream(model=self.model, contents=contents,
+                                                                 config=self._config(system)):
+            cand = chunk.candidates[0] if chunk.candidates else None
+            if cand is not None and cand.finish_reason:
+                finished = True
+            parts = (cand.content.parts or []) if cand is not None and cand.content else []
+            text = "".join(p.text for p in parts if p.text and not p.thought)
+            if text:
+                yield text
+        if not finished:  # every complete Gemini stream ends with one; without it the body was cut short
+            raise _Incomplete("stream ended without a finishReason")
 
     @staticmethod
     def _describe(e: BaseException) -> tuple[str, str]:
@@ -194,88 +156,41 @@ class GeminiLLM:
             return "stream_broken", f"{name}: {str(e)[:200]}"
         return "connection", f"{name}: {str(e)[:200]}"
 
-    def _gemini_pieces(self, messages, cancel: CancelToken, info: dict) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict[str, str]], cancel: CancelToken) -> Generator[str, None, StreamInfo]:
+        """Text pieces as they arrive; the HTTP stream is read in a daemon thread so that deadlines hold even while
+        the client blocks on the socket."""
+        info = StreamInfo(backend=self.name)
         system, contents = to_gemini(messages)
         out: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        worker = threading.Thread(target=self._worker, args=(system, contents, out, stop), daemon=True,
-                                  name="gemini-stream")
+        gone = threading.Event()
+        threading.Thread(target=lambda: pump(self._texts(system, contents), out.put, gone.is_set), daemon=True,
+                         name="gemini-stream").start()
         t0 = time.perf_counter()
-        worker.start()
-        first = True
         deadline = t0 + self.ttft_timeout_s
         try:
             while True:
                 if cancel.cancelled:
-                    info["cancelled"] = True
-                    return
+                    info.cancelled = True
+                    return info
                 now = time.perf_counter()
                 if now >= deadline:
-                    if first:
-                        raise _StreamFailed("ttft_timeout", f"no first token within {self.ttft_timeout_s * 1000:.0f} ms")
-                    raise _StreamFailed("stalled", f"no token for {self.stall_timeout_s:.1f} s")
+                    if info.n_tokens == 0:
+                        raise LlmStreamError("ttft_timeout", f"no first token within {self.ttft_timeout_s * 1000:.0f} ms")
+                    raise LlmStreamError("stalled", f"no token for {self.stall_timeout_s:.1f} s")
                 try:
                     item = out.get(timeout=min(_POLL_S, deadline - now))
                 except queue.Empty:
                     continue
-                if item is _DONE:
-                    if first:
-                        raise _StreamFailed("empty_reply", "Gemini finished without any text (blocked or empty)")
-                    return
-                if isinstance(item, BaseException):
-                    raise _StreamFailed(*self._describe(item))
-                if first:
-                    info["ttft_s"] = time.perf_counter() - t0
-                    first = False
+                if isinstance(item, Finished):
+                    if info.n_tokens == 0:
+                        raise LlmStreamError("empty_reply", "Gemini finished without any text (blocked or empty)")
+                    return info
+                if isinstance(item, Failed):
+                    raise LlmStreamError(*self._describe(item.exc))
+                if info.n_tokens == 0:
+                    info.ttft_s = time.perf_counter() - t0
+                info.n_tokens += 1  # Gemini chunks, not tokens: the count of streamed pieces
                 deadline = time.perf_counter() + self.stall_timeout_s
                 yield item
         finally:
-            stop.set()
-
-    def stream(self, messages: Sequence[dict[str, str]], cancel: CancelToken) -> Iterator[str]:
-        info: dict[str, Any] = {"backend": self.name, "fallback": False, "fallback_reason": None, "n_tokens": 0,
-                                "error": None, "ttft_s": None, "cancelled": False}
-        self.last_stream_info = info
-        said: list[str] = []
-        try:
-            for piece in self._gemini_pieces(messages, cancel, info):
-                said.append(piece)
-                info["n_tokens"] += 1  # Gemini chunks, not tokens: the count of streamed pieces
-                yield piece
-            return
-        except _StreamFailed as e:
-            failure = e
-        self.fallbacks += 1
-        info["fallback"] = True
-        info["fallback_reason"] = failure.reason
-        info["error"] = failure.detail
-        log.warning("gemini %s (%s); falling back to %s", failure.reason, failure.detail,
-                    "the apology" if said or self._fallback_cfg is None else "the local LLM")
-        if said:
-            info["backend"] = f"{self.name}+apology"
-            if not cancel.cancelled:
-                yield " " + self.apology
-            return
-        fb = None
-        try:
-            fb = self._get_fallback()
-        except Exception as e:  # noqa: BLE001 - a broken fallback must not end the session
-            info["error"] += f"; fallback could not start: {type(e).__name__}: {e}"
-            log.error("fallback LLM could not start: %s", e)
-        if fb is not None:
-            info["backend"] = getattr(fb, "name", "fallback")
-            n = 0
-            try:
-                for piece in fb.stream(messages, cancel):
-                    n += 1
-                    info["n_tokens"] = n
-                    yield piece
-                return
-            except Exception as e:  # noqa: BLE001
-                info["error"] += f"; fallback failed: {type(e).__name__}: {e}"
-                log.error("fallback LLM failed: %s", e)
-                if n:
-                    return
-        info["backend"] = "apology"
-        if not cancel.cancelled:
-            yield self.apology
+            gone.set()

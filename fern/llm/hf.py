@@ -16,14 +16,37 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from omegaconf import MISSING
 
 from fern.errors import ConfigValueError, MissingWeightsError
-from fern.events import CancelToken
+from fern.events import CancelToken, StreamInfo
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class HFCausalLMConfig:
+    _target_: str = "fern.llm.hf.HFCausalLM"
+    model: str = MISSING  # hub repo id or local dir
+    gguf_file: Optional[str] = None  # load a GGUF file from ``model`` (dir) with transformers + gguf
+    device: str = "${device}"
+    dtype: str = "auto"  # auto (bf16 on a GPU when bf16, else float32) | float32 | bfloat16 | float16
+    bf16: bool = "${optim.bf16}"  # type: ignore[assignment]
+    attn_implementation: str = "${optim.attn_implementation}"
+    max_new_tokens: int = 120
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    compile: bool = "${optim.compile}"  # type: ignore[assignment]
+    static_cache: bool = "${optim.static_cache}"  # type: ignore[assignment]
+
+
+SCHEMAS = {"llm": {"hf": HFCausalLMConfig}}
 
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -104,10 +127,10 @@ class HFCausalLM:
         dtype: str = "auto",
         bf16: bool = True,
         attn_implementation: str | None = "eager",
-        max_new_tokens: int = 120,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
+        max_new_tokens: int = HFCausalLMConfig.max_new_tokens,
+        temperature: float = HFCausalLMConfig.temperature,
+        top_p: float = HFCausalLMConfig.top_p,
+        top_k: int = HFCausalLMConfig.top_k,
         compile: bool = False,
         static_cache: bool = False,
         *,
@@ -154,7 +177,6 @@ class HFCausalLM:
             # Compile only the one-token decode step: fixed shapes, so one graph (and CUDA graphs with a static cache).
             mode = "reduce-overhead" if (self.device.startswith("cuda") and self.static_cache) else None
             self._decode_fn = torch.compile(self.model.forward, mode=mode, dynamic=False)
-        self.last_stream_info: dict[str, Any] = {"backend": self.name, "fallback": False, "n_tokens": 0, "error": None}
 
     def __repr__(self) -> str:
         return f"HFCausalLM({self.name!r}, device={self.device!r}, static_cache={self.static_cache}, compile={self.compile})"
@@ -250,15 +272,12 @@ class HFCausalLM:
         return int(torch.multinomial(probs, 1).item())
 
     # ---- the LanguageModel protocol ----------------------------------------------------------------------------
-    def stream(self, messages: Sequence[dict[str, str]], cancel: CancelToken) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict[str, str]], cancel: CancelToken) -> Generator[str, None, StreamInfo]:
         import torch
 
         t0 = time.perf_counter()
         prompt = self.encode_messages(messages)
-        info: dict[str, Any] = {"backend": self.name, "fallback": False, "n_tokens": 0, "error": None,
-                                "prompt_tokens": len(prompt), "reused_tokens": 0, "ttft_s": None, "decode_s": 0.0,
-                                "cancelled": False}
-        self.last_stream_info = info
+        info = StreamInfo(backend=self.name, prompt_tokens=len(prompt), reused_tokens=0)
         self.last_token_ids: list[int] = []
         if self.static_cache and len(prompt) + self.max_new_tokens > self.max_cache_len:
             raise ConfigValueError(
@@ -277,7 +296,7 @@ class HFCausalLM:
             surplus = int(self._cache.get_seq_length()) - keep
             if surplus > 0:
                 self._cache.crop(-surplus)
-        info["reused_tokens"] = keep
+        info.reused_tokens = keep
         self._cached_ids = prompt[:keep]  # if we are interrupted, only this much is known to be valid
         dev = self.device
         generated = self.last_token_ids
@@ -296,13 +315,13 @@ class HFCausalLM:
                 generated.append(tok)
                 if t_first is None:
                     t_first = time.perf_counter()
-                    info["ttft_s"] = t_first - t0
-                info["n_tokens"] = len(generated)
+                    info.ttft_s = t_first - t0
+                info.n_tokens = len(generated)
                 piece = decoder.push(tok)
                 if piece:
                     yield piece
                 if cancel.cancelled:
-                    info["cancelled"] = True
+                    info.cancelled = True
                     break
                 if len(generated) >= self.max_new_tokens:
                     break
@@ -313,14 +332,14 @@ class HFCausalLM:
                 self._cached_ids.append(tok)
                 n_pos += 1
         except GeneratorExit:
-            info["cancelled"] = True
+            info.cancelled = True
             raise
         except Exception as e:
-            info["error"] = f"{type(e).__name__}: {e}"
+            info.error = f"{type(e).__name__}: {e}"
             self.reset_cache()
             self._cache = None
             raise
         finally:
             if t_first is not None:
-                info["decode_s"] = time.perf_counter() - t_first
-            info["total_s"] = time.perf_counter() - t0
+                info.decode_s = time.perf_counter() - t_first
+        return info

@@ -6,6 +6,7 @@ import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,6 +14,17 @@ from fern.errors import FernError
 from fern.events import CancelToken
 
 WAV_HEADER_BYTES = 44
+
+
+@dataclass
+class EspeakConfig:
+    _target_: str = "fern.tts.espeak.EspeakSynthesizer"
+    voice: str = "en-us"
+    words_per_minute: int = 175
+    chunk_ms: int = 200
+
+
+SCHEMAS = {"tts": {"espeak": EspeakConfig}}
 
 
 def espeak_binary() -> str:
@@ -27,7 +39,8 @@ class EspeakSynthesizer:
 
     sample_rate = 22050  # espeak-ng's native rate; read back from each WAV header below
 
-    def __init__(self, voice: str = "en-us", words_per_minute: int = 175, chunk_ms: int = 200) -> None:
+    def __init__(self, voice: str = EspeakConfig.voice, words_per_minute: int = EspeakConfig.words_per_minute,
+                 chunk_ms: int = EspeakConfig.chunk_ms) -> None:
         self.binary = espeak_binary()
         self.voice = voice
         self.words_per_minute = words_per_minute

@@ -1,4 +1,5 @@
-"""GeminiLLM: the real google-genai client against a local server speaking Gemini's streaming REST protocol."""
+"""GeminiLLM (and FallbackLLM around it): the real google-genai client against a local server speaking Gemini's
+streaming REST protocol."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 
 from fern.errors import MissingSecretError
 from fern.events import CancelToken
+from fern.llm.fallback import FallbackLLM
 from fern.llm.gemini import GeminiLLM, to_gemini
 from fern.protocols import LanguageModel
+from fern.streams import drain
 
 from .gemini_server import GOOD_KEY, REPLY, GeminiServer
 
@@ -35,20 +38,21 @@ def key(monkeypatch):
     monkeypatch.setenv("GOOGLE_API_KEY", GOOD_KEY)
 
 
-def make(server, model="normal", fallback=None, **kw) -> GeminiLLM:
+def make(server, model="normal", fallback=None, **kw) -> FallbackLLM:
+    """Gemini as conf/llm/gemini.yaml builds it: wrapped in FallbackLLM."""
     kw.setdefault("ttft_timeout_ms", 1000)
-    return GeminiLLM(model=model, api_base_url=server.base_url, fallback=fallback, apology=APOLOGY, **kw)
+    gemini = GeminiLLM(model=model, api_base_url=server.base_url, **kw)
+    return FallbackLLM(gemini, [fallback] if fallback is not None else [], apology=APOLOGY)
 
 
 def test_normal_stream_and_request_shape(server, key, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     llm = make(server)
     assert isinstance(llm, LanguageModel)
-    pieces = list(llm.stream(MSGS, CancelToken()))
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
     assert pieces == REPLY
-    info = llm.last_stream_info
-    assert info["fallback"] is False and info["error"] is None and info["backend"] == "gemini:normal"
-    assert info["n_tokens"] == 3 and info["ttft_s"] is not None and llm.fallbacks == 0
+    assert info.fallback is False and info.error is None and info.backend == "gemini:normal"
+    assert info.n_tokens == 3 and info.ttft_s is not None and llm.fallbacks == 0
     req = server.requests[-1]
     assert req["path"].startswith("/v1") and req["path"].endswith("/models/normal:streamGenerateContent?alt=sse")
     assert req["headers"]["x-goog-api-key"] == GOOD_KEY
@@ -60,24 +64,24 @@ def test_normal_stream_and_request_shape(server, key, caplog) -> None:
     assert thinking.get("thinkingBudget", thinking.get("thinking_budget")) == 0
     # The key is never logged nor shown.
     assert GOOD_KEY not in repr(llm) and GOOD_KEY not in caplog.text
-    assert GOOD_KEY not in str(vars(llm).get("_fallback_cfg"))
+    assert GOOD_KEY not in repr(llm.primary) and GOOD_KEY not in str(vars(llm.primary))
 
 
 def test_slow_first_token_within_timeout_is_fine(server, key) -> None:
     server.slow_s = 0.3
     llm = make(server, model="slow", ttft_timeout_ms=2000)
-    assert "".join(llm.stream(MSGS, CancelToken())) == "".join(REPLY)
-    assert llm.last_stream_info["fallback"] is False and llm.last_stream_info["ttft_s"] >= 0.3
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
+    assert "".join(pieces) == "".join(REPLY)
+    assert info.fallback is False and info.ttft_s >= 0.3
 
 
 def test_slow_first_token_times_out_to_apology(server, key) -> None:
     llm = make(server, model="slow", ttft_timeout_ms=300)
     t0 = time.perf_counter()
-    pieces = list(llm.stream(MSGS, CancelToken()))
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
     assert time.perf_counter() - t0 < 1.2  # did not wait for the slow server (1.5 s)
     assert pieces == [APOLOGY]
-    info = llm.last_stream_info
-    assert info["fallback"] and info["fallback_reason"] == "ttft_timeout" and info["backend"] == "apology"
+    assert info.fallback and info.fallback_reason == "ttft_timeout" and info.backend == "apology"
     assert llm.fallbacks == 1
 
 
@@ -85,38 +89,38 @@ def test_slow_first_token_times_out_to_apology(server, key) -> None:
                                           ("nofinish", None), ("empty", "empty_reply")])
 def test_http_errors_fall_back_to_apology(server, key, model, reason) -> None:
     llm = make(server, model=model)
-    pieces = list(llm.stream(MSGS, CancelToken()))
-    info = llm.last_stream_info
-    assert info["fallback"] is True and llm.fallbacks == 1
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
+    assert info.fallback is True and llm.fallbacks == 1
     if model == "nofinish":  # text streamed, then the body ended without finishReason: apology appended
-        assert pieces == REPLY + [" " + APOLOGY] and info["fallback_reason"] == "stream_broken"
+        assert pieces == REPLY + [" " + APOLOGY] and info.fallback_reason == "stream_broken"
         return
-    assert pieces == [APOLOGY] and info["fallback_reason"] == reason
+    assert pieces == [APOLOGY] and info.fallback_reason == reason
     if reason == "auth":
-        assert "GOOGLE_API_KEY" in info["error"] and GOOD_KEY not in info["error"]
+        assert "GOOGLE_API_KEY" in info.error and GOOD_KEY not in info.error
 
 
 def test_wrong_key_is_401_auth(server, monkeypatch) -> None:
     monkeypatch.setenv("GOOGLE_API_KEY", "wrong-key")
     llm = make(server)
-    assert list(llm.stream(MSGS, CancelToken())) == [APOLOGY]
-    assert llm.last_stream_info["fallback_reason"] == "auth" and "401" in llm.last_stream_info["error"]
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
+    assert pieces == [APOLOGY]
+    assert info.fallback_reason == "auth" and "401" in info.error
 
 
 def test_stream_cut_mid_reply_ends_with_apology(server, key) -> None:
     llm = make(server, model="cut")
-    pieces = list(llm.stream(MSGS, CancelToken()))
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
     assert pieces == REPLY[:2] + [" " + APOLOGY]
-    info = llm.last_stream_info
-    assert info["fallback"] and info["fallback_reason"] == "stream_broken" and info["backend"].endswith("+apology")
+    assert info.fallback and info.fallback_reason == "stream_broken" and info.backend.endswith("+apology")
 
 
 def test_session_goes_on_after_failures(server, key) -> None:
     llm = make(server, model="err500")
     list(llm.stream(MSGS, CancelToken()))
-    llm.model = "normal"
-    assert list(llm.stream(MSGS, CancelToken())) == REPLY
-    assert llm.fallbacks == 1 and llm.last_stream_info["fallback"] is False
+    llm.primary.model = "normal"
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
+    assert pieces == REPLY
+    assert llm.fallbacks == 1 and info.fallback is False
 
 
 def test_cancel_stops_the_stream(server, key) -> None:
@@ -126,7 +130,7 @@ def test_cancel_stops_the_stream(server, key) -> None:
     for p in llm.stream(MSGS, cancel):
         got.append(p)
         cancel.cancel()
-    assert got == REPLY[:1] and llm.last_stream_info["cancelled"]
+    assert got == REPLY[:1]
 
 
 def test_missing_key_fails_at_construction_naming_the_variables(monkeypatch) -> None:
@@ -152,18 +156,26 @@ def test_to_gemini_merges_roles() -> None:
 
 def test_500_falls_back_to_the_real_local_llm(server, key, smollm2) -> None:
     llm = make(server, model="err500", fallback=smollm2)
-    text = "".join(llm.stream(MSGS, CancelToken()))
-    info = llm.last_stream_info
-    assert "Paris" in text
-    assert info["fallback"] and info["backend"] == smollm2.name and info["n_tokens"] > 0 and llm.fallbacks == 1
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
+    assert "Paris" in "".join(pieces)
+    assert info.fallback and info.backend == smollm2.name and info.n_tokens > 0 and llm.fallbacks == 1
 
 
-def test_fallback_built_from_config_with_hydra(server, key, tmp_path) -> None:
-    """A nested llm config (as conf/llm/gemini.yaml composes it) is instantiated; a broken one still apologises."""
-    from omegaconf import OmegaConf
+def test_gemini_preset_builds_fallback_llm_around_gemini_and_fails_fast_on_a_broken_fallback(
+        server, key, compose, tmp_path) -> None:
+    """conf/llm/gemini.yaml composes FallbackLLM(Gemini -> local SmolLM2); every model is built at start-up, so a
+    fallback whose weights are missing is found then, not in the middle of a conversation."""
+    from fern.app import build
+    from fern.errors import MissingWeightsError
+    from fern.llm.hf import HFCausalLM
 
-    bad = OmegaConf.create({"_target_": "fern.llm.hf.HFCausalLM", "model": str(tmp_path), "gguf_file": "x.gguf",
-                            "device": "cpu"})
-    llm = make(server, model="err500", fallback=bad, preload_fallback=False)
-    assert list(llm.stream(MSGS, CancelToken())) == [APOLOGY]
-    assert "scripts/setup.sh" in llm.last_stream_info["error"]
+    cfg = compose(["llm=gemini", "device=cpu", f"llm.primary.api_base_url={server.base_url}",
+                   "llm.primary.model=err500", "llm.fallbacks.local.max_new_tokens=8"])
+    llm = build(cfg.llm, "llm")
+    assert isinstance(llm.primary, GeminiLLM) and isinstance(llm.fallbacks_chain[0], HFCausalLM)
+    pieces, info = drain(llm.stream(MSGS, CancelToken()))
+    assert info.fallback and info.fallback_reason == "http_500" and info.backend == llm.fallbacks_chain[0].name
+    assert "".join(pieces).strip()
+    broken = compose(["llm=gemini", "device=cpu", f"llm.fallbacks.local.model={tmp_path}"])
+    with pytest.raises(MissingWeightsError, match="scripts/setup.sh"):
+        build(broken.llm, "llm")

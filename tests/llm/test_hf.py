@@ -8,6 +8,7 @@ from fern.errors import MissingWeightsError
 from fern.events import CancelToken
 from fern.llm.hf import HFCausalLM, IncrementalDecoder
 from fern.protocols import LanguageModel
+from fern.streams import drain
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
 
@@ -18,13 +19,12 @@ def ask(q: str) -> list[dict[str, str]]:
 
 def test_answers_and_reports(smollm2: HFCausalLM) -> None:
     assert isinstance(smollm2, LanguageModel)
-    pieces = list(smollm2.stream(ask("What is the capital of France?"), CancelToken()))
+    pieces, info = drain(smollm2.stream(ask("What is the capital of France?"), CancelToken()))
     text = "".join(pieces)
     assert "Paris" in text
     assert len(pieces) > 1  # streamed, not one blob
-    info = smollm2.last_stream_info
-    assert info["backend"].startswith("hf:") and info["fallback"] is False and info["error"] is None
-    assert 1 <= info["n_tokens"] <= 48
+    assert info.backend.startswith("hf:") and info.fallback is False and info.error is None
+    assert 1 <= info.n_tokens <= 48 and info.prompt_tokens > 10
     assert "<|im_end|>" not in text and "<|im_start|>" not in text
 
 
@@ -33,27 +33,25 @@ def test_prefix_cache_reuse_gives_the_same_tokens_as_a_cold_prompt(smollm2: HFCa
     msgs = ask("Name a fruit.")
     first = "".join(smollm2.stream(msgs, CancelToken()))
     msgs2 = msgs + [{"role": "assistant", "content": first}, {"role": "user", "content": "And a vegetable?"}]
-    warm = "".join(smollm2.stream(msgs2, CancelToken()))
-    info = smollm2.last_stream_info
-    assert info["reused_tokens"] > 0.5 * info["prompt_tokens"]
+    warm, info = drain(smollm2.stream(msgs2, CancelToken()))
+    assert info.reused_tokens > 0.5 * info.prompt_tokens
     smollm2.reset_cache()
-    cold = "".join(smollm2.stream(msgs2, CancelToken()))
-    assert smollm2.last_stream_info["reused_tokens"] == 0
-    assert warm == cold
+    cold, cold_info = drain(smollm2.stream(msgs2, CancelToken()))
+    assert cold_info.reused_tokens == 0
+    assert "".join(warm) == "".join(cold)
     # A different system prompt shares only the template's first tokens.
     other = [{"role": "system", "content": "Talk like a pirate."}, {"role": "user", "content": "Hi"}]
-    "".join(smollm2.stream(other, CancelToken()))
-    assert smollm2.last_stream_info["reused_tokens"] < 5
+    assert drain(smollm2.stream(other, CancelToken()))[1].reused_tokens < 5
 
 
 def test_cancel_stops_at_the_next_token(smollm2: HFCausalLM) -> None:
     cancel = CancelToken()
-    got = []
-    for piece in smollm2.stream(ask("Tell me a long story about a dragon."), cancel):
-        got.append(piece)
-        cancel.cancel()
-    assert len(got) == 1
-    assert smollm2.last_stream_info["n_tokens"] == 1 and smollm2.last_stream_info["cancelled"]
+    stream = smollm2.stream(ask("Tell me a long story about a dragon."), cancel)
+    got = [next(stream)]
+    cancel.cancel()
+    rest, info = drain(stream)
+    assert rest == [] and len(got) == 1
+    assert info.n_tokens == 1 and info.cancelled
     # The cache stays usable after a cancelled stream.
     assert "Paris" in "".join(smollm2.stream(ask("What is the capital of France?"), CancelToken()))
 

@@ -508,16 +508,18 @@ class CsmEngine:
         return gen_pos
 
     @torch.no_grad()
-    def commit(self, context: list[Segment], seg: Segment, rows_written: int) -> None:
-        """After generation: make ``seg`` (text + generated frames + EOS frame) a cached context segment."""
+    def commit(self, context: list[Segment], seg: Segment, rows_written: int) -> bool:
+        """After generation: make ``seg`` (text + generated frames + EOS frame) a cached context segment; returns
+        whether it now is (False: the cache moved on, or the window is full, and prepare() will prefill again)."""
         if self._cached != context:
-            return  # the cache moved on; prepare() will prefill it again
+            return False
         start = sum(len(s) for s in context)
         if start + len(seg) > self.max_len:
-            return
+            return False
         emb = self.embed_segment(seg)
         self._prefill_rows(emb[:, rows_written:], start + rows_written)
         self._cached = list(context) + [seg]
+        return True
 
     def invalidate(self) -> None:
         self._cached = []

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -235,11 +235,16 @@ class CsmSynthesizer:
         with torch.cuda.stream(self._mimi_stream):  # waits for the decoder only, not the generation queued after
             return torch.cat(pcm).float().cpu().numpy()
 
-    def stream(self, text: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+    def stream(self, text: str, cancel: CancelToken) -> Generator[np.ndarray, None, dict[str, float]]:
+        """Audio chunks for ``text``; returns the figures of its first piece (first_chunk_s: time to first audio
+        inside the synthesizer, frames, eos), which reach the turn's metrics."""
+        first: dict[str, float] = {}
         for piece in self.split_text(text):
             if cancel.cancelled:
-                return
+                break
             yield from self._speak(piece, cancel)
+            first = first or {k: float(v) for k, v in self.stats.items() if k != "warmup_s"}
+        return first
 
     def _speak(self, text: str, cancel: CancelToken) -> Iterator[np.ndarray]:
         import torch
@@ -282,8 +287,7 @@ class CsmSynthesizer:
         self.last_frames = torch.cat(frames).cpu() if frames else torch.zeros(0, self.model.config.num_codebooks)
         if self.keep_history:
             done = self._segment(text, self.speaker, torch.cat([self.last_frames.long(), _zeros(self)]))
-            self.engine.commit(context, done, self.engine.last_rows_written)
-            if self.engine._cached and self.engine._cached[-1] is done:
+            if self.engine.commit(context, done, self.engine.last_rows_written):
                 self._history.append(done)
 
     def warm_up(self) -> None:

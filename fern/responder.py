@@ -1,0 +1,155 @@
+"""The responder: one reply to one user turn — ASR -> LLM -> chunker -> TTS -> sink — as one cancellable unit.
+
+``start`` returns a Reply: its task runs the stages concurrently (TTS speaks the first clause while the LLM goes on,
+the sink plays the first chunk as soon as it exists). A reply can be started before the turn is confirmed
+(``release=False``: it computes, but nothing reaches the speaker until ``release()``), kept, or dropped (``cancel``);
+a playing reply is stopped at the current sample. Whatever ends a reply, history keeps what the user heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from contextlib import aclosing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fern.clock import SessionClock
+from fern.events import (AgentAudio, CancelToken, Clause, ClauseSpoken, Event, LlmDone, LlmToken, ReplyEnded,
+                         StageStats, StreamInfo, Transcript, UserTurn)
+from fern.protocols import AudioSink, ChatHistory, Chunker, LanguageModel, SpeechRecognizer, SpeechSynthesizer
+from fern.streams import ThreadStream
+
+log = logging.getLogger(__name__)
+NO_SPEECH = "no speech recognised"
+
+
+@dataclass
+class Reply:
+    turn: UserTurn
+    task: asyncio.Task | None = None
+    may_play: asyncio.Event = field(default_factory=asyncio.Event)  # set: audio may reach the speaker
+
+    def release(self) -> None:
+        """The turn is confirmed: let the reply's audio play."""
+        self.may_play.set()
+
+    def cancel(self) -> bool:
+        """Drop the reply (barge-in, or the user resumed a turn this reply was speculating on). False if it already
+        ended or is being cancelled."""
+        if self.task is None or self.task.done() or self.task.cancelling():
+            return False
+        self.task.cancel()
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+
+@dataclass
+class _Progress:
+    """What one reply has done so far: enough to say, when it ends early, what the user heard."""
+
+    user_text: str = ""
+    pieces: list[str] = field(default_factory=list)
+    clauses: list[str] = field(default_factory=list)
+    heard_at: list[float] = field(default_factory=list)  # when each clause started on the speaker
+
+
+class Responder:
+    def __init__(self, *, asr: SpeechRecognizer, llm: LanguageModel, chunker: Chunker, tts: SpeechSynthesizer,
+                 sink: AudioSink, history: ChatHistory, clock: SessionClock, emit: Callable[[Event], None],
+                 executor: Executor) -> None:
+        self.asr, self.llm, self.chunker, self.tts = asr, llm, chunker, tts
+        self.sink, self.history, self.clock, self.emit, self.executor = sink, history, clock, emit, executor
+
+    def start(self, turn: UserTurn, release: bool = True) -> Reply:
+        reply = Reply(turn)
+        if release:
+            reply.release()
+        reply.task = asyncio.create_task(self._answer(reply), name=f"reply-{turn.turn_id}")
+        return reply
+
+    async def _answer(self, reply: Reply) -> None:
+        turn_id = reply.turn.turn_id
+        cancel = CancelToken()
+        progress = _Progress()
+        speaking: asyncio.Task | None = None
+        try:
+            t_start = self.clock.now()
+            loop = asyncio.get_running_loop()
+            progress.user_text = await loop.run_in_executor(self.executor, self.asr.transcribe, reply.turn.audio)
+            self.emit(Transcript(t=self.clock.now(), turn_id=turn_id, text=progress.user_text, t_start=t_start))
+            if not progress.user_text:
+                log.info("turn %d: nothing recognised, no reply", turn_id)
+                self.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text="", llm_text="", error=NO_SPEECH))
+                return
+            self.history.add_user(progress.user_text)
+            messages = self.history.messages()
+            clauses: asyncio.Queue = asyncio.Queue()
+            speaking = asyncio.create_task(self._speak(reply, clauses, progress, cancel))
+            stream = ThreadStream(lambda: self.llm.stream(messages, cancel), cancel, self.executor, self.clock)
+            async with aclosing(stream.items()) as pieces:
+                async for t, piece in pieces:
+                    progress.pieces.append(piece)
+                    self.emit(LlmToken(t=t, turn_id=turn_id, text=piece))
+                    for text in self.chunker.push(piece):
+                        self._clause(clauses, progress, turn_id, text)
+                    if speaking.done():
+                        speaking.result()  # the TTS failed: stop the LLM too, rather than finish a reply nobody hears
+            text = "".join(progress.pieces).strip()
+            info = stream.result if isinstance(stream.result, StreamInfo) else StreamInfo(
+                backend=getattr(self.llm, "name", type(self.llm).__name__), n_tokens=len(progress.pieces))
+            self.emit(LlmDone(t=self.clock.now(), turn_id=turn_id, text=text, info=info))
+            for text in self.chunker.flush():
+                self._clause(clauses, progress, turn_id, text)
+            clauses.put_nowait(None)
+            await speaking
+        except BaseException as exc:
+            interrupted = isinstance(exc, asyncio.CancelledError)
+            t_stop = self.clock.now()
+            cancel.cancel()
+            if speaking is not None:
+                speaking.cancel()
+                await asyncio.gather(speaking, return_exceptions=True)
+            self.chunker.flush()  # leftovers of this reply must not start the next one
+            if interrupted:
+                self.sink.stop(t_stop)  # what the user has not heard yet is not said
+            heard = " ".join(text for text, t in zip(progress.clauses, progress.heard_at) if t < t_stop)
+            if progress.user_text:
+                # the conversation keeps what the user heard, not what the LLM had already written
+                self.history.add_assistant(heard)
+            self.emit(ReplyEnded(t=t_stop, turn_id=turn_id, agent_text=heard,
+                                 llm_text="".join(progress.pieces).strip(),
+                                 error="interrupted" if interrupted else f"{type(exc).__name__}: {exc}"))
+            raise
+        text = "".join(progress.pieces).strip()
+        self.history.add_assistant(text)
+        self.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text=text, llm_text=text))
+
+    def _clause(self, clauses: asyncio.Queue, progress: _Progress, turn_id: int, text: str) -> None:
+        clause = Clause(t=self.clock.now(), turn_id=turn_id, index=len(progress.clauses), text=text)
+        progress.clauses.append(text)
+        self.emit(clause)
+        clauses.put_nowait(clause)
+
+    async def _speak(self, reply: Reply, clauses: asyncio.Queue, progress: _Progress, cancel: CancelToken) -> None:
+        turn_id = reply.turn.turn_id
+        while (clause := await clauses.get()) is not None:
+            t_begin = self.clock.now()
+            chunks = ThreadStream(lambda: self.tts.stream(clause.text, cancel), cancel, self.executor, self.clock)
+            async with aclosing(chunks.items()) as audio:
+                async for t, chunk in audio:
+                    await reply.may_play.wait()  # a speculative reply computes, but is not heard until confirmed
+                    heard_at = self.sink.play(chunk, self.tts.sample_rate, t)
+                    if len(progress.heard_at) <= clause.index:
+                        progress.heard_at.append(heard_at)
+                    self.emit(AgentAudio(t=t, turn_id=turn_id, clause_index=clause.index, samples=chunk,
+                                         sample_rate=self.tts.sample_rate, heard_at=heard_at))
+            if isinstance(chunks.result, dict) and chunks.result:
+                self.emit(StageStats(t=self.clock.now(), turn_id=turn_id, stage="tts",
+                                     values={k: float(v) for k, v in chunks.result.items()}))
+            self.emit(ClauseSpoken(t=self.clock.now(), turn_id=turn_id, index=clause.index,
+                                   compute_s=self.clock.now() - t_begin))
