@@ -22,7 +22,8 @@ def resolve_ctranslate2_device(device: str) -> str:
     if device == "auto":
         return "cuda" if has_cuda else "cpu"
     if device.startswith("cuda") and not has_cuda:
-        raise ConfigValueError(f"device={device} was asked for but CTranslate2 sees no CUDA GPU; use device=cpu or auto")
+        raise ConfigValueError(f"device={device} was asked for but CTranslate2 sees no CUDA GPU; "
+                               "use device=cpu or auto")
     return device.split(":")[0]
 
 

@@ -19,8 +19,18 @@ from fern.events import CancelToken, UserTurn
 from fern.listener import Listener
 from fern.metrics import TurnRecord
 from fern.observers.record import TurnRecorder
-from fern.protocols import (AudioSource, ChatHistory, Chunker, LanguageModel, Observer, RecordingSink,
-                            SpeechRecognizer, SpeechSynthesizer, TurnDetector, VoiceActivityDetector)
+from fern.protocols import (
+    AudioSource,
+    ChatHistory,
+    Chunker,
+    LanguageModel,
+    Observer,
+    RecordingSink,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+    TurnDetector,
+    VoiceActivityDetector,
+)
 from fern.responder import Reply, Responder
 from fern.streams import ThreadStream
 

@@ -3,21 +3,34 @@
 ``start`` returns a Reply: its task runs the stages concurrently (TTS speaks the first clause while the LLM goes on,
 the sink plays the first chunk as soon as it exists). A reply can be started before the turn is confirmed
 (``release=False``: it computes, but nothing reaches the speaker until ``release()``), kept, or dropped (``cancel``);
-a playing reply is stopped at the current sample. Whatever ends a reply, history keeps what the user heard.
+a playing reply is stopped at the current sample. History changes only when a released reply ends, and then keeps
+what the user heard; a reply dropped before release leaves no trace in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import aclosing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fern.clock import SessionClock
-from fern.events import (AgentAudio, CancelToken, Clause, ClauseSpoken, Event, LlmDone, LlmToken, ReplyEnded,
-                         StageStats, StreamInfo, Transcript, UserTurn)
+from fern.events import (
+    AgentAudio,
+    CancelToken,
+    Clause,
+    ClauseSpoken,
+    Event,
+    LlmDone,
+    LlmToken,
+    ReplyEnded,
+    StageStats,
+    StreamInfo,
+    Transcript,
+    UserTurn,
+)
 from fern.protocols import AudioSink, ChatHistory, Chunker, LanguageModel, SpeechRecognizer, SpeechSynthesizer
 from fern.streams import ThreadStream
 
@@ -86,8 +99,7 @@ class Responder:
                 log.info("turn %d: nothing recognised, no reply", turn_id)
                 self.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text="", llm_text="", error=NO_SPEECH))
                 return
-            self.history.add_user(progress.user_text)
-            messages = self.history.messages()
+            messages = [*self.history.messages(), {"role": "user", "content": progress.user_text}]
             clauses: asyncio.Queue = asyncio.Queue()
             speaking = asyncio.create_task(self._speak(reply, clauses, progress, cancel))
             stream = ThreadStream(lambda: self.llm.stream(messages, cancel), cancel, self.executor, self.clock)
@@ -118,14 +130,16 @@ class Responder:
             if interrupted:
                 self.sink.stop(t_stop)  # what the user has not heard yet is not said
             heard = " ".join(text for text, t in zip(progress.clauses, progress.heard_at) if t < t_stop)
-            if progress.user_text:
+            if progress.user_text and reply.may_play.is_set():
                 # the conversation keeps what the user heard, not what the LLM had already written
+                self.history.add_user(progress.user_text)
                 self.history.add_assistant(heard)
             self.emit(ReplyEnded(t=t_stop, turn_id=turn_id, agent_text=heard,
                                  llm_text="".join(progress.pieces).strip(),
                                  error="interrupted" if interrupted else f"{type(exc).__name__}: {exc}"))
             raise
         text = "".join(progress.pieces).strip()
+        self.history.add_user(progress.user_text)
         self.history.add_assistant(text)
         self.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text=text, llm_text=text))
 

@@ -91,7 +91,10 @@ class ThreadStream(Generic[T]):
             except RuntimeError:  # the loop is closed: the session is over
                 pass
 
-        worker = loop.run_in_executor(self._executor, lambda: pump(self._make_iter(), deliver, lambda: cancel.cancelled))
+        def work() -> None:
+            pump(self._make_iter(), deliver, lambda: cancel.cancelled)
+
+        worker = loop.run_in_executor(self._executor, work)
         finished = False
         try:
             while True:

@@ -12,6 +12,15 @@ from fern.paths import CONF_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; missing weights must fail fast and clearly
 
+MODEL_FIXTURES = {"tiny_en", "smollm2"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that takes a real model fixture is in the models tier, wherever it lives."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.models)
+
 
 @pytest.fixture
 def compose():

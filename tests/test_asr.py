@@ -13,6 +13,8 @@ from fern.audio import read_wav
 from fern.errors import ConfigValueError, MissingWeightsError
 from fern.quality import word_error_rate
 
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
+
 ASTERISK = Path("/usr/share/asterisk/sounds/en")
 PROMPTS = ["conf-onlyperson", "vm-intro", "tt-weasels", "agent-loginok", "tt-monkeysintro"]
 

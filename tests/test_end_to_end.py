@@ -11,10 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from fern.audio import read_wav, resample, write_wav
+from fern.audio import read_wav, write_wav
 from fern.paths import PROJECT_ROOT
 from fern.quality import word_error_rate
 from fern.tts.espeak import speak_conversation
+
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
 
 QUESTIONS = ["What is the capital of France?", "Can you tell me a short story about a cat?"]
 
@@ -113,7 +115,8 @@ def test_silence_only_input_gives_no_turn_and_no_crash(tmp_path):
     assert json.loads((tmp_path / "out" / "transcript.json").read_text()) == {"turns": []}
 
 
-@pytest.mark.parametrize("content,message", [(b"", "empty"), (b"RIFF1234WAVEnot really audio at all", "not a readable")])
+@pytest.mark.parametrize("content,message",
+                         [(b"", "empty"), (b"RIFF1234WAVEnot really audio at all", "not a readable")])
 def test_bad_input_exits_with_one_clear_line(tmp_path, content, message):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(content)

@@ -14,6 +14,8 @@ from fern.tts.espeak import EspeakSynthesizer, speak_conversation
 from fern.turn.silence import SilenceTurnDetector
 from fern.vad.webrtc import WebRtcVad
 
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
+
 
 class BargeInSink(TimelineSink):
     """A speaker whose listener talks over the agent as soon as reply number ``interrupt_turn`` starts playing."""

@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fern.audio import write_wav
 from fern.paths import PROJECT_ROOT
 from fern.tts.espeak import speak_conversation
+
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
 
 
 def test_multirun_logs_one_mlflow_run_per_member(tmp_path):

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from omegaconf import MISSING
 
 from fern.devices import resolve_ctranslate2_device
 from fern.errors import ConfigValueError, MissingWeightsError
-from omegaconf import MISSING
+
 
 @dataclass
 class FasterWhisperConfig:

@@ -68,8 +68,8 @@ def build(size: str, device: str, dtype: str, variant: str, new_tokens: int, max
         return HFCausalLM(model=str(models_dir() / "smollm2"), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                           device=device, dtype="float32" if dtype == "auto" else dtype, attn_implementation=attn,
                           max_new_tokens=new_tokens, ignore_eos=True, max_cache_len=max_cache_len, **flags)
-    from fern.llm.testing import random_hf_lm, word_tokenizer
     from fern.devices import resolve_torch_device
+    from fern.llm.testing import random_hf_lm, word_tokenizer
 
     dev = resolve_torch_device(device)
     if dtype == "auto":
@@ -80,10 +80,9 @@ def build(size: str, device: str, dtype: str, variant: str, new_tokens: int, max
 
 
 def one(lm, msgs) -> dict[str, Any]:
-    from fern.events import CancelToken
-
     from dataclasses import asdict
 
+    from fern.events import CancelToken
     from fern.streams import drain
 
     _, stream_info = drain(lm.stream(msgs, CancelToken()))
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"variant": variant, "error": f"{type(e).__name__}: {e}"})
 
     print()
-    print(f"| variant | turn | prompt tok | reused tok | TTFT ms (prefix cache) | TTFT ms (cold) | ms/token |")
+    print("| variant | turn | prompt tok | reused tok | TTFT ms (prefix cache) | TTFT ms (cold) | ms/token |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:

@@ -44,7 +44,8 @@ SENTENCE_FINAL_ABBREVIATIONS = {"etc", "a.m", "p.m", "inc", "ltd", "corp", "co"}
 
 class ClauseChunker:
     def __init__(self, first_min_words: int = ClauseChunkerConfig.first_min_words,
-                 min_words: int = ClauseChunkerConfig.min_words, max_words: int = ClauseChunkerConfig.max_words) -> None:
+                 min_words: int = ClauseChunkerConfig.min_words,
+                 max_words: int = ClauseChunkerConfig.max_words) -> None:
         if not 1 <= first_min_words <= max_words or not 1 <= min_words <= max_words:
             raise ValueError(
                 f"need 1 <= first_min_words, min_words <= max_words; got {first_min_words}, {min_words}, {max_words}"

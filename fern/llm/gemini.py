@@ -175,7 +175,8 @@ class GeminiLLM:
                 now = time.perf_counter()
                 if now >= deadline:
                     if info.n_tokens == 0:
-                        raise LlmStreamError("ttft_timeout", f"no first token within {self.ttft_timeout_s * 1000:.0f} ms")
+                        raise LlmStreamError("ttft_timeout",
+                                             f"no first token within {self.ttft_timeout_s * 1000:.0f} ms")
                     raise LlmStreamError("stalled", f"no token for {self.stall_timeout_s:.1f} s")
                 try:
                     item = out.get(timeout=min(_POLL_S, deadline - now))

@@ -152,7 +152,8 @@ class HFCausalLM:
             self.name = f"hf:{getattr(_model.config, 'model_type', 'model')}-random"
         else:
             self.model, self.tokenizer = _load_model_and_tokenizer(model, gguf_file, self.dtype, attn_implementation)
-            self.name = f"hf:{Path(model).name if Path(model).is_dir() else model}" + (f"/{gguf_file}" if gguf_file else "")
+            name = Path(model).name if Path(model).is_dir() else model
+            self.name = f"hf:{name}" + (f"/{gguf_file}" if gguf_file else "")
         self.model.to(self.device).eval()
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
@@ -179,7 +180,8 @@ class HFCausalLM:
             self._decode_fn = torch.compile(self.model.forward, mode=mode, dynamic=False)
 
     def __repr__(self) -> str:
-        return f"HFCausalLM({self.name!r}, device={self.device!r}, static_cache={self.static_cache}, compile={self.compile})"
+        return (f"HFCausalLM({self.name!r}, device={self.device!r}, static_cache={self.static_cache}, "
+                f"compile={self.compile})")
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _stop_ids(self) -> set[int]:

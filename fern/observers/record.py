@@ -5,8 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fern.events import (AgentAudio, Clause, ClauseSpoken, Event, LlmDone, LlmToken, ReplyEnded, StageStats,
-                         Transcript, UserTurn)
+from fern.events import (
+    AgentAudio,
+    Clause,
+    ClauseSpoken,
+    Event,
+    LlmDone,
+    LlmToken,
+    ReplyEnded,
+    StageStats,
+    Transcript,
+    UserTurn,
+)
 from fern.metrics import TurnRecord
 
 

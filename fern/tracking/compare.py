@@ -13,11 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fern.metrics import RUN_METRICS
 from fern.tracking.mlflow_tracker import resolve_tracking_uri, strip_credentials
 
-DEFAULT_METRICS = ("median_voice_to_voice_ms", "median_endpoint_delay_ms", "median_asr_ms", "median_llm_ttft_ms",
-                   "median_first_clause_ms", "median_tts_first_audio_ms", "median_round_trip_wer", "turn_errors",
-                   "startup_s")
+DEFAULT_METRICS = RUN_METRICS  # the medians of every summarised metric (fern/metrics.py), then run-level figures
 
 
 def load_runs(tracking_uri: str | None, experiment: str, limit: int) -> list[Any]:

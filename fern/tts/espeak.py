@@ -1,4 +1,4 @@
-"""espeak-ng as a streaming TTS: robotic, but instant on any CPU; used for CPU-only runs and to synthesise test speech."""
+"""espeak-ng as a streaming TTS: robotic, but instant on any CPU; for CPU-only runs and to synthesise test speech."""
 
 from __future__ import annotations
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fern.bench import llm as bench
+
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
 
 
 def test_bench_prints_a_table_with_prefix_reuse(capsys, monkeypatch) -> None:

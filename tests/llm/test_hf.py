@@ -10,6 +10,8 @@ from fern.llm.hf import HFCausalLM, IncrementalDecoder
 from fern.protocols import LanguageModel
 from fern.streams import drain
 
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
+
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
 
 

@@ -6,6 +6,9 @@ import pytest
 
 from fern.events import CancelToken
 from fern.llm.testing import random_hf_lm, word_tokenizer
+from fern.streams import drain
+
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
 
 TOK = word_tokenizer()
 T1 = [{"role": "system", "content": "w1 w2 w3 ."}, {"role": "user", "content": "w5 w6 , w7 ?"}]
@@ -14,8 +17,8 @@ T1 = [{"role": "system", "content": "w1 w2 w3 ."}, {"role": "user", "content": "
 def turns(lm, convs):
     out = []
     for msgs in convs:
-        "".join(lm.stream(msgs, CancelToken()))
-        out.append((list(lm.last_token_ids), lm.last_stream_info["reused_tokens"]))
+        _, info = drain(lm.stream(msgs, CancelToken()))
+        out.append((list(lm.last_token_ids), info.reused_tokens))
     return out
 
 

@@ -13,6 +13,8 @@ from fern.errors import MissingWeightsError
 from fern.events import CancelToken
 from fern.tts.csm.engine import CsmEngine
 
+pytestmark = pytest.mark.models  # real models: the full tier (pytest -m 'not models' skips them)
+
 N = 5  # frames compared against transformers generate (~0.3 s each there)
 
 
@@ -44,7 +46,7 @@ def test_greedy_matches_with_voice_prompt_and_history(tiny_csm):
     synth = make_synth(tiny_csm, max_audio_s=0.4)
     rng = np.random.default_rng(0)
     synth.set_context([("Earlier words.", rng.standard_normal(24000).astype(np.float32) * 0.1, 24000, 1)])
-    for chunk in synth.stream("First utterance.", CancelToken()):  # becomes history context
+    for _chunk in synth.stream("First utterance.", CancelToken()):  # becomes history context
         pass
     context = list(synth._prompt) + list(synth._history)
     assert len(context) == 2 and synth.engine._cached == context

@@ -46,18 +46,17 @@ def tiny_csm_config(max_positions: int = 2048):
 
 
 def make_tiny_csm(seed: int = 0, max_positions: int = 2048, device: str = "cpu"):
-    from transformers import CsmForConditionalGeneration
-
     import torch
+    from transformers import CsmForConditionalGeneration
 
     torch.manual_seed(seed)
     return CsmForConditionalGeneration(tiny_csm_config(max_positions)).to(device).eval()
 
 
 def make_tiny_mimi(seed: int = 0, device: str = "cpu"):
-    from fern.tts.csm.loading import build_mimi
-
     import torch
+
+    from fern.tts.csm.loading import build_mimi
 
     torch.manual_seed(seed)
     return build_mimi(device, TINY_MIMI)
