@@ -1,7 +1,8 @@
 """Typed events: what the stages hand along, and what observers see.
 
-    source --blocks--> Listener --SpeechStarted, UserTurn--> Responder --Transcript, LlmToken, LlmDone, Clause,
-    AgentAudio, ClauseSpoken, StageStats, ReplyEnded--> observers (record, console, outputs, MLflow)
+    source --blocks--> Listener --SpeechStarted, TurnLikelyOver, SpeechResumed, UserTurn--> Responder --Transcript,
+    LlmToken, LlmDone, Clause, AgentAudio, ClauseSpoken, StageStats, ReplyEnded--> observers (record, console,
+    outputs, MLflow)
 
 Every event carries ``t``: seconds on the session clock (fern.clock.SessionClock) when it happened. ``turn_id`` ties
 everything the agent does to the user turn it answers; a reply is cancelled (barge-in, a resumed turn) by turn.
@@ -9,6 +10,7 @@ everything the agent does to the user turn it answers; a reply is cancelled (bar
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 
@@ -25,13 +27,32 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechResumed:
+    """The user went on after a pause: whatever was prepared for that pause is void."""
+
+    t: float
+    pause_s: float
+
+
+@dataclass(frozen=True)
 class UserTurn:
-    t: float  # when the end of turn was declared
+    t: float  # when the end of turn was declared (for TurnLikelyOver: when it was judged likely)
     turn_id: int
     audio: np.ndarray
     sample_rate: int
     t_speech_start: float
     t_last_voiced: float  # end of the last voiced frame: the reference for endpoint and voice-to-voice delay
+    # recognition of this audio started during the pause (by the listener, for its turn detector): resolves to a
+    # Transcript, so the reply need not run the ASR again
+    transcript: asyncio.Future | None = None
+
+
+@dataclass(frozen=True)
+class TurnLikelyOver:
+    """The turn detector thinks the pause ends the turn but is not sure yet: a reply may be prepared, not played."""
+
+    t: float
+    turn: UserTurn
 
 
 # ---- the responder ----------------------------------------------------------------------------------------------
@@ -133,5 +154,5 @@ class CancelToken:
         return self._event.is_set()
 
 
-Event = (SpeechStarted | UserTurn | Transcript | LlmToken | LlmDone | Clause | AgentAudio | ClauseSpoken | StageStats
-         | ReplyEnded)
+Event = (SpeechStarted | SpeechResumed | TurnLikelyOver | UserTurn | Transcript | LlmToken | LlmDone | Clause
+         | AgentAudio | ClauseSpoken | StageStats | ReplyEnded)

@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from fern.clock import SessionClock
-from fern.events import Event, SpeechStarted, UserTurn
+from fern.events import Event, SpeechResumed, SpeechStarted, Transcript, TurnLikelyOver, UserTurn
 from fern.protocols import RecordingSink, TurnDetector, VoiceActivityDetector
 from fern.turn.base import PauseState, Verdict
 from fern.turn.segmenter import Checkpoint, Resume, Segmenter, SpeechStart
@@ -44,7 +44,8 @@ class Listener:
         self._turn_id = 0
         self._pause = 0  # generation of the current pause: a verdict for an older one is void
         self._judging: set[asyncio.Task] = set()
-        self._transcript: asyncio.Task | None = None
+        self._transcript: asyncio.Future | None = None  # recognition of the current pause's audio, if asked for
+        self._speculated = False  # a TurnLikelyOver went out for the current pause
 
     async def run(self, blocks: AsyncIterator[tuple[float, np.ndarray]], turns: asyncio.Queue) -> None:
         """Consume stamped blocks until the source ends; put each UserTurn on ``turns``, then None."""
@@ -77,14 +78,16 @@ class Listener:
             self.emit(SpeechStarted(t=t_frame_end, t_speech_start=signal.t))
         elif isinstance(signal, Resume):
             self._void_pause()
+            self.emit(SpeechResumed(t=t_frame_end, pause_s=signal.pause_s))
         elif isinstance(signal, Checkpoint):
             if signal.last:
                 self._end_turn(signal.t)
             else:
-                self._judge(signal)
+                self._judge(signal.index, signal.silence_s, signal.t)
 
     def _void_pause(self) -> None:
         self._pause += 1
+        self._speculated = False
         if self._transcript is not None:
             self._transcript.cancel()
             self._transcript = None
@@ -93,38 +96,71 @@ class Listener:
         frames = [f for te, f in self._recent if lo < te <= hi + 1e-9]
         return np.concatenate(frames) if frames else np.zeros(0, np.float32)
 
+    def _candidate(self, t: float, transcript: asyncio.Future | None) -> UserTurn:
+        """The turn as it stands: what UserTurn (or a speculative reply) carries."""
+        seg = self.segmenter
+        audio = self._audio(seg.t_start - self.preroll_s, min(t, seg.t_last_voiced + self.postroll_s))
+        return UserTurn(t=t, turn_id=self._turn_id, audio=audio, sample_rate=self.rate, t_speech_start=seg.t_start,
+                        t_last_voiced=seg.t_last_voiced, transcript=transcript)
+
     # ---- decisions --------------------------------------------------------------------------------------------
-    def _judge(self, checkpoint: Checkpoint) -> None:
+    def _judge(self, index: int, silence_s: float, t: float) -> None:
         pause = self._pause
-        audio = self._audio(checkpoint.t_start - self.preroll_s, checkpoint.t)
-        if self.turn.needs_transcript and self.transcribe is not None and checkpoint.index == 0:
-            self._transcript = asyncio.ensure_future(self.transcribe(audio))
-        task = asyncio.ensure_future(self._verdict(pause, checkpoint, audio))
+        audio = self._audio(self.segmenter.t_start - self.preroll_s, t)
+        if self.turn.needs_transcript and self.transcribe is not None and self._transcript is None:
+            self._transcript = asyncio.ensure_future(self._recognise(audio))
+            # the words arrive after the first verdict: judge again then, at whatever silence it is by then
+            self._transcript.add_done_callback(lambda task, pause=pause: self._rejudge(pause, task))
+        self._track(self._verdict(pause, silence_s, audio))
+
+    def _track(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
         self._judging.add(task)
         task.add_done_callback(self._judging.discard)
 
-    async def _verdict(self, pause: int, checkpoint: Checkpoint, audio: np.ndarray) -> None:
+    async def _recognise(self, audio: np.ndarray) -> Transcript:
+        assert self.transcribe is not None
+        t_start = self.clock.now()
+        text = await self.transcribe(audio)
+        return Transcript(t=self.clock.now(), turn_id=self._turn_id, text=text, t_start=t_start)
+
+    def _rejudge(self, pause: int, task: asyncio.Future) -> None:
+        if pause != self._pause or task.cancelled() or task.exception() is not None or not self.segmenter.paused:
+            return
+        now = self.clock.now()
+        self._track(self._verdict(pause, now - self.segmenter.t_last_voiced,
+                                  self._audio(self.segmenter.t_start - self.preroll_s, now)))
+
+    async def _verdict(self, pause: int, silence_s: float, audio: np.ndarray) -> None:
         transcript = None
-        if self._transcript is not None and self._transcript.done() and not self._transcript.cancelled():
-            transcript = self._transcript.result()
-        state = PauseState(audio=audio, sample_rate=self.rate, silence_s=checkpoint.silence_s, transcript=transcript)
+        task = self._transcript
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            transcript = task.result().text
+        state = PauseState(audio=audio, sample_rate=self.rate, silence_s=silence_s, transcript=transcript)
         loop = asyncio.get_running_loop()
         try:
             verdict: Verdict = await loop.run_in_executor(self.executor, self.turn.decide, state)
         except Exception:  # noqa: BLE001 - a failing detector falls back to the last checkpoint
             log.exception("turn detector failed; waiting for the last checkpoint")
             return
-        if pause == self._pause and self.segmenter.paused and verdict.end:
+        if pause != self._pause or not self.segmenter.paused:
+            return  # the user went on, or the turn already ended
+        if verdict.end:
             self._end_turn(self.clock.now())
+        elif verdict.speculate and not self._speculated:
+            self._speculated = True
+            now = self.clock.now()
+            self.emit(TurnLikelyOver(t=now, turn=self._candidate(now, self._transcript)))
 
     def _end_turn(self, t_end: float) -> None:
+        transcript = self._transcript
+        self._transcript = None  # handed over with the turn, not cancelled: the reply uses it
         self._void_pause()
-        bounds = self.segmenter.end_turn(t_end)
-        if bounds is None:
+        if not self.segmenter.in_turn:
             return
-        audio = self._audio(bounds.t_start - self.preroll_s, bounds.t_last_voiced + self.postroll_s)
-        event = UserTurn(t=t_end, turn_id=self._turn_id, audio=audio, sample_rate=self.rate,
-                         t_speech_start=bounds.t_start, t_last_voiced=bounds.t_last_voiced)
+        event = self._candidate(t_end, transcript)
+        if self.segmenter.end_turn(t_end) is None:  # too short to be a turn
+            return
         self._turn_id += 1
         self.emit(event)
         assert self._turns is not None

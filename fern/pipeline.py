@@ -3,6 +3,10 @@
 Why asyncio + worker threads: the models are blocking calls that release the GIL (CTranslate2, PyTorch, espeak-ng's
 pipe), so they run in threads, while one event loop owns ordering, timestamps and cancellation. The listener keeps
 listening while a reply is produced and played; replies are answered one at a time, in order.
+
+Speculation: when the turn detector finds a pause likely final (TurnLikelyOver) and no reply is running, a reply is
+started unreleased — recognition, LLM and TTS run, nothing is heard or recorded. The confirmed UserTurn releases it
+(kept); speech that resumes drops it. Either way the listener's recognition of the pause is reused, not repeated.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from contextlib import aclosing
 
 from fern.bus import EventBus
 from fern.clock import SessionClock
-from fern.events import CancelToken, UserTurn
+from fern.events import CancelToken, Event, SpeechResumed, TurnLikelyOver, UserTurn
 from fern.listener import Listener
 from fern.metrics import TurnRecord
 from fern.observers.record import TurnRecorder
@@ -47,13 +51,16 @@ class VoicePipeline:
         # one thread per concurrent blocking activity: capture, turn decisions, asr/llm, tts
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fern-stage")
         self.recorder = TurnRecorder()
-        self.bus = EventBus([self.recorder, *observers])
+        self.bus = EventBus([self.recorder, self, *observers])
         self.recorder.emit = self.bus.emit
         self.listener = Listener(vad=vad, turn=turn, clock=self.clock, emit=self.bus.emit, executor=self._executor,
-                                 recorder=sink, preroll_ms=preroll_ms, postroll_ms=postroll_ms, max_turn_s=max_turn_s)
+                                 recorder=sink, preroll_ms=preroll_ms, postroll_ms=postroll_ms, max_turn_s=max_turn_s,
+                                 transcribe=self._transcribe)
         self.responder = Responder(asr=asr, llm=llm, chunker=chunker, tts=tts, sink=sink, history=history,
                                    clock=self.clock, emit=self.bus.emit, executor=self._executor)
         self._reply: Reply | None = None
+        self._speculative: Reply | None = None
+        self.speculation = {"kept": 0, "dropped": 0}
 
     @property
     def records(self) -> list[TurnRecord]:
@@ -67,12 +74,40 @@ class VoicePipeline:
         Returns whether a reply was cancelled (False if none is running or one is already being cancelled)."""
         return self._reply is not None and self._reply.cancel()
 
+    async def _transcribe(self, audio):
+        """The listener's recognition of a pause (for detectors that read words): the responder's ASR, off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.responder.asr.transcribe, audio)
+
+    # ---- speculation (the pipeline observes the listener's events) ----------------------------------------------
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, TurnLikelyOver) and self._reply is None and self._speculative is None:
+            self._speculative = self.responder.start(event.turn, release=False)
+        elif isinstance(event, SpeechResumed) and self._speculative is not None:
+            self._speculative.cancel()
+            self._speculative = None
+            self.speculation["dropped"] += 1
+
+    def close(self) -> None:
+        if self._speculative is not None:  # the session ended during a pause
+            self._speculative.cancel()
+
     async def _respond(self, turns: asyncio.Queue) -> None:
         while (turn := await turns.get()) is not None:
             await self._answer(turn)
 
+    def _reply_for(self, turn: UserTurn) -> Reply:
+        speculative, self._speculative = self._speculative, None
+        if speculative is not None and speculative.turn.turn_id == turn.turn_id and not speculative.done:
+            speculative.release()
+            self.speculation["kept"] += 1
+            return speculative
+        if speculative is not None:
+            speculative.cancel()
+            self.speculation["dropped"] += 1
+        return self.responder.start(turn)
+
     async def _answer(self, turn: UserTurn) -> None:
-        self._reply = self.responder.start(turn)
+        self._reply = self._reply_for(turn)
         try:
             await self._reply.task
         except asyncio.CancelledError:

@@ -41,12 +41,24 @@ NO_SPEECH = "no speech recognised"
 @dataclass
 class Reply:
     turn: UserTurn
+    emit_now: Callable[[Event], None]
     task: asyncio.Task | None = None
     may_play: asyncio.Event = field(default_factory=asyncio.Event)  # set: audio may reach the speaker
+    held: list[Event] = field(default_factory=list)  # what the reply did before it was released
+
+    def emit(self, event: Event) -> None:
+        """Events of an unreleased reply are held: nobody sees a speculation that may still be dropped."""
+        if self.may_play.is_set():
+            self.emit_now(event)
+        else:
+            self.held.append(event)
 
     def release(self) -> None:
-        """The turn is confirmed: let the reply's audio play."""
+        """The turn is confirmed: what the reply did so far becomes visible (with its own times) and it may play."""
         self.may_play.set()
+        held, self.held = self.held, []
+        for event in held:
+            self.emit_now(event)
 
     def cancel(self) -> bool:
         """Drop the reply (barge-in, or the user resumed a turn this reply was speculating on). False if it already
@@ -79,11 +91,26 @@ class Responder:
         self.sink, self.history, self.clock, self.emit, self.executor = sink, history, clock, emit, executor
 
     def start(self, turn: UserTurn, release: bool = True) -> Reply:
-        reply = Reply(turn)
+        reply = Reply(turn, self.emit)
         if release:
             reply.release()
         reply.task = asyncio.create_task(self._answer(reply), name=f"reply-{turn.turn_id}")
         return reply
+
+    async def _transcript(self, turn: UserTurn) -> Transcript:
+        """The words of the turn: from the recognition the listener started during the pause when there is one,
+        else recognised now."""
+        if turn.transcript is not None:
+            try:
+                return await asyncio.shield(turn.transcript)
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+            except Exception:  # noqa: BLE001 - the pause's recognition failed: recognise the turn afresh
+                log.exception("turn %d: recognition during the pause failed", turn.turn_id)
+        t_start = self.clock.now()
+        text = await asyncio.get_running_loop().run_in_executor(self.executor, self.asr.transcribe, turn.audio)
+        return Transcript(t=self.clock.now(), turn_id=turn.turn_id, text=text, t_start=t_start)
 
     async def _answer(self, reply: Reply) -> None:
         turn_id = reply.turn.turn_id
@@ -91,13 +118,13 @@ class Responder:
         progress = _Progress()
         speaking: asyncio.Task | None = None
         try:
-            t_start = self.clock.now()
-            loop = asyncio.get_running_loop()
-            progress.user_text = await loop.run_in_executor(self.executor, self.asr.transcribe, reply.turn.audio)
-            self.emit(Transcript(t=self.clock.now(), turn_id=turn_id, text=progress.user_text, t_start=t_start))
+            transcript = await self._transcript(reply.turn)
+            progress.user_text = transcript.text
+            reply.emit(transcript)
             if not progress.user_text:
                 log.info("turn %d: nothing recognised, no reply", turn_id)
-                self.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text="", llm_text="", error=NO_SPEECH))
+                reply.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text="", llm_text="",
+                                      error=NO_SPEECH))
                 return
             messages = [*self.history.messages(), {"role": "user", "content": progress.user_text}]
             clauses: asyncio.Queue = asyncio.Queue()
@@ -106,17 +133,17 @@ class Responder:
             async with aclosing(stream.items()) as pieces:
                 async for t, piece in pieces:
                     progress.pieces.append(piece)
-                    self.emit(LlmToken(t=t, turn_id=turn_id, text=piece))
+                    reply.emit(LlmToken(t=t, turn_id=turn_id, text=piece))
                     for text in self.chunker.push(piece):
-                        self._clause(clauses, progress, turn_id, text)
+                        self._clause(reply, clauses, progress, turn_id, text)
                     if speaking.done():
                         speaking.result()  # the TTS failed: stop the LLM too, rather than finish a reply nobody hears
             text = "".join(progress.pieces).strip()
             info = stream.result if isinstance(stream.result, StreamInfo) else StreamInfo(
                 backend=getattr(self.llm, "name", type(self.llm).__name__), n_tokens=len(progress.pieces))
-            self.emit(LlmDone(t=self.clock.now(), turn_id=turn_id, text=text, info=info))
+            reply.emit(LlmDone(t=self.clock.now(), turn_id=turn_id, text=text, info=info))
             for text in self.chunker.flush():
-                self._clause(clauses, progress, turn_id, text)
+                self._clause(reply, clauses, progress, turn_id, text)
             clauses.put_nowait(None)
             await speaking
         except BaseException as exc:
@@ -134,19 +161,19 @@ class Responder:
                 # the conversation keeps what the user heard, not what the LLM had already written
                 self.history.add_user(progress.user_text)
                 self.history.add_assistant(heard)
-            self.emit(ReplyEnded(t=t_stop, turn_id=turn_id, agent_text=heard,
+            reply.emit(ReplyEnded(t=t_stop, turn_id=turn_id, agent_text=heard,
                                  llm_text="".join(progress.pieces).strip(),
                                  error="interrupted" if interrupted else f"{type(exc).__name__}: {exc}"))
             raise
         text = "".join(progress.pieces).strip()
         self.history.add_user(progress.user_text)
         self.history.add_assistant(text)
-        self.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text=text, llm_text=text))
+        reply.emit(ReplyEnded(t=self.clock.now(), turn_id=turn_id, agent_text=text, llm_text=text))
 
-    def _clause(self, clauses: asyncio.Queue, progress: _Progress, turn_id: int, text: str) -> None:
+    def _clause(self, reply: Reply, clauses: asyncio.Queue, progress: _Progress, turn_id: int, text: str) -> None:
         clause = Clause(t=self.clock.now(), turn_id=turn_id, index=len(progress.clauses), text=text)
         progress.clauses.append(text)
-        self.emit(clause)
+        reply.emit(clause)
         clauses.put_nowait(clause)
 
     async def _speak(self, reply: Reply, clauses: asyncio.Queue, progress: _Progress, cancel: CancelToken) -> None:
@@ -156,14 +183,17 @@ class Responder:
             chunks = ThreadStream(lambda: self.tts.stream(clause.text, cancel), cancel, self.executor, self.clock)
             async with aclosing(chunks.items()) as audio:
                 async for t, chunk in audio:
-                    await reply.may_play.wait()  # a speculative reply computes, but is not heard until confirmed
-                    heard_at = self.sink.play(chunk, self.tts.sample_rate, t)
+                    t_ready = t
+                    if not reply.may_play.is_set():  # a speculative reply computes, but is not heard until confirmed
+                        await reply.may_play.wait()
+                        t_ready = self.clock.now()
+                    heard_at = self.sink.play(chunk, self.tts.sample_rate, t_ready)
                     if len(progress.heard_at) <= clause.index:
                         progress.heard_at.append(heard_at)
-                    self.emit(AgentAudio(t=t, turn_id=turn_id, clause_index=clause.index, samples=chunk,
+                    reply.emit(AgentAudio(t=t, turn_id=turn_id, clause_index=clause.index, samples=chunk,
                                          sample_rate=self.tts.sample_rate, heard_at=heard_at))
             if isinstance(chunks.result, dict) and chunks.result:
-                self.emit(StageStats(t=self.clock.now(), turn_id=turn_id, stage="tts",
+                reply.emit(StageStats(t=self.clock.now(), turn_id=turn_id, stage="tts",
                                      values={k: float(v) for k, v in chunks.result.items()}))
-            self.emit(ClauseSpoken(t=self.clock.now(), turn_id=turn_id, index=clause.index,
+            reply.emit(ClauseSpoken(t=self.clock.now(), turn_id=turn_id, index=clause.index,
                                    compute_s=self.clock.now() - t_begin))

@@ -64,10 +64,11 @@ class EnergyVad:
 
 @dataclass
 class ScriptedTurnDetector:
-    """Ends a pause when ``verdicts`` (called with the PauseState) says so; records what it was asked."""
+    """Judges a pause by ``verdicts`` (called with the PauseState: True/False to end or not, or a whole Verdict);
+    records what it was asked."""
 
     checkpoints_s: tuple[float, ...] = (0.2, 1.0)
-    verdicts: Callable[[PauseState], bool] = lambda state: True
+    verdicts: Callable[[PauseState], bool | Verdict] = lambda state: True
     decide_s: float = 0.0  # compute time per decision
     speech_start_ms: int = 40
     min_speech_ms: int = 100
@@ -77,7 +78,8 @@ class ScriptedTurnDetector:
     def decide(self, state: PauseState) -> Verdict:
         self.asked.append(state)
         time.sleep(self.decide_s)
-        return Verdict(end=self.verdicts(state))
+        verdict = self.verdicts(state)
+        return verdict if isinstance(verdict, Verdict) else Verdict(end=verdict)
 
 
 class ScriptedASR:

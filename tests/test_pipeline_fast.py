@@ -28,6 +28,7 @@ from fern.testing import (
     tone,
     tone_conversation,
 )
+from fern.turn.base import Verdict
 
 RATE = 16000
 STORY = "Once upon a time, a cat lived in a tall house. It liked the sun. It slept all day long."
@@ -55,8 +56,8 @@ def test_a_turn_flows_through_every_stage_in_order_and_is_recorded():
     assert log.closed  # observers are closed when the session ends
     m = record.metrics()
     assert record.error is None and record.agent_text == "Hi, how can I help you today?"
-    assert m["endpoint_delay_ms"] == pytest.approx(200, abs=25)  # the detector's one checkpoint, plus a frame
-    assert 0.55 <= record.user_audio_s <= 0.6 + 0.3 + 0.2 + 0.02  # speech + pre-roll + the post-roll there was
+    assert 190 <= m["endpoint_delay_ms"] <= 300  # the detector's one checkpoint (+ block stamping jitter under load)
+    assert 0.55 <= record.user_audio_s <= 0.6 + 0.3 + 0.2 + 0.06  # speech + pre-roll + the post-roll there was
     assert record.agent_audio_s == pytest.approx(7 * 0.25, abs=0.01)  # 7 words at 0.25 s
     # voice-to-voice is made of its parts; what is left is the orchestration's own cost
     assert not math.isnan(m["overhead_ms"]) and m["overhead_ms"] >= 0
@@ -152,8 +153,8 @@ def test_speech_that_resumes_voids_a_verdict_still_being_computed():
     record, = pipeline.run_sync()
     assert len(detector.asked) == 2  # both pauses were judged...
     assert record.user_audio_s > 1.2  # ...but the first verdict came too late to cut the turn
-    assert record.metrics()["endpoint_delay_ms"] == pytest.approx(500, abs=60)  # 200 ms + 300 ms of judging
-    assert detector.asked[0].silence_s == pytest.approx(0.2, abs=0.021)
+    assert 480 <= record.metrics()["endpoint_delay_ms"] < 950  # 200 ms + 300 ms of judging, not the 1 s checkpoint
+    assert detector.asked[0].silence_s == pytest.approx(0.2, abs=0.05)
     assert detector.asked[0].audio.size < detector.asked[1].audio.size
 
 
@@ -161,34 +162,81 @@ def test_a_detector_that_says_wait_is_overruled_at_the_last_checkpoint():
     detector = ScriptedTurnDetector(checkpoints_s=(0.2, 0.5, 0.8), verdicts=lambda state: False)
     pipeline, _, _ = make([("speech", 0.5), ("silence", 1.0)], turn=detector)
     record, = pipeline.run_sync()
-    assert len(detector.asked) == 2 and record.metrics()["endpoint_delay_ms"] == pytest.approx(800, abs=25)
+    assert len(detector.asked) == 2 and 790 <= record.metrics()["endpoint_delay_ms"] <= 900
 
 
-def test_a_speculative_reply_is_silent_until_released_and_leaves_no_trace_when_dropped():
+def test_a_speculative_reply_works_unseen_until_released_and_leaves_no_trace_when_dropped():
     async def scenario():
+        from concurrent.futures import ThreadPoolExecutor
+
         sink = TimelineSink(sample_rate=RATE)
         log = EventLog()
         history = ChatHistory("You are FERN.", 1024)
-        from concurrent.futures import ThreadPoolExecutor
-
-        responder = Responder(asr=ScriptedASR(["Hello."]), llm=ScriptedLLM(["Hi there, friend."]),
-                              chunker=ClauseChunker(first_min_words=2), tts=ScriptedTTS(), sink=sink,
-                              history=history, clock=SessionClock(), emit=log.on_event,
+        llm, tts = ScriptedLLM(["Hi there, friend."]), ScriptedTTS()
+        responder = Responder(asr=ScriptedASR(["Hello."]), llm=llm, chunker=ClauseChunker(first_min_words=2),
+                              tts=tts, sink=sink, history=history, clock=SessionClock(), emit=log.on_event,
                               executor=ThreadPoolExecutor(4))
         turn = UserTurn(t=0.0, turn_id=0, audio=tone(0.5), sample_rate=RATE, t_speech_start=0.0, t_last_voiced=0.5)
         dropped = responder.start(turn, release=False)
         await asyncio.sleep(0.5)  # long enough for ASR, LLM and the first TTS chunk
-        assert log.of(Clause) and not log.of(AgentAudio) and sink.track("agent").size == 0
+        assert llm.calls and tts.spoken  # the work was done...
+        assert log.events == [] and sink.track("agent").size == 0  # ...but nothing was seen or heard
         assert dropped.cancel()
         await asyncio.gather(dropped.task, return_exceptions=True)
-        assert history.messages() == [{"role": "system", "content": "You are FERN."}]
+        assert log.events == [] and history.messages() == [{"role": "system", "content": "You are FERN."}]
         kept = responder.start(UserTurn(t=1.0, turn_id=1, audio=tone(0.5), sample_rate=RATE, t_speech_start=0.5,
                                         t_last_voiced=1.0), release=False)
         await asyncio.sleep(0.3)
-        assert not log.of(AgentAudio, 1)
-        kept.release()
+        assert log.events == []
+        kept.release()  # the held events come out in order, with the times they happened
         await kept.task
-        assert log.of(AgentAudio, 1) and log.of(ReplyEnded, 1)[0].agent_text == "Hi there, friend."
+        assert [type(e).__name__ for e in log.events[:3]] == ["Transcript", "LlmToken", "LlmToken"]
+        assert log.of(Transcript)[0].t < 1.0 + 0.3 and log.of(AgentAudio, 1)
+        assert log.of(ReplyEnded, 1)[0].agent_text == "Hi there, friend."
         assert history.messages()[-1] == {"role": "assistant", "content": "Hi there, friend."}
 
     asyncio.run(scenario())
+
+
+def words_decide(state):
+    """Likely over on audio alone; over once the words are in and end like a sentence."""
+    if state.transcript is None:
+        return Verdict(end=False, speculate=True)
+    return Verdict(end=state.transcript.endswith("."), speculate=True)
+
+
+def test_a_likely_end_starts_the_reply_early_and_the_confirmed_turn_keeps_it():
+    def unsure_until_half_a_second(state):  # likely over at once, sure only after 0.5 s of silence
+        return Verdict(end=state.silence_s >= 0.5, speculate=True)
+
+    asr = ScriptedASR(["What time is it."], delay_s=0.1)
+    detector = ScriptedTurnDetector(checkpoints_s=(0.15, 0.5, 1.0), verdicts=unsure_until_half_a_second,
+                                    needs_transcript=True)
+    pipeline, log, sink = make([("speech", 0.6), ("silence", 1.2)], asr=asr, turn=detector)
+    record, = pipeline.run_sync()
+    assert pipeline.speculation == {"kept": 1, "dropped": 0}
+    assert asr.calls == 1  # the pause's recognition is the turn's: ASR ran once
+    assert record.user_text == "What time is it." and record.error is None
+    assert detector.asked[0].transcript is None and detector.asked[-1].transcript == "What time is it."
+    # the reply was prepared before the turn was confirmed, but nothing was heard before it
+    assert record.t_llm_first_token < record.t_end <= record.t_first_agent_sample
+    assert not np.any(sink.track("agent")[:int(record.t_end * RATE)])
+    assert 500 <= record.metrics()["endpoint_delay_ms"] < 900
+
+
+def test_speech_that_resumes_drops_the_speculative_reply_and_the_turn_is_answered_whole():
+    asr = ScriptedASR(["I would like to", "I would like to book a table."], delay_s=0.05)
+    llm = ScriptedLLM(["To what?", "For how many people?"])
+    detector = ScriptedTurnDetector(checkpoints_s=(0.15, 1.0), verdicts=words_decide, needs_transcript=True)
+    pipeline, log, sink = make([("speech", 0.6), ("silence", 0.5), ("speech", 0.6), ("silence", 1.2)], asr=asr,
+                               llm=llm, turn=detector)
+    record, = pipeline.run_sync()
+    assert pipeline.speculation == {"kept": 1, "dropped": 1}
+    assert record.user_text == "I would like to book a table." and record.agent_text == "For how many people?"
+    assert len(log.of(UserTurn)) == 1 and [e.agent_text for e in log.of(ReplyEnded)] == ["For how many people?"]
+    assert len(llm.calls) == 2 and llm.calls[0][-1]["content"] == "I would like to"  # the dropped speculation...
+    assert pipeline.history.messages()[1:] == [{"role": "user", "content": "I would like to book a table."},
+                                              {"role": "assistant", "content": "For how many people?"}]
+    heard = sink.track("agent")  # ...never reached the speaker: one reply's worth of audio, after the turn
+    assert not np.any(heard[:int(record.t_end * RATE)])
+    assert np.count_nonzero(heard) / RATE == pytest.approx(record.agent_audio_s, abs=0.05)
