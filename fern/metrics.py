@@ -81,9 +81,10 @@ def _ms(a: float | None, b: float | None) -> float:
 
 
 def _overhead_ms(r: TurnRecord) -> float:
-    """Voice-to-voice minus the stage times it is made of: what the orchestration itself costs."""
+    """Voice-to-voice minus the stage times it is made of and the wait for a busy speaker: what the orchestration
+    itself costs (hand-offs between stages)."""
     parts = (_ms(r.t_last_voiced, r.t_end), _ms(r.t_asr_start, r.t_asr_end), _ms(r.t_asr_end, r.t_first_clause),
-             _ms(r.t_first_clause, r.t_tts_first_audio))
+             _ms(r.t_first_clause, r.t_tts_first_audio), _ms(r.t_tts_first_audio, r.t_first_agent_sample))
     return round(_ms(r.t_last_voiced, r.t_first_agent_sample) - sum(parts), 1)
 
 
@@ -100,7 +101,9 @@ METRICS: tuple[Metric, ...] = (
            lambda r: _ms(r.t_first_clause, r.t_tts_first_audio), summary=True, table=True),
     Metric("voice_to_voice_ms", "ms", "last voiced user frame -> first agent sample on the speaker",
            lambda r: _ms(r.t_last_voiced, r.t_first_agent_sample), summary=True, table=True),
-    Metric("overhead_ms", "ms", "voice-to-voice minus endpoint, ASR, first clause and TTS first audio",
+    Metric("speaker_wait_ms", "ms", "first agent audio ready -> heard (a speaker still busy, device output latency)",
+           lambda r: _ms(r.t_tts_first_audio, r.t_first_agent_sample)),
+    Metric("overhead_ms", "ms", "voice-to-voice minus endpoint, ASR, first clause, TTS first audio and speaker wait",
            _overhead_ms, summary=True),
     Metric("llm_total_ms", "ms", "transcript -> LLM done", lambda r: _ms(r.t_asr_end, r.t_llm_done)),
     Metric("asr_rtf", "x", "ASR time / user audio duration",
