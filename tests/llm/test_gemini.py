@@ -161,6 +161,7 @@ def test_500_falls_back_to_the_real_local_llm(server, key, smollm2) -> None:
     assert info.fallback and info.backend == smollm2.name and info.n_tokens > 0 and llm.fallbacks == 1
 
 
+@pytest.mark.models  # builds the real SmolLM2 fallback
 def test_gemini_preset_builds_fallback_llm_around_gemini_and_fails_fast_on_a_broken_fallback(
         server, key, compose, tmp_path) -> None:
     """conf/llm/gemini.yaml composes FallbackLLM(Gemini -> local SmolLM2); every model is built at start-up, so a
