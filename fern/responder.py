@@ -140,7 +140,7 @@ class Responder:
                         speaking.result()  # the TTS failed: stop the LLM too, rather than finish a reply nobody hears
             text = "".join(progress.pieces).strip()
             info = stream.result if isinstance(stream.result, StreamInfo) else StreamInfo(
-                backend=getattr(self.llm, "name", type(self.llm).__name__), n_tokens=len(progress.pieces))
+                backend=self.llm.name, n_tokens=len(progress.pieces))
             reply.emit(LlmDone(t=self.clock.now(), turn_id=turn_id, text=text, info=info))
             for text in self.chunker.flush():
                 self._clause(reply, clauses, progress, turn_id, text)
