@@ -3,7 +3,8 @@
 At batch 1 a CSM frame is bound by how many small kernels it launches, not by bandwidth, so the number of compute
 operators per frame is the figure to drive down. This counts aten operators as dispatched, with ``rms_norm`` counted
 once (CPU decomposes it into five ops; CUDA runs it as one fused kernel), so the count stands for CUDA kernels
-wherever it is taken. The CUDA kernel count itself comes from the profiler (``python -m fern.bench.tts --profile``).
+wherever it is taken. Triton launches of the fused depth decoder are counted by :func:`count_kernels`. The CUDA kernel
+count itself comes from the profiler (``python -m fern.bench.tts --profile``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,17 @@ def count_ops(fn: Callable[[], object]) -> Counter[str]:
     return dispatched.ops
 
 
+def count_kernels(fn: Callable[[], object]) -> Counter[str]:
+    """:func:`count_ops` plus the Triton kernels ``fn`` launches (``fern.tts.csm.kernels``, one kernel each, named
+    ``triton:<kernel>``): kernels per run for code that mixes both, counted without a GPU."""
+    from fern.tts.csm.kernels import LaunchCounter
+
+    with LaunchCounter() as launched:
+        ops = count_ops(fn)
+    ops.update(launched.launches)
+    return ops
+
+
 _KERNEL_KINDS = (  # first match wins; by CUDA kernel name
     ("gemm", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitk", "sm90_", "sm80_", "ampere_", "hopper_")),
     ("attention", ("fmha", "flash", "attention", "attn")),
@@ -120,3 +132,65 @@ def profile_cuda_kernels(fn: Callable[[], object], repeats: int) -> dict:
         for name, us in by_name.most_common(12)
     ]
     return out
+
+
+def csm_kernels_per_frame(temperature: float = 0.9, top_k: int = 50) -> dict[str, dict]:
+    """Kernels per CSM frame for each frame loop, on CSM-1B's layer counts (16 backbone and 4 depth-decoder layers,
+    32 codebooks, 2051-entry vocab) with narrow widths: the count depends on the layers, not their width, so this runs
+    on a CPU. The Triton path runs in Triton's interpreter: TRITON_INTERPRET=1 must be set before Triton is imported
+    (``main`` does so)."""
+    from fern.tts.csm.engine import CsmEngine, Segment
+    from fern.tts.csm.tiny import tiny_csm_config
+
+    cfg = tiny_csm_config(max_positions=64)
+    cfg.num_hidden_layers = 16
+    cfg.depth_decoder_config.num_hidden_layers = 4
+    from transformers import CsmForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = CsmForConditionalGeneration(cfg).eval()
+    seg = Segment(torch.arange(1, 9))
+    out = {}
+    for label, kw in (("modules", dict(fast=False)), ("fast_torch", {}), ("fused_triton", dict(kernels="triton"))):
+        engine = CsmEngine(model, **kw)
+        if label == "fused_triton" and engine.kernels != "triton":
+            out[label] = {"error": "Triton kernels unusable here (see the log)"}
+            continue
+        engine.temperature, engine.top_k = temperature, top_k
+        engine.prepare([], seg)
+        with torch.no_grad():
+            counts = count_kernels(engine._run_frame)
+        out[label] = {"kernels_per_frame": sum(counts.values()),
+                      "triton_launches": sum(v for k, v in counts.items() if k.startswith("triton:")),
+                      "by_op": dict(counts.most_common())}
+    return out
+
+
+def main(argv=None) -> dict:
+    import argparse
+    import json
+    import os
+
+    p = argparse.ArgumentParser(description="Kernels per CSM frame (CSM-1B layer counts, narrow widths, CPU)")
+    p.add_argument("--temperature", type=float, default=0.9, help="0: greedy (no sampling kernels)")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports Triton (transformers does)
+    res = csm_kernels_per_frame(args.temperature, args.top_k)
+    print(f"CSM frame, CSM-1B layer counts, temperature={args.temperature}, top_k={args.top_k} "
+          f"(aten operators, views excluded, rms_norm as one, + Triton launches)")
+    for label, r in res.items():
+        if "error" in r:
+            print(f"  {label:14s} {r['error']}")
+        else:
+            print(f"  {label:14s} {r['kernels_per_frame']:6d} kernels/frame ({r['triton_launches']} Triton)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -157,7 +157,7 @@ class FusedDepth:
     def run(self, x: torch.Tensor, c0: torch.Tensor, noise: torch.Tensor | None, top_k: int,
             force: torch.Tensor | None = None) -> torch.Tensor:
         """x: (1, 2, D) inputs of positions 0 and 1 (backbone state, codebook 0's embedding); c0: (1,) codebook 0;
-        noise: (n_cb - 1, V) temperature-scaled Gumbel noise or None (greedy); ``force`` (torch backend only):
+        noise: (n_cb - 1, V) temperature-scaled Gumbel noise or None (greedy); ``force``:
         (n_cb,) tokens fed as the next inputs instead of the sampled ones (teacher forcing, for agreement figures).
         -> codes (1, n_cb), a view of a buffer reused by the next call."""
         k = self.V if not 0 < top_k < self.V else int(top_k)
@@ -171,12 +171,10 @@ class FusedDepth:
 
     def _step(self, p: int, head: int | None, noise, k: int, force) -> None:
         if self.backend == "triton":
-            if force is not None:
-                raise ValueError("teacher forcing is implemented by the torch backend only")
             for i in range(len(self.o)):
                 self._layer_triton(i, p)
             if head is not None:
-                self._head_triton(p, head, noise, k)
+                self._head_triton(p, head, noise, k, force)
         else:
             for i in range(len(self.o)):
                 self._layer_torch(i, p)
@@ -206,7 +204,7 @@ class FusedDepth:
         K.launch("_down_residual", (triton_cdiv(D, b["down_bn"]),), self.act, w.w, _s(w), self.h, D=D, I=I,
                  BN=b["down_bn"], BK=b["down_bk"], HAS_SCALE=w.scale is not None, num_warps=nw)
 
-    def _head_triton(self, p: int, head: int, noise, k: int) -> None:
+    def _head_triton(self, p: int, head: int, noise, k: int, force) -> None:
         b = self.blocks
         w = self.head[head]
         # bf16 heads are the model's (hidden, vocab); quantized ones are stored (vocab, hidden)
@@ -215,9 +213,9 @@ class FusedDepth:
         table = self.tables[p] if not last else self.tables[0]
         K.launch("_norm_head_sample", (triton_cdiv(self.V, b["head_bn"]),), self.h, self.final_norm, self.final_eps,
                  w.w, swk, swn, _s(w), self.logits, self.counter, noise[head] if noise is not None else self.logits,
-                 k, self.codes[p:p + 1], table, D=self.D, V=self.V, VP=K.next_pow2(self.V), BN=b["head_bn"],
-                 BK=b["head_bk"], HAS_SCALE=w.scale is not None, SAMPLE=noise is not None, WRITE_NEXT=not last,
-                 num_warps=b["num_warps"])
+                 k, self.codes[p:p + 1], table, self.codes if force is None else force[p:p + 1], D=self.D, V=self.V,
+                 VP=K.next_pow2(self.V), BN=b["head_bn"], BK=b["head_bk"], HAS_SCALE=w.scale is not None,
+                 SAMPLE=noise is not None, WRITE_NEXT=not last, FORCE=force is not None, num_warps=b["num_warps"])
 
     # ---- the same math in torch -------------------------------------------------------------------------------
     def _dq(self, w: _W) -> torch.Tensor:

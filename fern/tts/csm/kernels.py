@@ -202,10 +202,10 @@ def _down_residual(act_ptr, w_ptr, s_ptr, h_ptr,
 
 
 def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, logits_ptr, counter_ptr, noise_ptr,
-                      top_k, code_ptr, table_ptr,
+                      top_k, code_ptr, table_ptr, force_ptr,
                       D: tl.constexpr, V: tl.constexpr, VP: tl.constexpr, BN: tl.constexpr,
                       BK: tl.constexpr, HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr,
-                      WRITE_NEXT: tl.constexpr):
+                      WRITE_NEXT: tl.constexpr, FORCE: tl.constexpr):
     pid = tl.program_id(0)
     n = pid * BN + tl.arange(0, BN)
     nm = n < V
@@ -250,12 +250,15 @@ def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, lo
             c = tl.argmax(z, axis=0, tie_break_left=True)
         else:
             c = tl.argmax(logits, axis=0, tie_break_left=True)
-        tl.store(code_ptr, c.to(tl.int64))
+        c = c.to(tl.int64)
+        tl.store(code_ptr, c)
         if WRITE_NEXT:
+            if FORCE:  # teacher forcing (agreement figures): the next input is the given token, not the sampled one
+                c = tl.load(force_ptr)
             for k0 in range(0, D, BK):
                 k = k0 + tl.arange(0, BK)
                 km = k < D
-                row = tl.load(table_ptr + c.to(tl.int64) * D + k, mask=km, other=0.0).to(tl.float32)
+                row = tl.load(table_ptr + c * D + k, mask=km, other=0.0).to(tl.float32)
                 tl.store(h_ptr + k, row, mask=km)
         tl.atomic_xchg(counter_ptr, 0)  # ready for the next launch (and the next graph replay)
 
@@ -295,7 +298,11 @@ def launch(name: str, grid: tuple, *args, num_warps: int = 4, **meta) -> None:
         c.launches[f"triton:{name.lstrip('_')}"] += 1
     k = _kernel(name)
     if triton.knobs.runtime.interpret:
-        k[grid](*args, **meta)
+        # the interpreter copies arguments with torch ops: hidden from operator counting, they are no kernels
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes():
+            k[grid](*args, **meta)
     else:
         k[grid](*args, num_warps=num_warps, **meta)
 
