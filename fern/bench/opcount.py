@@ -76,6 +76,7 @@ def count_kernels(fn: Callable[[], object]) -> Counter[str]:
 
 
 _KERNEL_KINDS = (  # first match wins; by CUDA kernel name
+    ("fused", ("_norm_qkv_cache", "_attn_o_residual", "_norm_gateup_swiglu", "_down_residual", "_norm_head_sample")),
     ("gemm", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitk", "sm90_", "sm80_", "ampere_", "hopper_")),
     ("attention", ("fmha", "flash", "attention", "attn")),
     ("norm", ("rms", "norm")),
@@ -95,7 +96,7 @@ def kernel_kind(name: str) -> str:
 def profile_cuda_kernels(fn: Callable[[], object], repeats: int) -> dict:
     """Run ``fn`` ``repeats`` times under the CUDA profiler and summarise per repeat: kernels launched, time the GPU
     spent in kernels, the span from the first kernel's start to the last one's end, the share of kernel time by
-    kind (gemm / attention / norm / sampling / memory / elementwise), and the costliest kernels. Busy time well
+    kind (fused: fern.tts.csm.kernels / gemm / attention / norm / sampling / memory / elementwise), and the costliest kernels. Busy time well
     under the span means the GPU waits between kernels (launch-bound); busy time made of gemm at near-peak
     bandwidth means the frame is weight-bound."""
     from torch.autograd import DeviceType

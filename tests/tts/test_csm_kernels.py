@@ -309,3 +309,15 @@ def test_config_switches_reach_the_synthesizer(compose, tiny):
     synth = make_synth(tiny, mimi=make_tiny_mimi(device=str(DEV)), device=str(DEV), kernels=cfg.tts.kernels,
                        weights=cfg.tts.weights)
     assert (synth.engine.kernels, synth.engine.weights) == ("triton", "int8")
+
+
+def test_quantized_token_agreement_on_random_weights(tiny):
+    """Teacher-forced agreement with the reference loop (fern.bench.csm_quant): the unquantized fused math gives the
+    reference's tokens; int8 and fp8 per-channel weights keep most of them (random weights: a check that the scales
+    are applied per the right axis, not a quality claim; a wrong axis or scale drops agreement to ~1/2051)."""
+    from fern.bench.csm_quant import agreement
+
+    res = agreement(tiny, tiny, 4, ["bf16", "int8", "fp8"], "torch", list(range(1, 13)))
+    assert res["codebooks_compared"] == 4 * 31
+    assert res["bf16"] == 1.0
+    assert res["int8"] >= 0.9 and res["fp8"] >= 0.7, res
