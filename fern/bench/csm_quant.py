@@ -17,13 +17,16 @@ import json
 import os
 
 
-def agreement(model, ref_model, frames: int, kinds: list[str], backend: str, text_ids: list[int]) -> dict:
+def agreement(model, ref_model, frames: int, kinds: list[str], backend: str, text_ids: list[int],
+              ref_fast: bool = True) -> dict:
+    """Teacher-forced token agreement of each weight kind's fused depth decoder (``backend``) with the reference
+    engine over ``ref_model`` (``ref_fast=False``: through the transformers modules)."""
     import torch
 
     from fern.tts.csm.engine import CsmEngine, Segment
     from fern.tts.csm.fused import FusedDepth
 
-    ref = CsmEngine(ref_model)
+    ref = CsmEngine(ref_model, fast=ref_fast)
     host = CsmEngine(model)  # owns the variants' weights and tables
     variants = {k: FusedDepth(host, backend, k) for k in kinds}
     seg = Segment(torch.tensor(text_ids))

@@ -74,7 +74,7 @@ class _W:
 
 # launch shapes per device: many programs on a GPU (bandwidth needs them), the fewest in the interpreter (each
 # program costs milliseconds there). Not tuned on a GPU yet.
-GPU_BLOCKS = dict(qkv_bp=16, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8, down_bk=512, head_bn=32, head_bk=128,
+GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8, down_bk=512, head_bn=32, head_bk=128,
                   num_warps=4)
 
 

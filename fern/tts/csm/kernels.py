@@ -226,7 +226,9 @@ def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, lo
     if HAS_SCALE:
         acc = acc * tl.load(s_ptr + n, mask=nm, other=0.0)
     tl.store(logits_ptr + n, acc, mask=nm)
-    # release: this program's logits (and its reads of h) happen before the count; the last program acquires
+    # the barrier orders every thread's stores (and reads of h) before the one thread that counts; acq_rel makes
+    # them visible to the program that counts last, which reads the logits past L1 (.cg, volatile)
+    tl.debug_barrier()
     done = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
     if done == tl.num_programs(0) - 1:
         v = tl.arange(0, VP)
