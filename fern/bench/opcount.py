@@ -167,6 +167,37 @@ def csm_kernels_per_frame(temperature: float = 0.9, top_k: int = 50) -> dict[str
     return out
 
 
+def csm_weight_bytes_per_frame(model=None) -> dict[str, int]:
+    """Bytes of weights one frame reads on each path (CSM-1B in bf16 by default, built on the meta device: shapes
+    only, no memory), by the rules of ``fern.bench.tts.frame_weight_bytes`` and ``FusedDepth.weight_bytes_per_frame``
+    (a test holds them equal): the backbone once; the torch path's depth decoder n_cb - 1 times (positions 0 and 1
+    share a step), the fused one n_cb times; one codebook head per codebook 1..; int8 / fp8: 1 byte per weight plus
+    an fp32 scale per output row."""
+    if model is None:
+        from transformers import CsmConfig, CsmForConditionalGeneration
+
+        with torch.device("meta"):
+            model = CsmForConditionalGeneration(CsmConfig()).to(torch.bfloat16)
+    params = lambda mod: list(mod.parameters())  # noqa: E731
+    nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)  # noqa: E731
+    bb = model.backbone_model
+    base = nbytes(params(bb.layers) + params(bb.norm) + params(model.lm_head)
+                  + params(model.depth_decoder.model.inputs_embeds_projector))
+    depth = model.depth_decoder
+    n_cb = model.config.num_codebooks
+    gemv = [m.weight for layer in depth.model.layers
+            for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                      layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+    head = depth.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
+    out = {"torch": base + (n_cb - 1) * nbytes(params(depth.model.layers) + params(depth.model.norm))
+           + nbytes([head])}
+    out["fused_bf16"] = base + n_cb * nbytes(gemv) + nbytes([head])
+    for kind in ("int8", "fp8"):
+        q = sum(w.numel() + 4 * w.shape[0] for w in gemv)
+        out[f"fused_{kind}"] = base + n_cb * q + head.numel() + 4 * head.shape[0] * head.shape[2]
+    return out
+
+
 def main(argv=None) -> dict:
     import argparse
     import json
@@ -176,6 +207,7 @@ def main(argv=None) -> dict:
     p.add_argument("--temperature", type=float, default=0.9, help="0: greedy (no sampling kernels)")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--json", default=None)
+    p.add_argument("--peak-tbps", type=float, default=4.8, help="for the bandwidth floor (H200: 4.8 TB/s)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports Triton (transformers does)
@@ -187,6 +219,10 @@ def main(argv=None) -> dict:
             print(f"  {label:14s} {r['error']}")
         else:
             print(f"  {label:14s} {r['kernels_per_frame']:6d} kernels/frame ({r['triton_launches']} Triton)")
+    res["weight_bytes_per_frame"] = csm_weight_bytes_per_frame()
+    print(f"CSM-1B (bf16 model) weights read per frame, and that at {args.peak_tbps} TB/s:")
+    for label, b in res["weight_bytes_per_frame"].items():
+        print(f"  {label:14s} {b / 1e9:6.2f} GB  {b / (args.peak_tbps * 1e12) * 1e3:5.2f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

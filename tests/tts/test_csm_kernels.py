@@ -321,3 +321,17 @@ def test_quantized_token_agreement_on_random_weights(tiny):
     assert res["codebooks_compared"] == 4 * 31
     assert res["bf16"] == 1.0
     assert res["int8"] >= 0.9 and res["fp8"] >= 0.7, res
+
+
+def test_weight_bytes_per_frame_rules_agree(tiny):
+    """The bandwidth share's numerator: the shape-only count (used for CSM-1B without building it) equals what the
+    engines report, per path; int8 / fp8 read about a quarter of the fp32 tiny model's depth-decoder bytes."""
+    from fern.bench.opcount import csm_weight_bytes_per_frame
+    from fern.bench.tts import frame_weight_bytes
+
+    rule = csm_weight_bytes_per_frame(tiny)
+    assert rule["torch"] == frame_weight_bytes(CsmEngine(tiny))
+    for kind in fused.WEIGHT_KINDS:
+        engine = CsmEngine(tiny, kernels="triton", weights=kind)
+        assert rule[f"fused_{kind}"] == frame_weight_bytes(engine), kind
+    assert rule["fused_int8"] == rule["fused_fp8"] < rule["fused_bf16"]
