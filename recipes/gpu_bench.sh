@@ -40,8 +40,8 @@ box() {
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>/dev/null \
     || echo "no nvidia-smi"
-  $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__,
-'triton', triton.__version__)"
+  $PY -c "import torch, transformers, triton as t; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'triton', t.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
 
 echo "== 1. current path (torch kernels) at $(elapsed) s"
@@ -65,7 +65,9 @@ box 90 $PY -m fern.bench.csm_quant --size $SIZE --device $DEV --backend triton -
   --json "$OUT/agreement.json" 2>&1 | grep -v "^{" | tee "$OUT/agreement.txt"
 
 echo "== 5. voice-to-voice replay at $(elapsed) s"
-if $PY -c "import faster_whisper" 2>/dev/null; then
+if [ "$DEV" = cpu ]; then
+  echo "DRY_RUN: voice-to-voice needs the GPU (full-size CSM); not run"
+elif $PY -c "import faster_whisper" 2>/dev/null; then
   # the LLM: a random-weight Llama-3.2-1B-size model saved where run.py's hf LLM loads a local directory (no hub)
   box 60 $PY -c "
 from fern.llm.testing import random_llama, word_tokenizer
@@ -108,7 +110,8 @@ print("| CSM-1B path | ms/frame loop / e2e | first audio ms | RTF | x stock (loo
       " bandwidth share | start-up s | capture s | peak VRAM GiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for label, r in rows:
-    print(f"| {label} | {f(r, 'gen_ms_per_frame', '.2f')} / {f(r, 'e2e_ms_per_frame', '.2f')} | {f(r, 'ttfa_ms', '.1f')}"
+    print(f"| {label} | {f(r, 'gen_ms_per_frame', '.2f')} / {f(r, 'e2e_ms_per_frame', '.2f')}"
+          f" | {f(r, 'ttfa_ms', '.1f')}"
           f" | {f(r, 'rtf', '.3f')} | {f(r, 'speedup_vs_stock_gen', '.1f')} | {f(r, 'ops_per_frame', '.0f')} |"
           f" {f(r, 'weight_gb_per_frame', '.2f')} | {f(r, 'bandwidth_share', '.1%')} | {f(r, 'startup_s', '.1f')} |"
           f" {f(r, 'graph_capture_s', '.2f')} | {f(r, 'peak_vram_gib', '.2f')} |")

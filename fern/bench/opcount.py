@@ -96,9 +96,9 @@ def kernel_kind(name: str) -> str:
 def profile_cuda_kernels(fn: Callable[[], object], repeats: int) -> dict:
     """Run ``fn`` ``repeats`` times under the CUDA profiler and summarise per repeat: kernels launched, time the GPU
     spent in kernels, the span from the first kernel's start to the last one's end, the share of kernel time by
-    kind (fused: fern.tts.csm.kernels / gemm / attention / norm / sampling / memory / elementwise), and the costliest kernels. Busy time well
-    under the span means the GPU waits between kernels (launch-bound); busy time made of gemm at near-peak
-    bandwidth means the frame is weight-bound."""
+    kind (fused: fern.tts.csm.kernels / gemm / attention / norm / sampling / memory / elementwise), and the costliest
+    kernels. Busy time well under the span means the GPU waits between kernels (launch-bound); busy time made of gemm
+    at near-peak bandwidth means the frame is weight-bound."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
