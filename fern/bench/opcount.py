@@ -3,7 +3,8 @@
 At batch 1 a CSM frame is bound by how many small kernels it launches, not by bandwidth, so the number of compute
 operators per frame is the figure to drive down. This counts aten operators as dispatched, with ``rms_norm`` counted
 once (CPU decomposes it into five ops; CUDA runs it as one fused kernel), so the count stands for CUDA kernels
-wherever it is taken. The CUDA kernel count itself comes from the profiler (``python -m fern.bench.tts --profile``).
+wherever it is taken. Triton launches of the fused depth decoder are counted by :func:`count_kernels`. The CUDA kernel
+count itself comes from the profiler (``python -m fern.bench.tts --profile``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,19 @@ def count_ops(fn: Callable[[], object]) -> Counter[str]:
     return dispatched.ops
 
 
+def count_kernels(fn: Callable[[], object]) -> Counter[str]:
+    """:func:`count_ops` plus the Triton kernels ``fn`` launches (``fern.tts.csm.kernels``, one kernel each, named
+    ``triton:<kernel>``): kernels per run for code that mixes both, counted without a GPU."""
+    from fern.tts.csm.kernels import LaunchCounter
+
+    with LaunchCounter() as launched:
+        ops = count_ops(fn)
+    ops.update(launched.launches)
+    return ops
+
+
 _KERNEL_KINDS = (  # first match wins; by CUDA kernel name
+    ("fused", ("_norm_qkv_cache", "_attn_o_residual", "_norm_gateup_swiglu", "_down_residual", "_norm_head_sample")),
     ("gemm", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitk", "sm90_", "sm80_", "ampere_", "hopper_")),
     ("attention", ("fmha", "flash", "attention", "attn")),
     ("norm", ("rms", "norm")),
@@ -83,9 +96,9 @@ def kernel_kind(name: str) -> str:
 def profile_cuda_kernels(fn: Callable[[], object], repeats: int) -> dict:
     """Run ``fn`` ``repeats`` times under the CUDA profiler and summarise per repeat: kernels launched, time the GPU
     spent in kernels, the span from the first kernel's start to the last one's end, the share of kernel time by
-    kind (gemm / attention / norm / sampling / memory / elementwise), and the costliest kernels. Busy time well
-    under the span means the GPU waits between kernels (launch-bound); busy time made of gemm at near-peak
-    bandwidth means the frame is weight-bound."""
+    kind (fused: fern.tts.csm.kernels / gemm / attention / norm / sampling / memory / elementwise), and the costliest
+    kernels. Busy time well under the span means the GPU waits between kernels (launch-bound); busy time made of gemm
+    at near-peak bandwidth means the frame is weight-bound."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -120,3 +133,101 @@ def profile_cuda_kernels(fn: Callable[[], object], repeats: int) -> dict:
         for name, us in by_name.most_common(12)
     ]
     return out
+
+
+def csm_kernels_per_frame(temperature: float = 0.9, top_k: int = 50) -> dict[str, dict]:
+    """Kernels per CSM frame for each frame loop, on CSM-1B's layer counts (16 backbone and 4 depth-decoder layers,
+    32 codebooks, 2051-entry vocab) with narrow widths: the count depends on the layers, not their width, so this runs
+    on a CPU. The Triton path runs in Triton's interpreter: TRITON_INTERPRET=1 must be set before Triton is imported
+    (``main`` does so)."""
+    from fern.tts.csm.engine import CsmEngine, Segment
+    from fern.tts.csm.tiny import tiny_csm_config
+
+    cfg = tiny_csm_config(max_positions=64)
+    cfg.num_hidden_layers = 16
+    cfg.depth_decoder_config.num_hidden_layers = 4
+    from transformers import CsmForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = CsmForConditionalGeneration(cfg).eval()
+    seg = Segment(torch.arange(1, 9))
+    out = {}
+    for label, kw in (("modules", dict(fast=False)), ("fast_torch", {}), ("fused_triton", dict(kernels="triton"))):
+        engine = CsmEngine(model, **kw)
+        if label == "fused_triton" and engine.kernels != "triton":
+            out[label] = {"error": "Triton kernels unusable here (see the log)"}
+            continue
+        engine.temperature, engine.top_k = temperature, top_k
+        engine.prepare([], seg)
+        with torch.no_grad():
+            counts = count_kernels(engine._run_frame)
+        out[label] = {"kernels_per_frame": sum(counts.values()),
+                      "triton_launches": sum(v for k, v in counts.items() if k.startswith("triton:")),
+                      "by_op": dict(counts.most_common())}
+    return out
+
+
+def csm_weight_bytes_per_frame(model=None) -> dict[str, int]:
+    """Bytes of weights one frame reads on each path (CSM-1B in bf16 by default, built on the meta device: shapes
+    only, no memory), by the rules of ``fern.bench.tts.frame_weight_bytes`` and ``FusedDepth.weight_bytes_per_frame``
+    (a test holds them equal): the backbone once; the torch path's depth decoder n_cb - 1 times (positions 0 and 1
+    share a step), the fused one n_cb times; one codebook head per codebook 1..; int8 / fp8: 1 byte per weight plus
+    an fp32 scale per output row."""
+    if model is None:
+        from transformers import CsmConfig, CsmForConditionalGeneration
+
+        with torch.device("meta"):
+            model = CsmForConditionalGeneration(CsmConfig()).to(torch.bfloat16)
+    params = lambda mod: list(mod.parameters())  # noqa: E731
+    nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)  # noqa: E731
+    bb = model.backbone_model
+    base = nbytes(params(bb.layers) + params(bb.norm) + params(model.lm_head)
+                  + params(model.depth_decoder.model.inputs_embeds_projector))
+    depth = model.depth_decoder
+    n_cb = model.config.num_codebooks
+    gemv = [m.weight for layer in depth.model.layers
+            for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                      layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+    head = depth.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
+    out = {"torch": base + (n_cb - 1) * nbytes(params(depth.model.layers) + params(depth.model.norm))
+           + nbytes([head])}
+    out["fused_bf16"] = base + n_cb * nbytes(gemv) + nbytes([head])
+    for kind in ("int8", "fp8"):
+        q = sum(w.numel() + 4 * w.shape[0] for w in gemv)
+        out[f"fused_{kind}"] = base + n_cb * q + head.numel() + 4 * head.shape[0] * head.shape[2]
+    return out
+
+
+def main(argv=None) -> dict:
+    import argparse
+    import json
+    import os
+
+    p = argparse.ArgumentParser(description="Kernels per CSM frame (CSM-1B layer counts, narrow widths, CPU)")
+    p.add_argument("--temperature", type=float, default=0.9, help="0: greedy (no sampling kernels)")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--json", default=None)
+    p.add_argument("--peak-tbps", type=float, default=4.8, help="for the bandwidth floor (H200: 4.8 TB/s)")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports Triton (transformers does)
+    res = csm_kernels_per_frame(args.temperature, args.top_k)
+    print(f"CSM frame, CSM-1B layer counts, temperature={args.temperature}, top_k={args.top_k} "
+          f"(aten operators, views excluded, rms_norm as one, + Triton launches)")
+    for label, r in res.items():
+        if "error" in r:
+            print(f"  {label:14s} {r['error']}")
+        else:
+            print(f"  {label:14s} {r['kernels_per_frame']:6d} kernels/frame ({r['triton_launches']} Triton)")
+    res["weight_bytes_per_frame"] = csm_weight_bytes_per_frame()
+    print(f"CSM-1B (bf16 model) weights read per frame, and that at {args.peak_tbps} TB/s:")
+    for label, b in res["weight_bytes_per_frame"].items():
+        print(f"  {label:14s} {b / 1e9:6.2f} GB  {b / (args.peak_tbps * 1e12) * 1e3:5.2f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,11 @@
 
     python -m fern.bench.tts --size tiny                      # this CPU, tiny random config
     python -m fern.bench.tts --size full --device cuda        # full CSM-1B architecture, RANDOM weights
+    python -m fern.bench.tts --size full --device cuda --kernels triton --variants triton:int8,triton:fp8
+
+``--kernels``/``--weights`` pick the depth decoder's path (fern.tts.csm.fused) for the main figures; ``--variants``
+adds, in the same run on the same model, the frame loop of other kernels:weights pairs (ms/frame, kernels/frame,
+weight bytes read per frame and the share of ``--peak-tbps`` that is, graph capture time).
 
 ``--size full`` uses random weights (the ``random_weights`` switch: benchmarking only, the audio is noise), so the
 figures measure speed, not quality. Figures are medians over ``--runs`` after a warm-up; graph capture and compile
@@ -78,11 +83,12 @@ def _bench(args) -> dict:
     synth = CsmSynthesizer(
         _modules=(model, tok, mimi), temperature=args.temperature, top_k=50, max_audio_s=args.frames / 12.5,
         first_chunk_frames=1, chunk_frames=args.chunk_frames, cuda_graphs=args.cuda_graphs, compile=args.compile,
-        keep_history=False, warmup=True, device=device,
+        keep_history=False, warmup=True, device=device, kernels=args.kernels, weights=args.weights,
     )
     _sync(device)
     res["startup_s"] = time.perf_counter() - t0  # includes graph capture / compile and Mimi graph capture
     res["graph_capture_s"] = synth.engine.stats.get("graph_capture_s", 0.0)
+    res["kernels"], res["weights"] = synth.engine.kernels, synth.engine.weights
     # warm Mimi and the frame graph on the full length once more
     for _ in synth.stream(LINE_15_WORDS, CancelToken()):
         pass
@@ -109,13 +115,11 @@ def _bench(args) -> dict:
     # 2) the frame loop alone (no Mimi)
     seg = synth._segment(LINE_15_WORDS, 0)
     res["gen_ms_per_frame"] = _frame_loop_ms(synth.engine, seg, args)
+    res.update(_bandwidth(synth.engine, res["gen_ms_per_frame"], args))
     if args.compare_modules:
         res.update(_module_path(synth, model, seg, args))
     if not args.compile:  # compiled code runs Inductor kernels, not dispatched operators
-        from fern.bench.opcount import count_ops
-
-        synth.engine.prepare([], seg)
-        res["ops_per_frame"] = float(sum(count_ops(synth.engine._frame).values()))
+        res.update(_kernel_counts(synth.engine, seg))
     if args.profile and device.startswith("cuda"):
         res.update(_profile(synth, seg, args))
 
@@ -157,7 +161,70 @@ def _bench(args) -> dict:
         res["speedup_vs_stock_e2e"] = res["stock_ms_per_frame"] / res["e2e_ms_per_frame"]
     if device.startswith("cuda"):
         res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    for variant in [v for v in (args.variants or "").split(",") if v]:
+        res[f"variant_{variant}"] = _variant(model, seg, variant, synth.engine, args)
     return res
+
+
+def frame_weight_bytes(engine) -> int:
+    """Bytes of weights one frame reads: the backbone's layers, final norm, lm_head and depth projector once, and
+    the depth decoder's per step (its own figure for the fused path). Embedding rows read per frame are ignored."""
+    m = engine.model
+    nbytes = lambda mod: sum(p.numel() * p.element_size() for p in mod.parameters())  # noqa: E731
+    total = nbytes(m.backbone_model.layers) + nbytes(m.backbone_model.norm) + nbytes(m.lm_head)
+    total += nbytes(m.depth_decoder.model.inputs_embeds_projector)
+    if engine.depth is not None:
+        return total + engine.depth.weight_bytes_per_frame()
+    depth = m.depth_decoder
+    steps = engine.n_cb - 1  # positions 0 and 1 share one two-row step on the torch path
+    return total + steps * (nbytes(depth.model.layers) + nbytes(depth.model.norm)) + nbytes(depth.codebooks_head)
+
+
+def _bandwidth(engine, ms_per_frame: float, args) -> dict:
+    b = frame_weight_bytes(engine)
+    return {"weight_gb_per_frame": b / 1e9, "bandwidth_floor_ms": b / (args.peak_tbps * 1e12) * 1e3,
+            "bandwidth_share": b / (ms_per_frame / 1e3) / (args.peak_tbps * 1e12)}
+
+
+def _kernel_counts(engine, seg) -> dict:
+    from fern.bench.opcount import count_kernels
+
+    engine.prepare([], seg)
+    counts = count_kernels(engine._frame)
+    return {"ops_per_frame": float(sum(counts.values())),
+            "triton_launches_per_frame": float(sum(v for k, v in counts.items() if k.startswith("triton:")))}
+
+
+def _variant(model, seg, variant: str, main_engine, args) -> dict:
+    """One kernels:weights pair's frame loop on the same model, same run: ms/frame, kernels/frame, bytes, share."""
+    import torch
+
+    from fern.tts.csm.engine import CsmEngine
+
+    kernels, _, weights = variant.partition(":")
+    try:
+        t0 = time.perf_counter()
+        engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, kernels=kernels, weights=weights or "bf16")
+        engine.temperature, engine.top_k = main_engine.temperature, main_engine.top_k
+        engine.prepare([], seg)
+        engine._run_frame()  # graph capture
+        _sync(args.device)
+        out = {"kernels": engine.kernels, "weights": engine.weights, "startup_s": time.perf_counter() - t0,
+               "graph_capture_s": engine.stats.get("graph_capture_s", 0.0)}
+        out["gen_ms_per_frame"] = _frame_loop_ms(engine, seg, args)
+        out.update(_bandwidth(engine, out["gen_ms_per_frame"], args))
+        out.update(_kernel_counts(engine, seg))
+        if args.profile and args.device.startswith("cuda"):
+            from fern.bench.opcount import profile_cuda_kernels
+
+            engine.prepare([], seg)
+            out["profile_replay"] = profile_cuda_kernels(engine._run_frame, min(args.frames, 20))
+        del engine
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return out
+    except Exception as exc:  # one variant failing must not lose the others' figures
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _frame_loop_ms(engine, seg, args) -> float:
@@ -231,10 +298,16 @@ def _log_mlflow(res: dict, args) -> None:
         return
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("fern-bench-tts")
-    with mlflow.start_run(run_name=f"csm-{args.size}-{args.device}"):
+    with mlflow.start_run(run_name=f"csm-{args.size}-{args.device}-{args.kernels}-{args.weights}"):
         mlflow.log_params({k: v for k, v in res.items() if isinstance(v, str)} | {
-            "cuda_graphs": args.cuda_graphs, "compile": args.compile, "random_weights": True})
-        mlflow.log_metrics({k: float(v) for k, v in res.items() if isinstance(v, (int, float))})
+            "cuda_graphs": args.cuda_graphs, "compile": args.compile, "random_weights": True,
+            "variants": args.variants})
+        flat = dict(res)
+        for key, v in res.items():  # variants: one metric per figure, prefixed with the variant
+            if key.startswith("variant_") and isinstance(v, dict):
+                flat.update({f"{key}.{k}": x for k, x in v.items() if isinstance(x, (int, float))})
+        mlflow.log_metrics({k.replace(":", "_"): float(v) for k, v in flat.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
 def main(argv=None) -> dict:
@@ -253,6 +326,12 @@ def main(argv=None) -> dict:
     p.add_argument("--no-compare-modules", dest="compare_modules", action="store_false",
                    help="skip timing the same loop through the transformers modules (CsmEngine(fast=False))")
     p.add_argument("--profile", action="store_true", help="CUDA: kernels per frame, by kind, eager and replayed")
+    p.add_argument("--kernels", default="torch", choices=["torch", "triton", "auto"],
+                   help="depth decoder kernels of the main figures (tts.kernels)")
+    p.add_argument("--weights", default="bf16", choices=["bf16", "int8", "fp8"],
+                   help="depth decoder weights of the main figures (optim.tts_weights)")
+    p.add_argument("--variants", default="", help="comma list of kernels:weights, e.g. triton:bf16,triton:int8")
+    p.add_argument("--peak-tbps", type=float, default=4.8, help="memory bandwidth for the share (H200: 4.8 TB/s)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     import torch
@@ -270,15 +349,29 @@ def main(argv=None) -> dict:
     res["cuda_graphs"] = bool(args.cuda_graphs and cuda)
     res["compile"] = bool(args.compile)
     print(f"CSM {args.size} on {res.get('gpu', args.device)} ({res['dtype']}, torch {res['torch']}, "
-          f"transformers {res['transformers']}, cuda_graphs={res['cuda_graphs']}, compile={res['compile']})")
-    for key in ("gen_ms_per_frame", "e2e_ms_per_frame", "ttfa_ms", "rtf", "mimi_ms_per_frame", "stock_ms_per_frame",
-                "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s",
-                "ops_per_frame", "modules_gen_ms_per_frame", "modules_ops_per_frame"):
+          f"transformers {res['transformers']}, cuda_graphs={res['cuda_graphs']}, compile={res['compile']}, "
+          f"kernels={res['kernels']}, weights={res['weights']})")
+    keys = ("gen_ms_per_frame", "e2e_ms_per_frame", "ttfa_ms", "rtf", "mimi_ms_per_frame", "stock_ms_per_frame",
+            "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s",
+            "ops_per_frame", "triton_launches_per_frame", "weight_gb_per_frame", "bandwidth_floor_ms",
+            "bandwidth_share", "modules_gen_ms_per_frame", "modules_ops_per_frame")
+    for key in keys:
         if key in res:
             print(f"  {key:26s} {res[key]:10.3f}")
     for label in ("eager", "replay"):
         if f"profile_{label}" in res:
             _print_profile(label, res[f"profile_{label}"])
+    for key, v in res.items():
+        if key.startswith("variant_"):
+            if "error" in v:
+                print(f"  {key}: FAILED {v['error']}")
+                continue
+            print(f"  {key} (ran {v['kernels']}:{v['weights']}): {v['gen_ms_per_frame']:.3f} ms/frame, "
+                  f"{v['ops_per_frame']:.0f} kernels/frame ({v['triton_launches_per_frame']:.0f} Triton), "
+                  f"{v['weight_gb_per_frame']:.2f} GB/frame, bandwidth share {v['bandwidth_share']:.1%}, "
+                  f"capture {v['graph_capture_s']:.2f} s")
+            if "profile_replay" in v:
+                _print_profile("replay", v["profile_replay"])
     print(json.dumps(res))
     if args.json:
         with open(args.json, "w") as f:

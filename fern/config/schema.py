@@ -26,6 +26,7 @@ class OptimConfig:
     compile: bool = False
     cuda_graphs: bool = False
     bf16: bool = False
+    tts_weights: str = "bf16"  # CSM depth decoder: bf16 (the model's own) | int8 | fp8 weight-only, per-channel scales
 
 
 @dataclass

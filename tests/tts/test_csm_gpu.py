@@ -75,3 +75,65 @@ def test_full_size_bf16_graph_matches_eager():
     # a Mimi streams for one synthesizer at a time: the second one gets its own
     graphed = CsmSynthesizer(_modules=(model, ByteTokenizer(), build_mimi("cuda")), cuda_graphs=True, **opts)
     assert torch.equal(_frames(graphed, text, 6), ref)
+
+
+# ---- the fused depth decoder (fern.tts.csm.fused / kernels) on the GPU -----------------------------------------
+
+def test_tiny_fused_triton_equals_module_path_fp32():
+    """fp32 on the GPU: the compiled kernels give the module path's greedy tokens, eagerly and as a graph replay."""
+    from fern.tts.csm.engine import CsmEngine, Segment
+
+    model = make_tiny_csm(device="cuda")
+    seg = Segment(torch.tensor([1, 40, 41, 42, 9]))
+    ref = torch.cat(list(CsmEngine(model, fast=False).generate([], seg, 6)))
+    for graphs in (False, True):
+        engine = CsmEngine(model, kernels="triton", cuda_graphs=graphs)
+        assert engine.kernels == "triton"
+        assert torch.equal(torch.cat(list(engine.generate([], seg, 6))), ref), graphs
+
+
+@pytest.fixture(scope="module")
+def full_bf16():
+    from fern.tts.csm.loading import random_csm
+
+    torch.manual_seed(0)
+    return random_csm("cuda", torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "int8", "fp8"])
+def test_full_size_fused_kernels_equal_their_torch_reference(full_bf16, kind):
+    """CSM-1B depth-decoder shapes (1024 wide, 8 heads of 128, 8192 MLP, 2051 vocab): the kernels against the same
+    math in fp32 torch on the same weights, teacher-forced over 31 codebooks. Tolerance: residual stream within
+    1e-3 relative; tokens equal but for near-ties of fp32 summation order (>= 29 of 31)."""
+    from fern.tts.csm import fused
+    from fern.tts.csm.engine import CsmEngine
+
+    engine = CsmEngine(full_bf16)
+    tri, ref = fused.FusedDepth(engine, "triton", kind), fused.FusedDepth(engine, "torch", kind)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(1, 2, tri.D, device="cuda", generator=g)
+    force = torch.randint(0, tri.V, (tri.n_cb,), device="cuda", generator=g)
+    c0 = force[:1]
+    a = tri.run(x, c0, None, 0, force=force).clone()
+    b = ref.run(x, c0, None, 0, force=force).clone()
+    assert float((tri.h - ref.h).abs().max() / ref.h.abs().max()) <= 1e-3
+    assert int((a == b).sum()) >= 29 + 1, (a, b)  # codebook 0 is given
+    noise = -0.9 * torch.empty(tri.n_cb - 1, tri.V, device="cuda").exponential_(1, generator=g).log()
+    a = tri.run(x, c0, noise, 50, force=force).clone()
+    b = ref.run(x, c0, noise, 50, force=force).clone()
+    assert int((a == b).sum()) >= 29 + 1, (a, b)
+
+
+def test_full_size_fused_path_agrees_with_module_path_and_replays_exactly(full_bf16):
+    """bf16 CSM-1B: the fused Triton depth decoder (fp32 accumulation and residual) against the transformers module
+    path (bf16 roundings after every op), teacher-forced; then the fused frame as a CUDA graph == eager."""
+    from fern.bench.csm_quant import agreement
+    from fern.tts.csm.engine import CsmEngine, Segment
+
+    res = agreement(full_bf16, full_bf16, 4, ["bf16"], "triton", list(range(1, 25)), ref_fast=False)
+    print("fused triton bf16 vs module path, teacher-forced token agreement:", res["bf16"])
+    assert res["bf16"] >= 0.8, res
+    seg = Segment(torch.tensor([1, 40, 41, 42, 9]))
+    eager = torch.cat(list(CsmEngine(full_bf16, kernels="triton").generate([], seg, 4)))
+    graphed = torch.cat(list(CsmEngine(full_bf16, kernels="triton", cuda_graphs=True).generate([], seg, 4)))
+    assert torch.equal(graphed, eager)

@@ -267,9 +267,15 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class CsmEngine:
     """Owns the static caches and the per-frame computation; yields frames of codebook ids."""
 
-    def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False, fast: bool = True):
+    def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False, fast: bool = True,
+                 kernels: str = "torch", weights: str = "bf16"):
         """``fast=False`` runs every layer through the transformers modules (the reference the fast path is tested
-        against); it is chosen anyway for layers that are not plain Linear (an unmerged LoRA adapter)."""
+        against); it is chosen anyway for layers that are not plain Linear (an unmerged LoRA adapter).
+
+        ``kernels``: ``torch`` | ``triton`` | ``auto`` (triton on CUDA when it works, else torch) for the depth
+        decoder (``fern.tts.csm.fused``); ``weights``: ``bf16`` (the model's own) | ``int8`` | ``fp8`` weight-only
+        quantization of the depth decoder. Quantized weights with torch kernels run the fused path's torch reference
+        (an emulation for quality checks, not faster). Triton that cannot run here falls back to torch, logged."""
         self.model = model.eval()
         cfg = model.config
         p = next(model.parameters())
@@ -313,6 +319,9 @@ class CsmEngine:
         self._head_w = [head_w[i] for i in range(self.n_cb - 1)]
         table = depth.embed_tokens.weight if self._dd_embed_projected is None else self._dd_embed_projected
         self._dd_tables = [table[i * self.vocab : (i + 1) * self.vocab] for i in range(self.n_cb)]
+        self.depth = self._fused_depth(kernels, weights)
+        self.kernels = "triton" if self.depth is not None and self.depth.backend == "triton" else "torch"
+        self.weights = self.depth.kind if self.depth is not None else "bf16"
         self._bb_step = self._backbone_step
         self._dd_step = self._depth_step
         if self.compile:  # whole steps, so sampling and the next step's input fuse with the layers
@@ -329,6 +338,43 @@ class CsmEngine:
         self._cached: list[Segment] = []  # segments whose K/V are in the backbone cache, from position 0
         self.stats: dict[str, float] = {}
 
+    def _fused_depth(self, kernels: str, weights: str):
+        from fern.errors import ConfigValueError
+        from fern.tts.csm import fused
+
+        if kernels not in ("torch", "triton", "auto"):
+            raise ConfigValueError(f"tts.kernels must be torch, triton or auto, got {kernels!r}")
+        if weights not in fused.WEIGHT_KINDS:
+            raise ConfigValueError(f"optim.tts_weights must be one of {fused.WEIGHT_KINDS}, got {weights!r}")
+        triton = kernels == "triton" or (kernels == "auto" and self.device.type == "cuda")
+        if not (triton or weights != "bf16"):
+            return None
+        if not self.dd.fused or self._dd_embed_projected is None:
+            log.warning("CSM depth decoder: tts.kernels=%s / weights=%s need plain Linear layers (no unmerged LoRA): "
+                        "running the module path with the model's weights", kernels, weights)
+            return None
+        if weights == "fp8":
+            why = fused.fp8_supported(self.device)
+            if why:
+                raise ConfigValueError(f"optim.tts_weights=fp8: float8_e4m3fn is not usable on {self.device} ({why})")
+        if triton:
+            from fern.tts.csm import kernels as K
+
+            why = K.usable_on(self.device)
+            if why:
+                (log.warning if kernels == "triton" else log.info)(
+                    "CSM depth decoder: Triton kernels unusable on %s (%s): torch kernels instead", self.device, why)
+                triton = False
+        if not triton and weights == "bf16":
+            return None
+        depth = fused.FusedDepth(self, "triton" if triton else "torch", weights)
+        log.info("CSM depth decoder: %s kernels, %s weights (%.0f MB read per frame)", depth.backend, weights,
+                 depth.weight_bytes_per_frame() / 1e6)
+        if not triton:
+            log.warning("optim.tts_weights=%s with torch kernels: an fp32 emulation of the quantized weights "
+                        "(quality checks), slower than the unquantized path", weights)
+        return depth
+
     # ---- embeddings -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def embed_segment(self, seg: Segment) -> torch.Tensor:
@@ -340,7 +386,7 @@ class CsmEngine:
         return torch.cat(parts, dim=1)
 
     # ---- per-frame computation (graph-capturable: no host sync, fixed shapes) ---------------------------------
-    def _frame_noise(self) -> torch.Tensor | None:
+    def _frame_noise(self, rows: int | None = None) -> torch.Tensor | None:
         """Gumbel noise for the whole frame, scaled by the temperature: one row per codebook, one column per top-k
         candidate. ``argmax(logit + T * G)`` samples ``softmax(logit / T)`` exactly (the Gumbel-max trick) with no host
         sync, so it is graph-safe, and drawing it once per frame saves kernels in each of the 32 steps."""
@@ -348,7 +394,7 @@ class CsmEngine:
             return None
         k = self.top_k if 0 < self.top_k < self.vocab else self.vocab
         # rows padded to 16 bytes: a compiled step copies any input that is not 16-byte aligned
-        noise = torch.empty(self.n_cb, -(-k // 4) * 4, device=self.device, dtype=torch.float32).exponential_(1)
+        noise = torch.empty(rows or self.n_cb, -(-k // 4) * 4, device=self.device, dtype=torch.float32).exponential_(1)
         return noise.log_().mul_(-self.temperature)[:, :k]
 
     @staticmethod
@@ -385,6 +431,9 @@ class CsmEngine:
 
     @_with_attention_kernels
     def _frame(self) -> None:
+        if self.depth is not None:
+            self._frame_fused()
+            return
         noise = self._frame_noise()
         rows = [None] * self.n_cb if noise is None else noise.unbind(0)
         c, x = self._bb_step(self.emb_in, self.pos, rows[0], self._dd_tables[0])
@@ -394,6 +443,20 @@ class CsmEngine:
             c, x = self._dd_step(x, *self._dd_rows[i - 1], self._head_w[i - 1], rows[i], self._dd_tables[i])
             codes.append(c)
         frame = torch.stack(codes, dim=1)  # (1, n_cb)
+        self.frame_out.copy_(frame)
+        self.emb_in.copy_(self.model.backbone_model.embed_tokens(frame[:, None]))
+        self.pos.add_(1)
+
+    def _frame_fused(self) -> None:
+        """The backbone as in :meth:`_frame`, codebooks 1.. through the fused depth decoder. Its sampler takes one
+        noise value per vocabulary entry (see ``fused.sample_fused``): same distribution, other draws."""
+        noise0 = self._frame_noise(rows=1)
+        c, x = self._bb_step(self.emb_in, self.pos, None if noise0 is None else noise0[0], self._dd_tables[0])
+        noise = None
+        if self.temperature > 0:
+            noise = torch.empty(self.n_cb - 1, self.vocab, device=self.device, dtype=torch.float32)
+            noise.exponential_(1).log_().mul_(-self.temperature)
+        frame = self.depth.run(x, c, noise, self.top_k)
         self.frame_out.copy_(frame)
         self.emb_in.copy_(self.model.backbone_model.embed_tokens(frame[:, None]))
         self.pos.add_(1)

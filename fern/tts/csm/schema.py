@@ -46,6 +46,10 @@ class CsmTTSConfig:
     random_weights: bool = False
     cuda_graphs: bool = "${optim.cuda_graphs}"  # type: ignore[assignment]  # one graph per frame (backbone+depth)
     compile: bool = "${optim.compile}"  # type: ignore[assignment]  # torch.compile the step functions
+    # depth decoder kernels: torch | triton (fused, fern.tts.csm.fused; falls back to torch, logged, where Triton
+    # cannot run) | auto (triton on CUDA). torch until the Triton path has passed its GPU tests on the H200
+    kernels: str = "torch"
+    weights: str = "${optim.tts_weights}"  # depth decoder weights: bf16 (the model's) | int8 | fp8 (weight-only)
     tf32: bool = "${optim.tf32}"  # type: ignore[assignment]
     cudnn_benchmark: bool = "${optim.cudnn_benchmark}"  # type: ignore[assignment]
     warmup: bool = True  # run one short utterance at build (graph capture, Mimi graph capture)

@@ -1,0 +1,264 @@
+"""The depth decoder's part of a frame (codebooks 1..31) as fused one-row steps: Triton kernels, or the same math in
+torch (the reference the kernels are tested against, and the CPU path for int8 / fp8 weights).
+
+A frame's depth decoder runs positions 0..n_cb-1 one row each (position 0: the backbone state, 1: codebook 0's
+embedding, p >= 2: codebook p-1's), each step through every layer; steps at positions >= 1 end in codebook head p-1,
+whose sampled token is codebook p. The rope of each fixed position is folded into that position's q|k|v weight
+(``_Stack.qkv_rotated_at``), so the kernels need none. Per step: 4 launches per layer + 1 for the head, norm and
+sampling (greedy, or top-k Gumbel-max with one noise value per vocabulary entry), which also writes the next step's
+input row. Transformers' depth decoder processes positions 0 and 1 as one two-row step; causality makes two one-row
+steps equivalent.
+
+Weights (``weights``): ``bf16`` keeps the model's own (whatever its dtype; no copy, except the rope-folded q|k|v of
+positions 0 and 1), ``int8`` / ``fp8`` quantize every depth-decoder GEMV weight and the codebook heads per output
+channel (symmetric, one fp32 scale per row; fp8 is float8_e4m3fn, scaled to its max 448). Embedding tables stay in
+the model dtype: a step reads one row of them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from fern.tts.csm import kernels as K
+
+log = logging.getLogger(__name__)
+
+WEIGHT_KINDS = ("bf16", "int8", "fp8")
+_QMAX = {"int8": 127.0, "fp8": 448.0}
+
+
+def quantize(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) weight -> (quantized weight, fp32 scale per output row); ``dequantize`` inverts it up to rounding."""
+    wf = w.detach().float()
+    scale = (wf.abs().amax(dim=1) / _QMAX[kind]).clamp_min(1e-12)
+    q = wf / scale[:, None]
+    if kind == "int8":
+        q = q.round_().clamp_(-127, 127).to(torch.int8)
+    elif kind == "fp8":
+        q = q.to(torch.float8_e4m3fn)
+    else:
+        raise ValueError(f"unknown weight kind {kind!r}")
+    return q.contiguous(), scale.contiguous()
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return q.float() if scale is None else q.float() * scale[:, None]
+
+
+def fp8_supported(device) -> str | None:
+    """None if float8_e4m3fn tensors can be made on ``device``, else why not."""
+    try:
+        torch.zeros(2, device=device).to(torch.float8_e4m3fn).float()
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class _W:
+    """One GEMV weight as the kernels read it: ``w`` (model dtype, int8 or fp8) and its per-row scale (or None)."""
+
+    __slots__ = ("w", "scale")
+
+    def __init__(self, w: torch.Tensor, kind: str):
+        if kind == "bf16":
+            self.w, self.scale = w.detach(), None
+        else:
+            self.w, self.scale = quantize(w, kind)
+
+    def nbytes(self) -> int:
+        return self.w.numel() * self.w.element_size() + (0 if self.scale is None else self.scale.numel() * 4)
+
+
+# launch shapes per device: many programs on a GPU (bandwidth needs them), the fewest in the interpreter (each
+# program costs milliseconds there). Not tuned on a GPU yet.
+GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8, down_bk=512, head_bn=32, head_bk=128,
+                  num_warps=4)
+
+
+class FusedDepth:
+    """Codebooks 1..n_cb-1 of a frame from the backbone's depth-decoder input rows; see the module docstring."""
+
+    def __init__(self, engine, backend: str = "triton", weights: str = "bf16", blocks: dict | None = None):
+        if backend not in ("triton", "torch"):
+            raise ValueError(f"backend must be triton or torch, got {backend!r}")
+        if weights not in WEIGHT_KINDS:
+            raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+        dd = engine.dd
+        if not dd.fused or engine._dd_embed_projected is None:
+            raise ValueError("the fused depth decoder needs plain Linear layers (no unmerged LoRA)")
+        self.backend, self.kind = backend, weights
+        self.device = engine.device
+        self.n_cb, self.V = engine.n_cb, engine.vocab
+        self.D, self.NH, self.NKV, self.HD = dd.hidden, dd.n_heads, dd.n_kv, dd.head_dim
+        self.scaling = float(dd.scaling)
+        self.L = self.n_cb  # positions per frame
+        layers = dd.layers
+        self.I = layers[0].mlp.down_proj.weight.shape[1]
+        self.eps1 = [float(l.input_layernorm.variance_epsilon) for l in layers]
+        self.eps2 = [float(l.post_attention_layernorm.variance_epsilon) for l in layers]
+        self.norm1 = [l.input_layernorm.weight.detach() for l in layers]
+        self.norm2 = [l.post_attention_layernorm.weight.detach() for l in layers]
+        self.final_norm, self.final_eps = dd.norm.weight.detach(), float(dd.norm.variance_epsilon)
+        with torch.no_grad():
+            # rope-folded q|k|v per position; the engine's torch path already holds positions 2.. (reuse: no copy)
+            folded = {step + 1: engine._dd_rows[step][4] for step in range(1, len(engine._dd_rows))
+                      if engine._dd_rows[step][4] is not None}
+            per_pos = [folded[p] if p in folded else dd.qkv_rotated_at(p) for p in range(self.L)]
+            self.qkv = [[_W(per_pos[p][i], weights) for i in range(len(layers))] for p in range(self.L)]
+            self.o = [_W(l.self_attn.o_proj.weight, weights) for l in layers]
+            self.gu = [_W(l._fern_gu, weights) for l in layers]
+            self.down = [_W(l.mlp.down_proj.weight, weights) for l in layers]
+            # codebook heads are (hidden, vocab): logits = y @ head. Quantized per vocabulary entry, stored (vocab,
+            # hidden); the kernel reads either layout through strides
+            head_w = engine._head_w
+            if weights == "bf16":
+                self.head = [_W(w, "bf16") for w in head_w]
+            else:
+                self.head = [_W(w.t(), weights) for w in head_w]
+        self.tables = engine._dd_tables
+        dev = self.device
+        self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)  # the residual stream, fp32
+        # per layer: q, k, v of every position, (NH + 2 * NKV, L, HD); K and V rows are this frame's cache
+        self.buf = [torch.zeros(self.NH + 2 * self.NKV, self.L, self.HD, device=dev) for _ in layers]
+        self.act = torch.zeros(self.I, device=dev)
+        self.logits = torch.zeros(self.V, device=dev)
+        self.counter = torch.zeros(1, device=dev, dtype=torch.int32)
+        self.codes = torch.zeros(self.n_cb, device=dev, dtype=torch.long)
+        self.positions = torch.arange(self.L, device=dev)
+        if dev.type == "cuda":
+            self.blocks = dict(GPU_BLOCKS, **(blocks or {}))
+        else:  # interpreter: one program per kernel where the shapes allow
+            p2 = K.next_pow2
+            self.blocks = dict(qkv_bp=p2((self.NH + 2 * self.NKV) * self.HD // 2), qkv_bk=p2(self.D), o_bn=p2(self.D),
+                               gu_bn=p2(self.I), gu_bk=p2(self.D), down_bn=p2(self.D), down_bk=p2(self.I),
+                               head_bn=p2(self.V), head_bk=p2(self.D), num_warps=4)
+            self.blocks.update(blocks or {})
+        if backend == "torch":  # the reference computes with the dequantized weights in fp32
+            self._deq = {id(w): dequantize(w.w, w.scale) for w in self._all_weights()}
+
+    def _all_weights(self):
+        for row in self.qkv:
+            yield from row
+        yield from self.o
+        yield from self.gu
+        yield from self.down
+        yield from self.head
+
+    def weight_bytes_per_frame(self) -> int:
+        """Bytes of weights one frame's depth decoder reads (each step's weights once; embedding rows ignored)."""
+        layers = sum(self.o[i].nbytes() + self.gu[i].nbytes() + self.down[i].nbytes() for i in range(len(self.o)))
+        qkv = sum(w.nbytes() for row in self.qkv for w in row)
+        return self.L * layers + qkv + sum(w.nbytes() for w in self.head)
+
+    # ---- one frame ----------------------------------------------------------------------------------------------
+    def run(self, x: torch.Tensor, c0: torch.Tensor, noise: torch.Tensor | None, top_k: int,
+            force: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (1, 2, D) inputs of positions 0 and 1 (backbone state, codebook 0's embedding); c0: (1,) codebook 0;
+        noise: (n_cb - 1, V) temperature-scaled Gumbel noise or None (greedy); ``force``:
+        (n_cb,) tokens fed as the next inputs instead of the sampled ones (teacher forcing, for agreement figures).
+        -> codes (1, n_cb), a view of a buffer reused by the next call."""
+        k = self.V if not 0 < top_k < self.V else int(top_k)
+        self.codes[:1].copy_(c0)
+        self.h.copy_(x[0, 0])
+        self._step(0, None, noise, k, force)
+        self.h.copy_(x[0, 1])
+        for p in range(1, self.L):
+            self._step(p, p - 1, noise, k, force)
+        return self.codes.view(1, self.n_cb)
+
+    def _step(self, p: int, head: int | None, noise, k: int, force) -> None:
+        if self.backend == "triton":
+            for i in range(len(self.o)):
+                self._layer_triton(i, p)
+            if head is not None:
+                self._head_triton(p, head, noise, k, force)
+        else:
+            for i in range(len(self.o)):
+                self._layer_torch(i, p)
+            if head is not None:
+                self._head_torch(p, head, noise, k, force)
+
+    # ---- Triton ---------------------------------------------------------------------------------------------
+    def _layer_triton(self, i: int, p: int) -> None:
+        b, D, NH, NKV, HD, L, I = self.blocks, self.D, self.NH, self.NKV, self.HD, self.L, self.I
+        nw = b["num_warps"]
+        pos = self.positions[p:p + 1]
+        buf = self.buf[i]
+        w = self.qkv[p][i]
+        pairs = (NH + 2 * NKV) * (HD // 2)
+        K.launch("_norm_qkv_cache", (triton_cdiv(pairs, b["qkv_bp"]),), self.h, self.norm1[i], self.eps1[i], w.w,
+                 _s(w), buf, pos, self.h, self.h, D=D, NH=NH, NKV=NKV, HD=HD, L=L, BP=b["qkv_bp"], BK=b["qkv_bk"],
+                 ROPE=False, HAS_SCALE=w.scale is not None, num_warps=nw)
+        w = self.o[i]
+        K.launch("_attn_o_residual", (triton_cdiv(D, b["o_bn"]),), buf, pos, w.w, _s(w), self.h, self.scaling,
+                 D=D, NH=NH, NKV=NKV, HD=HD, L=L, BL=K.next_pow2(L), BHD=K.next_pow2(HD), BN=b["o_bn"],
+                 HAS_SCALE=w.scale is not None, num_warps=nw)
+        w = self.gu[i]
+        K.launch("_norm_gateup_swiglu", (triton_cdiv(I, b["gu_bn"]),), self.h, self.norm2[i], self.eps2[i], w.w,
+                 _s(w), self.act, D=D, I=I, BN=b["gu_bn"], BK=b["gu_bk"], HAS_SCALE=w.scale is not None,
+                 num_warps=nw)
+        w = self.down[i]
+        K.launch("_down_residual", (triton_cdiv(D, b["down_bn"]),), self.act, w.w, _s(w), self.h, D=D, I=I,
+                 BN=b["down_bn"], BK=b["down_bk"], HAS_SCALE=w.scale is not None, num_warps=nw)
+
+    def _head_triton(self, p: int, head: int, noise, k: int, force) -> None:
+        b = self.blocks
+        w = self.head[head]
+        # bf16 heads are the model's (hidden, vocab); quantized ones are stored (vocab, hidden)
+        swk, swn = (w.w.stride(0), w.w.stride(1)) if w.scale is None else (w.w.stride(1), w.w.stride(0))
+        last = p == self.L - 1
+        table = self.tables[p] if not last else self.tables[0]
+        K.launch("_norm_head_sample", (triton_cdiv(self.V, b["head_bn"]),), self.h, self.final_norm, self.final_eps,
+                 w.w, swk, swn, _s(w), self.logits, self.counter, noise[head] if noise is not None else self.logits,
+                 k, self.codes[p:p + 1], table, self.codes if force is None else force[p:p + 1], D=self.D, V=self.V,
+                 VP=K.next_pow2(self.V), BN=b["head_bn"], BK=b["head_bk"], HAS_SCALE=w.scale is not None,
+                 SAMPLE=noise is not None, WRITE_NEXT=not last, FORCE=force is not None, num_warps=b["num_warps"])
+
+    # ---- the same math in torch -------------------------------------------------------------------------------
+    def _dq(self, w: _W) -> torch.Tensor:
+        return self._deq[id(w)]
+
+    def _layer_torch(self, i: int, p: int) -> None:
+        NH, NKV, HD = self.NH, self.NKV, self.HD
+        h, buf = self.h, self.buf[i]
+        x = F.rms_norm(h, (self.D,), self.norm1[i].float(), self.eps1[i])
+        buf[:, p] = (self._dq(self.qkv[p][i]) @ x).view(NH + 2 * NKV, HD)
+        q = buf[:NH, p].view(NKV, NH // NKV, 1, HD)
+        kc, vc = buf[NH:NH + NKV, : p + 1, None], buf[NH + NKV:, : p + 1, None]  # (NKV, p+1, 1, HD)
+        att = torch.softmax((q * kc.transpose(1, 2)).sum(-1) * self.scaling, dim=-1)  # (NKV, rep, p+1)
+        o = (att[..., None] * vc.transpose(1, 2)).sum(2).reshape(NH * HD)
+        h += self._dq(self.o[i]) @ o
+        x = F.rms_norm(h, (self.D,), self.norm2[i].float(), self.eps2[i])
+        g, u = (self._dq(self.gu[i]) @ x).chunk(2)
+        self.act.copy_(F.silu(g) * u)
+        h += self._dq(self.down[i]) @ self.act
+
+    def _head_torch(self, p: int, head: int, noise, k: int, force) -> None:
+        y = F.rms_norm(self.h, (self.D,), self.final_norm.float(), self.final_eps)
+        w = self.head[head]
+        logits = y @ self._dq(w) if w.scale is None else self._dq(w) @ y
+        self.logits.copy_(logits)
+        self.codes[p] = sample_fused(logits, noise[head] if noise is not None else None, k)
+        if p < self.L - 1:
+            c = self.codes[p] if force is None else force[p]
+            self.h.copy_(self.tables[p][c])
+
+
+def sample_fused(logits: torch.Tensor, noise: torch.Tensor | None, k: int) -> torch.Tensor:
+    """What the head kernel's last program does: argmax, or Gumbel-max over the top-k set with one noise value per
+    vocabulary entry (the same distribution as the engine's per-rank noise: i.i.d. noise over the same set)."""
+    if noise is None:
+        return logits.argmax(-1)
+    thr = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return torch.where(logits >= thr, logits + noise, float("-inf")).argmax(-1)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _s(w: _W) -> torch.Tensor:
+    return w.scale if w.scale is not None else w.w  # an unused pointer when HAS_SCALE is false

@@ -1,0 +1,346 @@
+"""Triton kernels for one row (batch 1) of the CSM depth decoder: 4 launches per layer, 1 per codebook head.
+
+    K1 _norm_qkv_cache     rms-norm(h) -> q|k|v GEMV (optional in-kernel rope) -> q, k, v into the layer's buffer
+    K2 _attn_o_residual    attention over <= BL cached positions, recomputed by every program, -> o-proj -> h +=
+    K3 _norm_gateup_swiglu rms-norm(h) -> gate|up GEMV -> silu(g) * u to scratch
+    K4 _down_residual      down GEMV -> h +=
+    K5 _norm_head_sample   final rms-norm -> codebook head GEMV -> logits; the last program to finish samples the
+                           token (greedy, or top-k Gumbel-max), writes it and the next step's input row into h
+
+Why this split: a layer has four points where every output element needs the whole of a vector another program
+computes (q|k|v -> attention, o -> norm, gate|up -> down, down -> next norm). Without a grid-wide barrier (not safe
+in Triton without a cooperative launch) each such point ends a launch. Work that needs only a little shared input
+is recomputed instead of launched: every program redoes the rms statistic of h (D elements) and, in K2, the whole
+attention over <= 32 positions (a few KB of KV from L2) rather than reading it from a separate attention kernel.
+Sampling needs all logits; it runs in the head kernel's last program (atomic counter, acquire/release), which saves
+the 4 sampling launches per step that the torch path spends.
+
+Weights may be the model dtype or int8 / float8_e4m3fn with one fp32 scale per output row (``HAS_SCALE``): the GEMV
+accumulates ``q * x`` in fp32 and scales once per row. The residual stream ``h`` and all scratch vectors are fp32.
+
+Kernels are plain functions wrapped by ``triton.jit`` at first use; Triton is imported lazily, so that tests can set
+``TRITON_INTERPRET=1`` first and run every kernel on CPU tensors in Triton's interpreter. A :class:`LaunchCounter`
+counts launches so ``fern.bench.opcount`` can report kernels per frame for this path without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+
+log = logging.getLogger(__name__)
+
+triton = None  # imported on first use (see _import): the interpreter mode is fixed when Triton is imported
+tl = None
+
+
+def _import() -> bool:
+    global triton, tl
+    if triton is None:
+        try:
+            import triton as _triton
+            import triton.language as _tl
+        except Exception:  # noqa: BLE001 - any import failure means "no Triton"
+            return False
+        triton, tl = _triton, _tl
+    return True
+
+
+def available() -> bool:
+    return _import()
+
+
+def interpreter_active() -> bool:
+    """Whether Triton runs kernels in its interpreter (CPU tensors). Only ``TRITON_INTERPRET=1`` set before Triton is
+    first imported in the process does this: Triton builds its own library functions (``tl.sum``, ``tl.zeros``...)
+    for one mode at import, so the mode cannot be switched later."""
+    if not _import():
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return bool(triton.knobs.runtime.interpret) and isinstance(tl.zeros, InterpretedFunction)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# ---- kernels (plain functions; see _kernel) ---------------------------------------------------------------------
+
+def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, buf_ptr, pos_ptr, cos_ptr, sin_ptr,
+                    D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
+                    L: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, ROPE: tl.constexpr,
+                    HAS_SCALE: tl.constexpr):
+    # one program: BP row pairs (j, j + HD/2) of the q|k|v weight, so rope's partner rows are in the same program.
+    # q, k and v all go to one buffer (NH + 2 * NKV, L, HD) at row ``pos``: one store path for every head, and the
+    # q of a position stays readable by the attention kernel (which masks positions > pos)
+    HALF: tl.constexpr = HD // 2
+    NP: tl.constexpr = (NH + 2 * NKV) * HALF
+    p = tl.program_id(0) * BP + tl.arange(0, BP)
+    pm = p < NP
+    head = p // HALF
+    j = p % HALF
+    rows1 = head * HD + j
+    rows2 = rows1 + HALF
+    ss = tl.zeros([BK], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        x = tl.load(h_ptr + k, mask=k < D, other=0.0)
+        ss += x * x
+    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+    a = tl.zeros([BP], dtype=tl.float32)
+    b = tl.zeros([BP], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < D
+        x = tl.load(h_ptr + k, mask=km, other=0.0) * rstd * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
+        m2 = pm[:, None] & km[None, :]
+        w1 = tl.load(w_ptr + rows1[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + rows2[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        a += tl.sum(w1 * x[None, :], axis=1)
+        b += tl.sum(w2 * x[None, :], axis=1)
+    if HAS_SCALE:
+        a = a * tl.load(s_ptr + rows1, mask=pm, other=0.0)
+        b = b * tl.load(s_ptr + rows2, mask=pm, other=0.0)
+    pos = tl.load(pos_ptr)
+    if ROPE:
+        rot = pm & (head < NH + NKV)  # q and k heads; v is not rotated
+        c1 = tl.load(cos_ptr + pos * HD + j, mask=rot, other=1.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + pos * HD + j, mask=rot, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + pos * HD + HALF + j, mask=rot, other=1.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + pos * HD + HALF + j, mask=rot, other=0.0).to(tl.float32)
+        a, b = a * c1 - b * s1, b * c2 + a * s2
+    base = buf_ptr + (head * L + pos) * HD + j
+    tl.store(base, a.to(buf_ptr.dtype.element_ty), mask=pm)
+    tl.store(base + HALF, b.to(buf_ptr.dtype.element_ty), mask=pm)
+
+
+def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
+                     D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
+                     L: tl.constexpr, BL: tl.constexpr, BHD: tl.constexpr, BN: tl.constexpr,
+                     HAS_SCALE: tl.constexpr):
+    REP: tl.constexpr = NH // NKV
+    pid = tl.program_id(0)
+    rows = pid * BN + tl.arange(0, BN)
+    rm = rows < D
+    pos = tl.load(pos_ptr)
+    t = tl.arange(0, BL)
+    tm = t <= pos
+    d = tl.arange(0, BHD)
+    dm = d < HD
+    m2 = tm[:, None] & dm[None, :]
+    acc = tl.zeros([BN], dtype=tl.float32)
+    for g in range(NKV):
+        kt = tl.load(buf_ptr + ((NH + g) * L + t[:, None]) * HD + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        vt = tl.load(buf_ptr + ((NH + NKV + g) * L + t[:, None]) * HD + d[None, :], mask=m2,
+                     other=0.0).to(tl.float32)
+        for r in range(REP):
+            head = g * REP + r
+            q = tl.load(buf_ptr + (head * L + pos) * HD + d, mask=dm, other=0.0).to(tl.float32)
+            s = tl.sum(kt * q[None, :], axis=1) * scaling
+            s = tl.where(tm, s, float("-inf"))
+            p = tl.exp(s - tl.max(s, axis=0))
+            p = p / tl.sum(p, axis=0)
+            o = tl.sum(vt * p[:, None], axis=0)  # (BHD,)
+            w = tl.load(w_ptr + rows[:, None] * (NH * HD) + head * HD + d[None, :],
+                        mask=rm[:, None] & dm[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(w * o[None, :], axis=1)
+    if HAS_SCALE:
+        acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
+    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
+    tl.store(h_ptr + rows, hv + acc, mask=rm)
+
+
+def _norm_gateup_swiglu(h_ptr, nw_ptr, eps, w_ptr, s_ptr, act_ptr,
+                        D: tl.constexpr, I: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        HAS_SCALE: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BN + tl.arange(0, BN)
+    rm = rows < I
+    ss = tl.zeros([BK], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        x = tl.load(h_ptr + k, mask=k < D, other=0.0)
+        ss += x * x
+    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+    g = tl.zeros([BN], dtype=tl.float32)
+    u = tl.zeros([BN], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < D
+        x = tl.load(h_ptr + k, mask=km, other=0.0) * rstd * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
+        m2 = rm[:, None] & km[None, :]
+        wg = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        wu = tl.load(w_ptr + (I + rows[:, None]) * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        g += tl.sum(wg * x[None, :], axis=1)
+        u += tl.sum(wu * x[None, :], axis=1)
+    if HAS_SCALE:
+        g = g * tl.load(s_ptr + rows, mask=rm, other=0.0)
+        u = u * tl.load(s_ptr + I + rows, mask=rm, other=0.0)
+    act = g / (1.0 + tl.exp(-g)) * u
+    tl.store(act_ptr + rows, act, mask=rm)
+
+
+def _down_residual(act_ptr, w_ptr, s_ptr, h_ptr,
+                   D: tl.constexpr, I: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   HAS_SCALE: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BN + tl.arange(0, BN)
+    rm = rows < D
+    acc = tl.zeros([BN], dtype=tl.float32)
+    for k0 in range(0, I, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < I
+        x = tl.load(act_ptr + k, mask=km, other=0.0)
+        w = tl.load(w_ptr + rows[:, None] * I + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(w * x[None, :], axis=1)
+    if HAS_SCALE:
+        acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
+    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
+    tl.store(h_ptr + rows, hv + acc, mask=rm)
+
+
+def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, logits_ptr, counter_ptr, noise_ptr,
+                      top_k, code_ptr, table_ptr, force_ptr,
+                      D: tl.constexpr, V: tl.constexpr, VP: tl.constexpr, BN: tl.constexpr,
+                      BK: tl.constexpr, HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr,
+                      WRITE_NEXT: tl.constexpr, FORCE: tl.constexpr):
+    pid = tl.program_id(0)
+    n = pid * BN + tl.arange(0, BN)
+    nm = n < V
+    ss = tl.zeros([BK], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        x = tl.load(h_ptr + k, mask=k < D, other=0.0)
+        ss += x * x
+    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+    acc = tl.zeros([BN], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < D
+        x = tl.load(h_ptr + k, mask=km, other=0.0) * rstd * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + k[:, None] * stride_wk + n[None, :] * stride_wn, mask=km[:, None] & nm[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(w * x[:, None], axis=0)
+    if HAS_SCALE:
+        acc = acc * tl.load(s_ptr + n, mask=nm, other=0.0)
+    tl.store(logits_ptr + n, acc, mask=nm)
+    # the barrier orders every thread's stores (and reads of h) before the one thread that counts; acq_rel makes
+    # them visible to the program that counts last, which reads the logits past L1 (.cg, volatile)
+    tl.debug_barrier()
+    done = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    if done == tl.num_programs(0) - 1:
+        v = tl.arange(0, VP)
+        vm = v < V
+        logits = tl.load(logits_ptr + v, mask=vm, other=float("-inf"), cache_modifier=".cg", volatile=True)
+        if SAMPLE:
+            # top-k set by bisection on order-preserving int keys (exact, no sort), then Gumbel-max inside the set
+            # with one noise value per vocabulary entry: the same distribution as torch.topk + Gumbel-max by rank
+            bits = logits.to(tl.int32, bitcast=True)
+            key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+            key = tl.where(vm, key, -(2**31) - 1)
+            lo = tl.min(tl.where(vm, key, 2**31), axis=0)
+            hi = tl.max(key, axis=0)
+            for _ in range(33):
+                mid = lo + (hi - lo + 1) // 2
+                ok = tl.sum((key >= mid).to(tl.int32), axis=0) >= top_k
+                lo = tl.where(ok, mid, lo)
+                hi = tl.where(ok, hi, mid - 1)
+            noise = tl.load(noise_ptr + v, mask=vm, other=0.0)
+            z = tl.where(vm & (key >= lo), logits + noise, float("-inf"))
+            c = tl.argmax(z, axis=0, tie_break_left=True)
+        else:
+            c = tl.argmax(logits, axis=0, tie_break_left=True)
+        c = c.to(tl.int64)
+        tl.store(code_ptr, c)
+        if WRITE_NEXT:
+            if FORCE:  # teacher forcing (agreement figures): the next input is the given token, not the sampled one
+                c = tl.load(force_ptr)
+            for k0 in range(0, D, BK):
+                k = k0 + tl.arange(0, BK)
+                km = k < D
+                row = tl.load(table_ptr + c * D + k, mask=km, other=0.0).to(tl.float32)
+                tl.store(h_ptr + k, row, mask=km)
+        tl.atomic_xchg(counter_ptr, 0)  # ready for the next launch (and the next graph replay)
+
+
+# ---- launching --------------------------------------------------------------------------------------------------
+
+_SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
+                                    _norm_head_sample)}
+_BUILT: dict = {}
+
+
+def _kernel(name: str):
+    if name not in _BUILT:
+        _import()
+        _BUILT[name] = triton.jit(_SOURCES[name])  # an InterpretedFunction under TRITON_INTERPRET=1
+    return _BUILT[name]
+
+
+class LaunchCounter:
+    """Counts kernel launches by name while active (``with counter:``); see fern.bench.opcount.count_kernels."""
+
+    active: list[LaunchCounter] = []
+
+    def __init__(self) -> None:
+        self.launches: Counter[str] = Counter()
+
+    def __enter__(self):
+        LaunchCounter.active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        LaunchCounter.active.remove(self)
+
+
+def launch(name: str, grid: tuple, *args, num_warps: int = 4, **meta) -> None:
+    for c in LaunchCounter.active:
+        c.launches[f"triton:{name.lstrip('_')}"] += 1
+    k = _kernel(name)
+    if triton.knobs.runtime.interpret:
+        # the interpreter copies arguments with torch ops: hidden from operator counting, they are no kernels
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes():
+            k[grid](*args, **meta)
+    else:
+        k[grid](*args, num_warps=num_warps, **meta)
+
+
+@contextlib.contextmanager
+def no_counting():
+    saved = list(LaunchCounter.active)
+    LaunchCounter.active.clear()
+    try:
+        yield
+    finally:
+        LaunchCounter.active.extend(saved)
+
+
+def usable_on(device) -> str | None:
+    """None if the kernels compile and run on ``device`` (one tiny launch checked against torch), else why not."""
+    if not _import():
+        return "triton is not importable"
+    if device.type == "cpu" and not interpreter_active():
+        return "Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1 before Triton is imported)"
+    if device.type == "cuda" and triton.knobs.runtime.interpret:
+        return "TRITON_INTERPRET=1 is set: the kernels would run in the (slow, host-side) interpreter"
+    if device.type not in ("cpu", "cuda"):
+        return f"no Triton kernels for device {device}"
+    import torch
+
+    try:
+        g = torch.Generator().manual_seed(0)
+        act = torch.randn(16, generator=g).to(device)
+        w = torch.randn(8, 16, generator=g).to(device)
+        h = torch.zeros(8, device=device)
+        with no_counting():
+            launch("_down_residual", (1,), act, w, act, h, D=8, I=16, BN=8, BK=16, HAS_SCALE=False)
+        err = float((h - w @ act).abs().max())
+        if not err < 1e-3:
+            return f"probe kernel gave a wrong result (max error {err:.3g})"
+    except Exception as exc:  # noqa: BLE001 - any failure means "use the torch path"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None

@@ -1,0 +1,337 @@
+"""The fused depth-decoder kernels (fern.tts.csm.kernels / fused) against eager references, int8/fp8 weights, and the
+whole engine through them. On a CPU every kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set by conftest
+before Triton is imported); with CUDA the same tests run the compiled kernels.
+
+Tolerances: each kernel against a float64 reference computed from the same (dequantized) weights: max |err| /
+max |ref| <= 1e-5 (fp32 accumulation; only the summation order differs). Tokens: exact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_synth, make_tiny_csm, make_tiny_mimi
+
+from fern.bench.opcount import count_kernels
+from fern.tts.csm import fused
+from fern.tts.csm import kernels as K
+from fern.tts.csm.engine import CsmEngine, Segment
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreter(request):
+    """Triton's interpreter mode is fixed when Triton is first imported. If something imported it before conftest
+    could set TRITON_INTERPRET=1 (another test directory, in a whole-suite run), run this module in a fresh process
+    instead, so these checks never silently vanish."""
+    if not K.available():
+        pytest.skip("triton is not installed")
+    if DEV.type == "cuda" or K.interpreter_active():
+        return
+    if os.environ.get("FERN_KERNELS_SUBPROCESS"):
+        pytest.fail("TRITON_INTERPRET=1 did not take effect even in a fresh process")
+    env = dict(os.environ, TRITON_INTERPRET="1", FERN_KERNELS_SUBPROCESS="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(request.path)],
+                       cwd=request.config.rootpath, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail("kernel tests failed in a fresh process with TRITON_INTERPRET=1:\n" + r.stdout[-4000:])
+    pytest.skip("passed in a fresh process with TRITON_INTERPRET=1 (Triton was imported before it could be set)")
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _seed(*case) -> int:
+    """A different input draw per parametrised case, the same one on every run."""
+    return zlib.crc32(repr(case).encode()) % 10_000
+
+
+def _w(shape, kind, seed):
+    """A random weight as the kernels take it, and its dequantized float64 value for the reference."""
+    w = torch.randn(*shape, generator=_g(seed)) / shape[1] ** 0.5
+    lw = fused._W(w, kind)
+    return lw.w.to(DEV), (None if lw.scale is None else lw.scale.to(DEV)), fused.dequantize(lw.w, lw.scale).double()
+
+
+def _rel(out, ref) -> float:
+    out = out.detach().double().cpu()
+    assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) or non-finite output"
+    return float((out - ref).abs().max() / ref.abs().max())
+
+
+def _rms(h, nw, eps=1e-5):
+    return h * torch.rsqrt(h.pow(2).mean() + eps) * nw
+
+
+D, NH, NKV, HD, L, I, V = 48, 4, 2, 12, 32, 96, 2051
+# one program per kernel (the interpreter default), and GPU-like small blocks that split rows and K over programs
+BLOCKS = {"one_program": dict(BP=128, BK=64, BN=128), "many_programs": dict(BP=4, BK=16, BN=16)}
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("kind", fused.WEIGHT_KINDS)
+@pytest.mark.parametrize("rope", [False, True])
+def test_norm_qkv_rope_cache_write(blocks, kind, rope):
+    b = BLOCKS[blocks]
+    seed = _seed(blocks, kind, rope)
+    h = torch.randn(D, generator=_g(seed))
+    nw = torch.rand(D, generator=_g(seed + 1)) + 0.5
+    w, s, wref = _w(((NH + 2 * NKV) * HD, D), kind, seed + 2)
+    cos, sin = torch.randn(L, HD, generator=_g(seed + 3)), torch.randn(L, HD, generator=_g(seed + 4))
+    buf = torch.full((NH + 2 * NKV, L, HD), float("nan"), device=DEV)
+    pos = 7
+    K.launch("_norm_qkv_cache", (-(-(NH + 2 * NKV) * HD // 2 // b["BP"]),), h.to(DEV), nw.to(DEV), 1e-5, w,
+             w if s is None else s, buf, torch.tensor([pos], device=DEV), cos.to(DEV), sin.to(DEV), D=D, NH=NH,
+             NKV=NKV, HD=HD, L=L, BP=b["BP"], BK=b["BK"], ROPE=rope, HAS_SCALE=s is not None)
+    y = (wref @ _rms(h.double(), nw.double())).view(NH + 2 * NKV, HD)
+    if rope:  # transformers' rotate_half rope on the q and k heads only
+        rot = torch.cat([-y[:, HD // 2:], y[:, : HD // 2]], 1)
+        y = torch.cat([(y * cos[pos].double() + rot * sin[pos].double())[: NH + NKV], y[NH + NKV:]])
+    assert _rel(buf[:, pos], y) <= TOL
+    assert torch.isnan(buf[:, :pos]).all() and torch.isnan(buf[:, pos + 1:]).all()  # one row written, no other
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("kind", fused.WEIGHT_KINDS)
+def test_attention_o_proj_residual(blocks, kind):
+    b = BLOCKS[blocks]
+    seed = _seed(blocks, kind)
+    buf = torch.randn(NH + 2 * NKV, L, HD, generator=_g(seed))
+    w, s, wref = _w((D, NH * HD), kind, seed + 1)
+    h = torch.randn(D, generator=_g(seed + 2))
+    pos = 9  # rows past it hold stale values that must be masked
+    out = h.to(DEV).clone()
+    K.launch("_attn_o_residual", (-(-D // b["BN"]),), buf.to(DEV), torch.tensor([pos], device=DEV), w,
+             w if s is None else s, out, 0.3, D=D, NH=NH, NKV=NKV, HD=HD, L=L, BL=32, BHD=16, BN=b["BN"],
+             HAS_SCALE=s is not None)
+    q = buf[:NH, pos].double()[None, :, None]
+    k = buf[NH:NH + NKV, : pos + 1].double().repeat_interleave(NH // NKV, 0)[None]
+    v = buf[NH + NKV:, : pos + 1].double().repeat_interleave(NH // NKV, 0)[None]
+    o = F.scaled_dot_product_attention(q, k, v, scale=0.3).reshape(-1)
+    assert _rel(out, h.double() + wref @ o) <= TOL
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("kind", fused.WEIGHT_KINDS)
+def test_gate_up_swiglu_and_down_residual(blocks, kind):
+    b = BLOCKS[blocks]
+    seed = _seed(blocks, kind, "mlp")
+    h = torch.randn(D, generator=_g(seed))
+    nw = torch.rand(D, generator=_g(seed + 1)) + 0.5
+    wgu, sgu, gu_ref = _w((2 * I, D), kind, seed + 2)
+    wd, sd, d_ref = _w((D, I), kind, seed + 3)
+    act = torch.full((I,), float("nan"), device=DEV)
+    K.launch("_norm_gateup_swiglu", (-(-I // b["BN"]),), h.to(DEV), nw.to(DEV), 1e-5, wgu, wgu if sgu is None else sgu,
+             act, D=D, I=I, BN=b["BN"], BK=b["BK"], HAS_SCALE=sgu is not None)
+    g, u = (gu_ref @ _rms(h.double(), nw.double())).chunk(2)
+    act_ref = F.silu(g) * u
+    assert _rel(act, act_ref) <= TOL
+    out = h.to(DEV).clone()
+    K.launch("_down_residual", (-(-D // b["BN"]),), act, wd, wd if sd is None else sd, out, D=D, I=I, BN=b["BN"],
+             BK=b["BK"], HAS_SCALE=sd is not None)
+    assert _rel(out, h.double() + d_ref @ act.double().cpu()) <= TOL
+
+
+@pytest.mark.parametrize("blocks", ["one_program", "many_programs"])
+@pytest.mark.parametrize("kind", fused.WEIGHT_KINDS)
+@pytest.mark.parametrize("mode", ["greedy", "top_k", "forced"])
+def test_head_norm_logits_and_sampling(blocks, kind, mode):
+    """Logits, the token the last program picks (== the torch sampler on the same noise), the next input row it
+    writes, and the counter it leaves at zero for the next launch."""
+    bn = 128 if blocks == "many_programs" else 4096
+    seed = _seed(blocks, kind, mode)
+    h = torch.randn(D, generator=_g(seed))
+    nw = torch.rand(D, generator=_g(seed + 1)) + 0.5
+    w, s, wref = _w((V, D), kind, seed + 2)  # (vocab, hidden) as quantized heads are stored
+    if s is None:  # unquantized heads are the model's (hidden, vocab): read through strides
+        w = w.t().contiguous()
+        swk, swn = w.stride(0), w.stride(1)
+    else:
+        swk, swn = w.stride(1), w.stride(0)
+    table = torch.randn(V, D, generator=_g(seed + 3))
+    noise = torch.randn(V, generator=_g(seed + 4)) * 2 if mode == "top_k" else None
+    force = torch.tensor([17], device=DEV)
+    logits = torch.full((V,), float("nan"), device=DEV)
+    counter = torch.zeros(1, device=DEV, dtype=torch.int32)
+    code = torch.full((1,), -1, device=DEV, dtype=torch.long)
+    out_h = h.to(DEV).clone()
+    K.launch("_norm_head_sample", (-(-V // bn),), out_h, nw.to(DEV), 1e-5, w, swk, swn, w if s is None else s, logits,
+             counter, logits if noise is None else noise.to(DEV), 50, code, table.to(DEV), force, D=D, V=V, VP=4096,
+             BN=bn, BK=64, HAS_SCALE=s is not None, SAMPLE=noise is not None, WRITE_NEXT=True,
+             FORCE=mode == "forced")
+    ref = wref @ _rms(h.double(), nw.double())
+    assert _rel(logits, ref) <= TOL
+    expect = fused.sample_fused(logits.cpu(), noise, 50)  # the same decision on the kernel's own logits
+    assert int(code) == int(expect)
+    if mode == "top_k":
+        assert int(code) in torch.topk(ref, 50).indices.tolist()
+    else:
+        assert int(code) == int(ref.argmax())
+    nxt = 17 if mode == "forced" else int(code)
+    assert torch.equal(out_h.cpu(), table[nxt])
+    assert int(counter) == 0
+
+
+def test_fused_sampler_draws_from_the_top_k_softmax():
+    """One noise value per vocabulary entry over the top-k set samples softmax(top-k logits / T), like the engine's
+    per-rank noise: 40 000 vectorised draws, frequencies within 4 standard errors, nothing outside the top k."""
+    g = _g(3)
+    logits = torch.randn(64, generator=g) * 2
+    T, k, n = 0.7, 5, 40_000
+    noise = -T * torch.empty(n, 64).exponential_(1, generator=g).log()
+    draws = fused.sample_fused(logits.expand(n, 64), noise, k)
+    top = torch.topk(logits, k)
+    p = torch.softmax(top.values / T, 0)
+    freq = torch.stack([(draws == i).float().mean() for i in top.indices])
+    assert float(freq.sum()) == 1.0
+    assert ((freq - p).abs() <= 4 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_tiny_csm(seed=1, device=str(DEV))
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("bf16", "greedy"), ("bf16", "forced"), ("int8", "top_k"),
+                                           ("fp8", "top_k")])
+def test_fused_depth_triton_equals_its_torch_reference(tiny, kind, mode):
+    """A whole frame's depth decoder (31 codebooks, sampling, next-input rows) through the kernels gives the torch
+    reference's tokens: greedy, with sampling noise, and with teacher forcing."""
+    engine = CsmEngine(tiny)
+    tri = fused.FusedDepth(engine, "triton", kind)
+    ref = fused.FusedDepth(engine, "torch", kind)
+    x = torch.randn(1, 2, tri.D, generator=_g(5)).to(DEV)
+    c0 = torch.tensor([3], device=DEV)
+    noise = -0.9 * torch.empty(tri.n_cb - 1, tri.V).exponential_(1, generator=_g(6)).log().to(DEV)
+    force = torch.randint(0, tri.V, (tri.n_cb,), generator=_g(7)).to(DEV)
+    args = {"greedy": (None, 0, None), "top_k": (noise, 50, None), "forced": (None, 0, force)}[mode]
+    a = tri.run(x, c0, *args).clone()
+    b = ref.run(x, c0, *args).clone()
+    assert torch.equal(a, b)
+    assert (tri.h - ref.h).abs().max() <= TOL * ref.h.abs().max()
+    if mode == "forced":  # the inputs were the forced tokens: the last step's input row is codebook 30's forced one
+        assert not torch.equal(a[0, 1:-1], force[1:-1])
+
+
+def _frames(engine, n, seed=None):
+    if seed is not None:
+        torch.manual_seed(seed)
+    seg = Segment(torch.tensor([1, 40, 41, 42, 43, 9]))
+    return torch.cat(list(engine.generate([], seg, n)))
+
+
+def test_engine_triton_greedy_tokens_identical_to_torch_path(tiny):
+    """Greedy through the whole engine (backbone torch, depth decoder Triton) == the torch fast path, which the
+    other tests tie to transformers' generate."""
+    ref = _frames(CsmEngine(tiny), 2)
+    engine = CsmEngine(tiny, kernels="triton")
+    assert engine.kernels == "triton"
+    assert torch.equal(_frames(engine, 2), ref)
+
+
+@pytest.mark.parametrize("kind", ["int8"])
+def test_engine_quantized_sampling_triton_equals_torch_emulation(tiny, kind):
+    """With sampling, the same seed draws the same noise on both backends, so tokens must be identical."""
+    tri = CsmEngine(tiny, kernels="triton", weights=kind)
+    emu = CsmEngine(tiny, kernels="torch", weights=kind)
+    assert (tri.kernels, emu.kernels, tri.weights) == ("triton", "torch", kind)
+    for e in (tri, emu):
+        e.temperature, e.top_k = 0.9, 50
+    assert torch.equal(_frames(tri, 1, seed=11), _frames(emu, 1, seed=11))
+
+
+def test_quantize_per_channel_error_bounds():
+    w = torch.randn(64, 96, generator=_g(8)) * torch.logspace(-3, 1, 64)[:, None]  # rows of very different scales
+    q8, s8 = fused.quantize(w, "int8")
+    assert q8.dtype == torch.int8 and s8.shape == (64,)
+    assert (q8.abs().amax(1) == 127).all()  # each row uses its full range
+    assert ((fused.dequantize(q8, s8) - w).abs() <= s8[:, None] / 2 + 1e-7).all()
+    qf, sf = fused.quantize(w, "fp8")
+    assert qf.dtype == torch.float8_e4m3fn
+    err = (fused.dequantize(qf, sf) - w).abs()
+    # e4m3: 3 mantissa bits -> relative rounding error <= 2^-4 for normal values; absolute below the normals
+    assert (err <= torch.maximum(w.abs() / 16, sf[:, None] * 2.0**-9)).all()
+
+
+def test_launches_per_frame(tiny):
+    """4 Triton kernels per layer and position, 1 per codebook head; together with the torch backbone well under
+    half of the torch path's kernels per frame."""
+    seg = Segment(torch.tensor([1, 5, 6]))
+    counts = {}
+    for kern in ("torch", "triton"):
+        engine = CsmEngine(tiny, kernels=kern)
+        engine.temperature, engine.top_k = 0.9, 50
+        engine.prepare([], seg)
+        with torch.no_grad():
+            counts[kern] = count_kernels(engine._run_frame)
+    tri = counts["triton"]
+    n_layers, n_cb = len(tiny.depth_decoder.model.layers), tiny.config.num_codebooks
+    launches = {k: v for k, v in tri.items() if k.startswith("triton:")}
+    assert launches == {"triton:norm_qkv_cache": n_layers * n_cb, "triton:attn_o_residual": n_layers * n_cb,
+                        "triton:norm_gateup_swiglu": n_layers * n_cb, "triton:down_residual": n_layers * n_cb,
+                        "triton:norm_head_sample": n_cb - 1}
+    assert sum(tri.values()) <= 0.5 * sum(counts["torch"].values()), (sum(tri.values()), sum(counts["torch"].values()))
+
+
+def test_unusable_triton_falls_back_to_torch_and_says_why(tiny, monkeypatch, caplog):
+    monkeypatch.setattr(K, "usable_on", lambda device: "no compiler here")
+    with caplog.at_level("WARNING", logger="fern.tts.csm.engine"):
+        engine = CsmEngine(tiny, kernels="triton")
+    assert engine.kernels == "torch" and engine.depth is None
+    assert "no compiler here" in caplog.text
+    with caplog.at_level("INFO", logger="fern.tts.csm.engine"):
+        engine = CsmEngine(tiny, kernels="triton", weights="int8")  # quantized weights still apply, via torch
+    assert (engine.kernels, engine.weights, engine.depth.backend) == ("torch", "int8", "torch")
+
+
+def test_bad_kernel_or_weight_names_are_config_errors(tiny):
+    from fern.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="tts.kernels"):
+        CsmEngine(tiny, kernels="cuda")
+    with pytest.raises(ConfigValueError, match="optim.tts_weights"):
+        CsmEngine(tiny, weights="int4")
+
+
+def test_config_switches_reach_the_synthesizer(compose, tiny):
+    cfg = compose(["tts=csm_streaming", "optim.tts_weights=int8", "tts.kernels=triton"])
+    assert cfg.optim.tts_weights == "int8"
+    assert (cfg.tts.kernels, cfg.tts.weights) == ("triton", "int8")
+    assert compose(["tts=csm"]).tts.weights == "bf16"
+    synth = make_synth(tiny, mimi=make_tiny_mimi(device=str(DEV)), device=str(DEV), kernels=cfg.tts.kernels,
+                       weights=cfg.tts.weights)
+    assert (synth.engine.kernels, synth.engine.weights) == ("triton", "int8")
+
+
+def test_quantized_token_agreement_on_random_weights(tiny):
+    """Teacher-forced agreement with the reference loop (fern.bench.csm_quant): the unquantized fused math gives the
+    reference's tokens; int8 and fp8 per-channel weights keep most of them (random weights: a check that the scales
+    are applied per the right axis, not a quality claim; a wrong axis or scale drops agreement to ~1/2051)."""
+    from fern.bench.csm_quant import agreement
+
+    res = agreement(tiny, tiny, 4, ["bf16", "int8", "fp8"], "torch", list(range(1, 13)))
+    assert res["codebooks_compared"] == 4 * 31
+    assert res["bf16"] == 1.0
+    assert res["int8"] >= 0.9 and res["fp8"] >= 0.7, res
+
+
+def test_weight_bytes_per_frame_rules_agree(tiny):
+    """The bandwidth share's numerator: the shape-only count (used for CSM-1B without building it) equals what the
+    engines report, per path; int8 / fp8 read about a quarter of the fp32 tiny model's depth-decoder bytes."""
+    from fern.bench.opcount import csm_weight_bytes_per_frame
+    from fern.bench.tts import frame_weight_bytes
+
+    rule = csm_weight_bytes_per_frame(tiny)
+    assert rule["torch"] == frame_weight_bytes(CsmEngine(tiny))
+    for kind in fused.WEIGHT_KINDS:
+        engine = CsmEngine(tiny, kernels="triton", weights=kind)
+        assert rule[f"fused_{kind}"] == frame_weight_bytes(engine), kind
+    assert rule["fused_int8"] == rule["fused_fp8"] < rule["fused_bf16"]
