@@ -22,6 +22,8 @@ from fern.tts.csm import fused
 from fern.tts.csm import kernels as K
 from fern.tts.csm.engine import CsmEngine, Segment
 
+pytestmark = pytest.mark.models  # tiny random CSM/Mimi through Triton's interpreter: the full tier
+
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = 1e-5
 
@@ -71,7 +73,7 @@ def _rms(h, nw, eps=1e-5):
     return h * torch.rsqrt(h.pow(2).mean() + eps) * nw
 
 
-D, NH, NKV, HD, L, I, V = 48, 4, 2, 12, 32, 96, 2051
+D, NH, NKV, HD, L, FF, V = 48, 4, 2, 12, 32, 96, 2051
 # one program per kernel (the interpreter default), and GPU-like small blocks that split rows and K over programs
 BLOCKS = {"one_program": dict(BP=128, BK=64, BN=128), "many_programs": dict(BP=4, BK=16, BN=16)}
 
@@ -126,16 +128,16 @@ def test_gate_up_swiglu_and_down_residual(blocks, kind):
     seed = _seed(blocks, kind, "mlp")
     h = torch.randn(D, generator=_g(seed))
     nw = torch.rand(D, generator=_g(seed + 1)) + 0.5
-    wgu, sgu, gu_ref = _w((2 * I, D), kind, seed + 2)
-    wd, sd, d_ref = _w((D, I), kind, seed + 3)
-    act = torch.full((I,), float("nan"), device=DEV)
-    K.launch("_norm_gateup_swiglu", (-(-I // b["BN"]),), h.to(DEV), nw.to(DEV), 1e-5, wgu, wgu if sgu is None else sgu,
-             act, D=D, I=I, BN=b["BN"], BK=b["BK"], HAS_SCALE=sgu is not None)
+    wgu, sgu, gu_ref = _w((2 * FF, D), kind, seed + 2)
+    wd, sd, d_ref = _w((D, FF), kind, seed + 3)
+    act = torch.full((FF,), float("nan"), device=DEV)
+    K.launch("_norm_gateup_swiglu", (-(-FF // b["BN"]),), h.to(DEV), nw.to(DEV), 1e-5, wgu, wgu if sgu is None else sgu,
+             act, D=D, FF=FF, BN=b["BN"], BK=b["BK"], HAS_SCALE=sgu is not None)
     g, u = (gu_ref @ _rms(h.double(), nw.double())).chunk(2)
     act_ref = F.silu(g) * u
     assert _rel(act, act_ref) <= TOL
     out = h.to(DEV).clone()
-    K.launch("_down_residual", (-(-D // b["BN"]),), act, wd, wd if sd is None else sd, out, D=D, I=I, BN=b["BN"],
+    K.launch("_down_residual", (-(-D // b["BN"]),), act, wd, wd if sd is None else sd, out, D=D, FF=FF, BN=b["BN"],
              BK=b["BK"], HAS_SCALE=sd is not None)
     assert _rel(out, h.double() + d_ref @ act.double().cpu()) <= TOL
 

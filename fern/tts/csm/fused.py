@@ -96,11 +96,11 @@ class FusedDepth:
         self.scaling = float(dd.scaling)
         self.L = self.n_cb  # positions per frame
         layers = dd.layers
-        self.I = layers[0].mlp.down_proj.weight.shape[1]
-        self.eps1 = [float(l.input_layernorm.variance_epsilon) for l in layers]
-        self.eps2 = [float(l.post_attention_layernorm.variance_epsilon) for l in layers]
-        self.norm1 = [l.input_layernorm.weight.detach() for l in layers]
-        self.norm2 = [l.post_attention_layernorm.weight.detach() for l in layers]
+        self.FF = layers[0].mlp.down_proj.weight.shape[1]
+        self.eps1 = [float(layer.input_layernorm.variance_epsilon) for layer in layers]
+        self.eps2 = [float(layer.post_attention_layernorm.variance_epsilon) for layer in layers]
+        self.norm1 = [layer.input_layernorm.weight.detach() for layer in layers]
+        self.norm2 = [layer.post_attention_layernorm.weight.detach() for layer in layers]
         self.final_norm, self.final_eps = dd.norm.weight.detach(), float(dd.norm.variance_epsilon)
         with torch.no_grad():
             # rope-folded q|k|v per position; the engine's torch path already holds positions 2.. (reuse: no copy)
@@ -108,9 +108,9 @@ class FusedDepth:
                       if engine._dd_rows[step][4] is not None}
             per_pos = [folded[p] if p in folded else dd.qkv_rotated_at(p) for p in range(self.L)]
             self.qkv = [[_W(per_pos[p][i], weights) for i in range(len(layers))] for p in range(self.L)]
-            self.o = [_W(l.self_attn.o_proj.weight, weights) for l in layers]
-            self.gu = [_W(l._fern_gu, weights) for l in layers]
-            self.down = [_W(l.mlp.down_proj.weight, weights) for l in layers]
+            self.o = [_W(layer.self_attn.o_proj.weight, weights) for layer in layers]
+            self.gu = [_W(layer._fern_gu, weights) for layer in layers]
+            self.down = [_W(layer.mlp.down_proj.weight, weights) for layer in layers]
             # codebook heads are (hidden, vocab): logits = y @ head. Quantized per vocabulary entry, stored (vocab,
             # hidden); the kernel reads either layout through strides
             head_w = engine._head_w
@@ -123,7 +123,7 @@ class FusedDepth:
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)  # the residual stream, fp32
         # per layer: q, k, v of every position, (NH + 2 * NKV, L, HD); K and V rows are this frame's cache
         self.buf = [torch.zeros(self.NH + 2 * self.NKV, self.L, self.HD, device=dev) for _ in layers]
-        self.act = torch.zeros(self.I, device=dev)
+        self.act = torch.zeros(self.FF, device=dev)
         self.logits = torch.zeros(self.V, device=dev)
         self.counter = torch.zeros(1, device=dev, dtype=torch.int32)
         self.codes = torch.zeros(self.n_cb, device=dev, dtype=torch.long)
@@ -133,7 +133,7 @@ class FusedDepth:
         else:  # interpreter: one program per kernel where the shapes allow
             p2 = K.next_pow2
             self.blocks = dict(qkv_bp=p2((self.NH + 2 * self.NKV) * self.HD // 2), qkv_bk=p2(self.D), o_bn=p2(self.D),
-                               gu_bn=p2(self.I), gu_bk=p2(self.D), down_bn=p2(self.D), down_bk=p2(self.I),
+                               gu_bn=p2(self.FF), gu_bk=p2(self.D), down_bn=p2(self.D), down_bk=p2(self.FF),
                                head_bn=p2(self.V), head_bk=p2(self.D), num_warps=4)
             self.blocks.update(blocks or {})
         if backend == "torch":  # the reference computes with the dequantized weights in fp32
@@ -183,7 +183,7 @@ class FusedDepth:
 
     # ---- Triton ---------------------------------------------------------------------------------------------
     def _layer_triton(self, i: int, p: int) -> None:
-        b, D, NH, NKV, HD, L, I = self.blocks, self.D, self.NH, self.NKV, self.HD, self.L, self.I
+        b, D, NH, NKV, HD, L, FF = self.blocks, self.D, self.NH, self.NKV, self.HD, self.L, self.FF
         nw = b["num_warps"]
         pos = self.positions[p:p + 1]
         buf = self.buf[i]
@@ -197,11 +197,11 @@ class FusedDepth:
                  D=D, NH=NH, NKV=NKV, HD=HD, L=L, BL=K.next_pow2(L), BHD=K.next_pow2(HD), BN=b["o_bn"],
                  HAS_SCALE=w.scale is not None, num_warps=nw)
         w = self.gu[i]
-        K.launch("_norm_gateup_swiglu", (triton_cdiv(I, b["gu_bn"]),), self.h, self.norm2[i], self.eps2[i], w.w,
-                 _s(w), self.act, D=D, I=I, BN=b["gu_bn"], BK=b["gu_bk"], HAS_SCALE=w.scale is not None,
+        K.launch("_norm_gateup_swiglu", (triton_cdiv(FF, b["gu_bn"]),), self.h, self.norm2[i], self.eps2[i], w.w,
+                 _s(w), self.act, D=D, FF=FF, BN=b["gu_bn"], BK=b["gu_bk"], HAS_SCALE=w.scale is not None,
                  num_warps=nw)
         w = self.down[i]
-        K.launch("_down_residual", (triton_cdiv(D, b["down_bn"]),), self.act, w.w, _s(w), self.h, D=D, I=I,
+        K.launch("_down_residual", (triton_cdiv(D, b["down_bn"]),), self.act, w.w, _s(w), self.h, D=D, FF=FF,
                  BN=b["down_bn"], BK=b["down_bk"], HAS_SCALE=w.scale is not None, num_warps=nw)
 
     def _head_triton(self, p: int, head: int, noise, k: int, force) -> None:

@@ -153,11 +153,11 @@ def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
 
 
 def _norm_gateup_swiglu(h_ptr, nw_ptr, eps, w_ptr, s_ptr, act_ptr,
-                        D: tl.constexpr, I: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         HAS_SCALE: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BN + tl.arange(0, BN)
-    rm = rows < I
+    rm = rows < FF
     ss = tl.zeros([BK], dtype=tl.float32)
     for k0 in range(0, D, BK):
         k = k0 + tl.arange(0, BK)
@@ -172,28 +172,28 @@ def _norm_gateup_swiglu(h_ptr, nw_ptr, eps, w_ptr, s_ptr, act_ptr,
         x = tl.load(h_ptr + k, mask=km, other=0.0) * rstd * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
         m2 = rm[:, None] & km[None, :]
         wg = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
-        wu = tl.load(w_ptr + (I + rows[:, None]) * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        wu = tl.load(w_ptr + (FF + rows[:, None]) * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
         g += tl.sum(wg * x[None, :], axis=1)
         u += tl.sum(wu * x[None, :], axis=1)
     if HAS_SCALE:
         g = g * tl.load(s_ptr + rows, mask=rm, other=0.0)
-        u = u * tl.load(s_ptr + I + rows, mask=rm, other=0.0)
+        u = u * tl.load(s_ptr + FF + rows, mask=rm, other=0.0)
     act = g / (1.0 + tl.exp(-g)) * u
     tl.store(act_ptr + rows, act, mask=rm)
 
 
 def _down_residual(act_ptr, w_ptr, s_ptr, h_ptr,
-                   D: tl.constexpr, I: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                    HAS_SCALE: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BN + tl.arange(0, BN)
     rm = rows < D
     acc = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, I, BK):
+    for k0 in range(0, FF, BK):
         k = k0 + tl.arange(0, BK)
-        km = k < I
+        km = k < FF
         x = tl.load(act_ptr + k, mask=km, other=0.0)
-        w = tl.load(w_ptr + rows[:, None] * I + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None] * FF + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
         acc += tl.sum(w * x[None, :], axis=1)
     if HAS_SCALE:
         acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
@@ -337,7 +337,7 @@ def usable_on(device) -> str | None:
         w = torch.randn(8, 16, generator=g).to(device)
         h = torch.zeros(8, device=device)
         with no_counting():
-            launch("_down_residual", (1,), act, w, act, h, D=8, I=16, BN=8, BK=16, HAS_SCALE=False)
+            launch("_down_residual", (1,), act, w, act, h, D=8, FF=16, BN=8, BK=16, HAS_SCALE=False)
         err = float((h - w @ act).abs().max())
         if not err < 1e-3:
             return f"probe kernel gave a wrong result (max error {err:.3g})"
