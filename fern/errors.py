@@ -25,3 +25,11 @@ class ServiceError(FernError):
 
 class ConfigValueError(FernError):
     """A config value is syntactically valid but unusable (wrong path, bad range...)."""
+
+
+class AudioDeviceError(FernError):
+    """A microphone or speaker cannot be used: none there, no such device, busy, or a setting it does not support."""
+
+
+class EchoCancellerError(FernError):
+    """The chosen echo canceller is not installed on this machine."""
