@@ -283,7 +283,8 @@ class LiveAudio:
         self.input_overflows = 0
         # output
         self._out_clock = _StreamClock(self.out_rate, "median", window_s=0.3)
-        self._first_callback = threading.Event()
+        self._first_callback = threading.Event()  # set once the output callbacks run at the device's pace
+        self._callback_times: deque[float] = deque(maxlen=11)
         self._first_block = threading.Event()
         self._queue: deque[list] = deque()  # [chunk, device samples, offset]
         self._written = 0  # device samples handed to PortAudio
@@ -292,9 +293,17 @@ class LiveAudio:
         self._chunks: list[PlayedChunk] = []
         self._resamplers: dict[int, StreamResampler] = {}
         self.output_underflows = 0
+        self.underflow_times: list[float] = []
         self.last_stop: StopReport | None = None
         ring_s = 10
         self._far_ring = np.zeros(ring_s * self.out_rate, np.float32)  # what was written, by device position
+        # Everything that imports or designs filters is done now: scipy's import holds the GIL for up to a second,
+        # and an audio callback starved that long underruns and loses audio (measured: the first reply lost).
+        self._resamplers[output_rate] = StreamResampler(output_rate, self.out_rate)
+        self._in_resampler = StreamResampler(self.in_rate, sample_rate)
+        self._far_resampler_proto = StreamResampler(self.out_rate, sample_rate)
+        self.aec.process(np.zeros(self.block, np.float32), np.zeros(self.block, np.float32))
+        self.aec.reset()
         self.source = LiveSource(self)
         self.sink = LiveSink(self)
 
@@ -353,8 +362,8 @@ class LiveAudio:
         self._out_stream.start()
         self._in_stream.start()
         # the first callbacks can take a second or more (PulseAudio through ALSA); times are only known after them
-        if not (self._first_callback.wait(5.0) and self._first_block.wait(5.0)):
-            log.warning("live audio: the %s stream has not started after 5 s",
+        if not (self._first_callback.wait(10.0) and self._first_block.wait(5.0)):
+            log.warning("live audio: the %s stream is not running steadily yet; early timings may be off",
                         "output" if not self._first_callback.is_set() else "input")
         self.startup_s = time.perf_counter() - t0
         log.info("live audio: in %r @ %d Hz (latency %.0f ms), out %r @ %d Hz (latency %.0f ms), echo=%s%s",
@@ -386,8 +395,16 @@ class LiveAudio:
         now = time.perf_counter()
         if status.output_underflow:  # the device ran dry: its timeline moved on without us
             self.output_underflows += 1
+            self.underflow_times.append(now - self._origin)
             self._out_clock.reset()
-        self._first_callback.set()
+        self._callback_times.append(now)
+        if not self._first_callback.is_set():
+            # times are trusted once the callbacks run at the device's pace (the first ones can come in a burst)
+            period = frames / self.out_rate
+            times = self._callback_times
+            if len(times) == times.maxlen and 0.5 * period * 10 <= times[-1] - times[0] <= 1.5 * period * 10:
+                self._out_clock.reset()
+                self._first_callback.set()
         latency = time_info.outputBufferDacTime - time_info.currentTime
         if not 0.0 <= latency < 2.0:  # some host APIs report 0 or garbage
             latency = self._out_stream.latency if self._out_stream is not None else 0.0
@@ -435,10 +452,9 @@ class LiveAudio:
     def play(self, samples: np.ndarray, sample_rate: int) -> PlayedChunk:
         samples = np.asarray(samples, np.float32).reshape(-1)
         with self._lock:
-            if not self._queue and not self._fade.size:
-                # a new burst after silence: the resampler's filter tail belongs to audio long played
-                self._resamplers.pop(sample_rate, None)
             resampler = self._resamplers.get(sample_rate)
+            if resampler is not None and not self._queue and not self._fade.size:
+                resampler.reset()  # a new burst after silence: the filter tail belongs to audio long played
             if resampler is None:
                 resampler = self._resamplers[sample_rate] = StreamResampler(sample_rate, self.out_rate)
             device = resampler.process(samples)
@@ -478,7 +494,8 @@ class LiveAudio:
                 self._fade = ramp * np.linspace(1.0, 0.0, ramp.size, dtype=np.float32)
                 self._fade_chunks = fade_chunks
             end = self._written + self._fade.size
-            self._resamplers.clear()
+            for resampler in self._resamplers.values():
+                resampler.reset()
         t_silent = self._heard_time(end)
         if not cut:  # nothing queued: playback had already finished (or never started)
             last = self._chunks[-1] if self._chunks else None
@@ -530,7 +547,8 @@ class LiveAudio:
         want = int(round((t_ref + self._origin - base) * self.out_rate))
         if state.get("pos") is None or abs(state["pos"] - want) > 0.02 * self.out_rate:
             state["pos"] = want
-            state["resampler"] = StreamResampler(self.out_rate, self.sample_rate)
+            state["resampler"] = resampler = self._far_resampler_proto
+            resampler.reset()
             state["buf"] = np.zeros(0, np.float32)
         resampler = state["resampler"]
         buf = state["buf"]
@@ -554,7 +572,7 @@ class LiveAudio:
         echo-cancelled (io.echo) and silenced while the agent speaks (io.half_duplex). Ends at io.max_duration_s
         or close()."""
         self.start()
-        resampler = StreamResampler(self.in_rate, self.sample_rate)
+        resampler = self._in_resampler
         pending = np.zeros(0, np.float32)
         far_state: dict = {}
         t_first: float | None = None

@@ -47,6 +47,7 @@ class PrivatePulse:
         loads = ["--load=module-native-protocol-unix"]
         loads += [f"--load=module-null-sink sink_name={s} rate={self.rate} channels=1" for s in self.sinks]
         cmd = ["pulseaudio", "-D", "--exit-idle-time=-1", "-n", "--disallow-exit=false", "--log-target=stderr",
+               "--high-priority=yes", "--realtime=yes",
                "--use-pid-file=true", *loads]
         proc = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=30)
         deadline = time.monotonic() + 10
