@@ -234,7 +234,7 @@ class LiveAudio:
 
     def __init__(self, *, input_device: int | str | None = None, output_device: int | str | None = None,
                  device_rate: int | None = None, sample_rate: int = 16000, output_rate: int = 24000,
-                 block_ms: int = 20, input_latency_ms: float | None = None, output_latency_ms: float | None = None,
+                 block_ms: int = 20, device_block_ms: float = 10.0, input_latency_ms: float | None = None, output_latency_ms: float | None = None,
                  echo: str = "aec", echo_reference_lead_ms: float = 10.0, half_duplex: bool = False,
                  half_duplex_tail_ms: float = 250.0, max_duration_s: float | None = None, clock: Any = None) -> None:
         if block_ms <= 0 or (sample_rate * block_ms) % 1000:
@@ -267,8 +267,9 @@ class LiveAudio:
         self._out_latency = "low" if output_latency_ms is None else output_latency_ms / 1000
         self.aec = make_echo_canceller(echo, sample_rate)  # fails now if the canceller is not installed
         self._origin = time.perf_counter()  # perf_counter of session time 0 (see use_clock)
-        self._in_blocks = max(1, round(self.in_rate * block_ms / 1000))
-        self._out_blocks = max(1, round(self.out_rate * block_ms / 1000))
+        # the device's own period: shorter than the stage block, so PortAudio's "low" latency is lower (2 periods)
+        self._in_blocks = max(1, round(self.in_rate * device_block_ms / 1000))
+        self._out_blocks = max(1, round(self.out_rate * device_block_ms / 1000))
         self._lock = threading.Lock()
         self._started = False
         self._closed = threading.Event()
@@ -279,6 +280,8 @@ class LiveAudio:
         self._in_pos = 0  # device input samples received
         self._mic_raw = Track(sample_rate)  # placed at index positions, shifted at read time (see track())
         self._mic_out = Track(sample_rate)
+        self.keep_reference = False  # True: keep the echo reference as track "reference" (fern.bench.aec)
+        self._far_track = Track(sample_rate)
         self._mic_len = 0  # 16 kHz samples captured
         self.input_overflows = 0
         # output
@@ -600,9 +603,12 @@ class LiveAudio:
                 t_start = t_end - self.block_ms / 1000
                 if t_first is None:
                     t_first = t_start
-                if self.echo_mode != "none":
+                if self.echo_mode != "none" or self.keep_reference:
                     far = self._far_reference(t_start, block.size, far_state)
-                    block = self.aec.process(block, far)
+                    if self.keep_reference:
+                        self._far_track.mix(far, self.sample_rate, j0 / self.sample_rate)
+                    if self.echo_mode != "none":
+                        block = self.aec.process(block, far)
                 if self.half_duplex and self.agent_audible(t_start, t_end, self.half_duplex_tail_s):
                     block = np.zeros_like(block)
                 self._mic_out.mix(block, self.sample_rate, j0 / self.sample_rate)
@@ -622,8 +628,8 @@ class LiveAudio:
         speaker as played: cut where playback was stopped)."""
         rate = sample_rate or self.output_rate
         out = Track(rate)
-        if name in ("user", "user_processed"):
-            src = self._mic_raw if name == "user" else self._mic_out
+        if name in ("user", "user_processed", "reference"):
+            src = {"user": self._mic_raw, "user_processed": self._mic_out, "reference": self._far_track}[name]
             audio = src.audio(self.sample_rate)
             if audio.size:
                 out.mix(audio, self.sample_rate, self._mic_offset())
@@ -633,7 +639,7 @@ class LiveAudio:
                 if n:
                     out.mix(c.samples[:n], c.sample_rate, self._heard_time(c.start))
         else:
-            raise KeyError(f"no track {name!r}: user, user_processed, agent")
+            raise KeyError(f"no track {name!r}: user, user_processed, reference, agent")
         return out.audio(rate)
 
     def timeline(self, sample_rate: int | None = None) -> np.ndarray:
@@ -766,6 +772,7 @@ class LiveSettings:
     sample_rate: int = 16000
     output_rate: int = 24000
     block_ms: int = "${..block_ms}"  # type: ignore[assignment]
+    device_block_ms: float = "${..device_block_ms}"  # type: ignore[assignment]
     input_latency_ms: Optional[float] = "${..input_latency_ms}"  # type: ignore[assignment]
     output_latency_ms: Optional[float] = "${..output_latency_ms}"  # type: ignore[assignment]
     echo: str = "${..echo}"
@@ -791,7 +798,8 @@ class LiveIOConfig:
     input_device: Optional[str] = None  # null: system default; an index; or a case-insensitive part of the name
     output_device: Optional[str] = None
     device_rate: Optional[int] = None  # null: each device's default rate (audio is resampled to/from the stages)
-    block_ms: int = 20
+    block_ms: int = 20  # blocks the pipeline gets (at 16 kHz)
+    device_block_ms: float = 10.0  # the audio callbacks' period (PortAudio's low latency is about two of them)
     input_latency_ms: Optional[float] = None  # null: PortAudio's low-latency default for the device
     output_latency_ms: Optional[float] = None
     echo: str = "aec"  # aec (WebRTC AEC3) | speex | none
