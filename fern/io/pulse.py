@@ -125,9 +125,10 @@ class PrivatePulse:
 
     # -- the outside world's ears and mouth -----------------------------------------------------------------------
     def play(self, audio: np.ndarray, rate: int, sink: str = "userA", wait: bool = True,
-             latency_ms: int = 20) -> "Player":
+             latency_ms: int = 100) -> "Player":
         """Play mono float32 audio into ``sink`` with pacat. ``Player.t_start`` is the perf_counter time the first
-        sample was handed to the server (the server adds ``latency_ms`` at most)."""
+        sample was handed to the server (the server adds ``latency_ms`` at most). When the sound is heard is
+        measured by recording the sink's monitor, so the buffer is generous: no gaps on a loaded machine."""
         player = Player(self, resample(np.asarray(audio, np.float32), rate, self.rate), sink, latency_ms)
         if wait:
             player.wait()

@@ -44,7 +44,7 @@ def test_source_captures_speech_played_into_userA(pulse, live_audio, human_speec
     assert abs(ratio_db) < 1.0, ratio_db
     # content: the captured waveform is the speech (cross-correlation peak)
     start = onsets(mic, 16000, 0.05)[0]
-    ref = speech[onsets(speech, 16000, 0.05)[0]:][:16000]
+    ref = speech[onsets(speech, 16000, 0.05)[0]:][:4000]  # 250 ms
     seg = mic[start - 100:start - 100 + ref.size + 200]
     corr = np.correlate(seg, ref, "valid") / (np.linalg.norm(ref) * np.linalg.norm(seg) + 1e-9)
     assert corr.max() > 0.9
