@@ -20,6 +20,14 @@ from fern.errors import FernError
 log = logging.getLogger("fern")
 
 
+class _Interrupted(Exception):
+    """Ctrl-C ended the session; the turns it had are already written and logged."""
+
+    def __init__(self, records: list) -> None:
+        super().__init__("interrupted")
+        self.records = records
+
+
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
     """Instantiate a stage, surfacing our own errors as they are instead of Hydra's wrapper."""
     from hydra.errors import InstantiationException
@@ -52,6 +60,11 @@ def run_session(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig) -> float:
     from fern.metrics import format_table, summarise
 
+    if cfg.io.get("list_devices"):  # io=live io.list_devices=true: the device table, nothing else
+        from fern.io.live import format_devices
+
+        print(format_devices())
+        return float("nan")
     out_dir = output_dir_for(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -73,9 +86,11 @@ def _run(cfg: DictConfig) -> float:
     try:
         records = _converse(cfg, out_dir, t_start, tracker, **cheap)
         status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
+    except _Interrupted as stop:
+        # Ctrl-C ends a live session: the observers have written and logged the turns so far (pipeline.run's
+        # finally), so this is a normal end, not an error
+        status, records = "KILLED", stop.records
+        print("fern: interrupted; the turns so far are written", file=sys.stderr)
     finally:
         if tracker:
             tracker.close(status)
@@ -116,7 +131,10 @@ def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, **st
     if tracker:
         observers.append(MlflowObserver(tracker, recorder, writer))
     pipeline.bus.observers.extend(observers)
-    pipeline.run_sync()
+    try:
+        pipeline.run_sync()
+    except KeyboardInterrupt:
+        raise _Interrupted(pipeline.records) from None
     return pipeline.records
 
 

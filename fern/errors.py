@@ -34,3 +34,11 @@ class LlmStreamError(ServiceError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class AudioDeviceError(FernError):
+    """A microphone or speaker cannot be used: none there, no such device, busy, or a setting it does not support."""
+
+
+class EchoCancellerError(FernError):
+    """The chosen echo canceller is not installed on this machine."""

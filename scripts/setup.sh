@@ -8,6 +8,13 @@ need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 # real human speech (one speaker, 8 kHz, with transcripts) for ASR tests; CC-BY-SA-3.0, Digium/Allison Smith
 [ -f /usr/share/asterisk/sounds/en/tt-weasels.wav ] || need_apt+=(asterisk-core-sounds-en-wav asterisk-core-sounds-en)
+# live audio (io=live): PortAudio and its ALSA->PulseAudio plugin; PulseAudio + tools for the real-audio-server tests
+# (tests/live start a private server with null sinks); libspeexdsp for io.echo=speex
+[ -f /usr/share/doc/libportaudio2/copyright ] || need_apt+=(libportaudio2)
+[ -f /usr/share/doc/libasound2-plugins/copyright ] || need_apt+=(libasound2-plugins)
+command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
+command -v pacat >/dev/null || need_apt+=(pulseaudio-utils)
+[ -f /usr/share/doc/libspeexdsp1/copyright ] || need_apt+=(libspeexdsp1)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
