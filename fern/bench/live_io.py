@@ -101,7 +101,8 @@ def main() -> None:
               f"out {info['output_latency_ms']:.0f} ms)")
     f, live = statistics.median(files), statistics.median(lives)
     print(f"mouth-to-ear (end of speech -> first agent sample), hangover {args.hangover_ms} ms, median of {args.runs}: "
-          f"io=file {1000 * f:.1f} ms, io=live {1000 * live:.1f} ms, added by real audio I/O {1000 * (live - f):.1f} ms")
+          f"io=file {1000 * f:.1f} ms, io=live {1000 * live:.1f} ms, "
+          f"added by real audio I/O {1000 * (live - f):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,14 @@ All of them take float32 mono blocks at one sample rate, any length, and return 
 
 from __future__ import annotations
 
-from fern.echo.cancellers import (EchoCanceller, NoEchoCanceller, SpeexEchoCanceller, WebRtcEchoCanceller,
-                                  erle_db, make_echo_canceller)
+from fern.echo.cancellers import (
+                                  EchoCanceller,
+                                  NoEchoCanceller,
+                                  SpeexEchoCanceller,
+                                  WebRtcEchoCanceller,
+                                  erle_db,
+                                  make_echo_canceller,
+)
 from fern.echo.guard import is_self_speech, self_speech_score
 
 __all__ = ["EchoCanceller", "NoEchoCanceller", "SpeexEchoCanceller", "WebRtcEchoCanceller", "erle_db",

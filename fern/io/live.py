@@ -236,7 +236,8 @@ class LiveAudio:
 
     def __init__(self, *, input_device: int | str | None = None, output_device: int | str | None = None,
                  device_rate: int | None = None, sample_rate: int = 16000, output_rate: int = 24000,
-                 block_ms: int = 20, device_block_ms: float = 10.0, input_latency_ms: float | None = None, output_latency_ms: float | None = None,
+                 block_ms: int = 20, device_block_ms: float = 10.0, input_latency_ms: float | None = None,
+                 output_latency_ms: float | None = None,
                  echo: str = "aec", echo_reference_lead_ms: float = 10.0, half_duplex: bool = False,
                  half_duplex_tail_ms: float = 250.0, max_duration_s: float | None = None, clock: Any = None) -> None:
         if block_ms <= 0 or (sample_rate * block_ms) % 1000:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fern.audio import read_wav
@@ -37,7 +36,7 @@ def test_agent_speech_recognised_back_is_self_speech(agent_transcripts):
 
 
 def test_user_speech_during_playback_is_not_self_speech(tiny_en):
-    for name, said in USER.items():
+    for name in USER:
         transcript = tiny_en.transcribe(read_wav(Path("/usr/share/asterisk/sounds/en") / f"{name}.wav", 16000))
         assert transcript.strip()
         assert not is_self_speech(transcript, AGENT), (transcript, self_speech_score(transcript, AGENT))
