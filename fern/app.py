@@ -121,7 +121,9 @@ def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, **st
     sink = stages["sink"]
     pipeline = VoicePipeline(asr=asr, llm=llm, tts=tts, history=history, preroll_ms=cfg.listener.preroll_ms,
                              postroll_ms=cfg.listener.postroll_ms, max_turn_s=cfg.listener.max_turn_s,
-                             workers=cfg.listener.workers, **stages)
+                             workers=cfg.listener.workers, barge_in=cfg.barge_in.enabled,
+                             barge_in_min_speech_ms=cfg.barge_in.min_speech_ms,
+                             self_speech_guard=cfg.barge_in.self_speech_guard, **stages)
     recorder = pipeline.recorder
     writer = OutputWriter(out_dir, recorder, sink, config=redacted_config(cfg))
     observers: list = [ConsoleObserver()]

@@ -135,9 +135,19 @@ class StageStats:
 class ReplyEnded:
     t: float
     turn_id: int
-    agent_text: str  # what the user heard
+    agent_text: str  # what the user heard (an interrupted reply: cut at the word)
     llm_text: str  # everything the LLM wrote (longer than agent_text when the reply was cut)
     error: str | None = None  # "interrupted", "no speech recognised", or the failure
+    t_silent: float | None = None  # an interrupted reply: when the speaker actually fell silent
+
+
+@dataclass(frozen=True)
+class BargeIn:
+    """The user talked over the agent long enough to interrupt it."""
+
+    t: float
+    turn_id: int  # the reply that is cut
+    t_speech_start: float  # when the user started talking
 
 
 @dataclass
@@ -155,4 +165,4 @@ class CancelToken:
 
 
 Event = (SpeechStarted | SpeechResumed | TurnLikelyOver | UserTurn | Transcript | LlmToken | LlmDone | Clause
-         | AgentAudio | ClauseSpoken | StageStats | ReplyEnded)
+         | AgentAudio | ClauseSpoken | StageStats | ReplyEnded | BargeIn)

@@ -96,6 +96,10 @@ class Listener:
         frames = [f for te, f in self._recent if lo < te <= hi + 1e-9]
         return np.concatenate(frames) if frames else np.zeros(0, np.float32)
 
+    def audio_since(self, t: float) -> np.ndarray:
+        """The microphone's audio from session time ``t`` (minus the pre-roll) until now."""
+        return self._audio(t - self.preroll_s, self.clock.now())
+
     def _candidate(self, t: float, transcript: asyncio.Future | None) -> UserTurn:
         """The turn as it stands: what UserTurn (or a speculative reply) carries."""
         seg = self.segmenter

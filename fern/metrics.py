@@ -44,6 +44,8 @@ class TurnRecord:
     reused_tokens: int | None = None
     llm_text: str = ""  # everything the LLM wrote; differs from agent_text when a reply was interrupted
     t_last_agent_sample: float | None = None  # when the speaker finishes this reply
+    t_barge_in_speech: float | None = None  # the user started talking over this reply (and it was cut)
+    t_silent: float | None = None  # an interrupted reply: when the speaker fell silent
     clauses: list[str] = field(default_factory=list)
     clause_heard_at: list[float] = field(default_factory=list)  # when each clause starts on the speaker
     stage_stats: dict[str, float] = field(default_factory=dict)  # e.g. tts.first_chunk_s, from the stages
@@ -127,6 +129,10 @@ METRICS: tuple[Metric, ...] = (
                            and r.t_tts_first_audio < r.t_llm_done)),
     Metric("llm_fallback", "bool", "1 when the reply came from a fallback LLM or the apology",
            lambda r: float(r.fallback)),
+    Metric("barge_in_ms", "ms", "user starts talking over the agent -> the agent is silent",
+           lambda r: _ms(r.t_barge_in_speech, r.t_silent)),
+    Metric("words_heard", "words", "an interrupted reply: words the user heard (what history keeps)",
+           lambda r: len(r.agent_text.split()) if r.error == "interrupted" else NAN),
     Metric("round_trip_wer", "ratio", "the agent's audio transcribed back vs. its text (after the session)",
            lambda r: r.quality.get("round_trip_wer"), summary=True),
 )

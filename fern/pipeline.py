@@ -4,6 +4,10 @@ Why asyncio + worker threads: the models are blocking calls that release the GIL
 pipe), so they run in threads, while one event loop owns ordering, timestamps and cancellation. The listener keeps
 listening while a reply is produced and played; replies are answered one at a time, in order.
 
+Barge-in: user speech that starts while the agent is heard and lasts ``barge_in_min_speech_ms`` stops the speaker at
+once and cancels the reply; history keeps the words that were heard (fern.responder). With ``self_speech_guard`` the
+overlap is recognised first and ignored when it is the agent's own words (echo the canceller missed).
+
 Speculation: when the turn detector finds a pause likely final (TurnLikelyOver) and no reply is running, a reply is
 started unreleased — recognition, LLM and TTS run, nothing is heard or recorded. The confirmed UserTurn releases it
 (kept); speech that resumes drops it. Either way the listener's recognition of the pause is reused, not repeated.
@@ -19,7 +23,17 @@ from contextlib import aclosing
 
 from fern.bus import EventBus
 from fern.clock import SessionClock
-from fern.events import CancelToken, Event, SpeechResumed, TurnLikelyOver, UserTurn
+from fern.events import (
+    AgentAudio,
+    BargeIn,
+    CancelToken,
+    Clause,
+    Event,
+    SpeechResumed,
+    SpeechStarted,
+    TurnLikelyOver,
+    UserTurn,
+)
 from fern.listener import Listener
 from fern.metrics import TurnRecord
 from fern.observers.record import TurnRecorder
@@ -30,6 +44,7 @@ from fern.protocols import (
     LanguageModel,
     Observer,
     RecordingSink,
+    SharesSessionClock,
     SpeechRecognizer,
     SpeechSynthesizer,
     TurnDetector,
@@ -45,9 +60,15 @@ class VoicePipeline:
     def __init__(self, *, source: AudioSource, sink: RecordingSink, vad: VoiceActivityDetector, turn: TurnDetector,
                  asr: SpeechRecognizer, llm: LanguageModel, chunker: Chunker, tts: SpeechSynthesizer,
                  history: ChatHistory, clock: SessionClock | None = None, observers: Iterable[Observer] = (),
-                 preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0, workers: int = 4) -> None:
+                 preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0, workers: int = 4,
+                 barge_in: bool = True, barge_in_min_speech_ms: int = 200, self_speech_guard: bool = False) -> None:
         self.source, self.sink, self.history = source, sink, history
         self.clock = clock or SessionClock()
+        for device in (source, sink):
+            if isinstance(device, SharesSessionClock):  # a real microphone/speaker reports times on our clock
+                device.use_clock(self.clock)
+        self.barge_in, self.self_speech_guard = barge_in, self_speech_guard
+        self.barge_in_min_speech_s = barge_in_min_speech_ms / 1000
         # one thread per concurrent blocking activity: capture, turn decisions, asr/llm, tts
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fern-stage")
         self.recorder = TurnRecorder()
@@ -61,6 +82,9 @@ class VoicePipeline:
         self._reply: Reply | None = None
         self._speculative: Reply | None = None
         self.speculation = {"kept": 0, "dropped": 0}
+        self._audible_until = 0.0  # when the speaker finishes what it has been given
+        self._playing_clauses: list[str] = []  # of the reply being heard (the self-speech guard compares with them)
+        self._barge_check: asyncio.Task | None = None
 
     @property
     def records(self) -> list[TurnRecord]:
@@ -80,6 +104,13 @@ class VoicePipeline:
 
     # ---- speculation (the pipeline observes the listener's events) ----------------------------------------------
     def on_event(self, event: Event) -> None:
+        if isinstance(event, AgentAudio):
+            self._audible_until = max(self._audible_until, event.heard_at + event.samples.size / event.sample_rate)
+        elif isinstance(event, Clause):
+            self._playing_clauses = [*self._playing_clauses[-1:], event.text]
+        elif isinstance(event, SpeechStarted) and self.barge_in and self._agent_heard(event.t):
+            if self._barge_check is None or self._barge_check.done():
+                self._barge_check = asyncio.ensure_future(self._barge_in_if_it_lasts(event))
         if isinstance(event, TurnLikelyOver) and self._reply is None and self._speculative is None:
             self._speculative = self.responder.start(event.turn, release=False)
         elif isinstance(event, SpeechResumed) and self._speculative is not None:
@@ -90,6 +121,43 @@ class VoicePipeline:
     def close(self) -> None:
         if self._speculative is not None:  # the session ended during a pause
             self._speculative.cancel()
+        if self._barge_check is not None:
+            self._barge_check.cancel()
+
+    # ---- barge-in ------------------------------------------------------------------------------------------------
+    def _agent_heard(self, t: float) -> bool:
+        """The agent is talking (or about to: a released reply is running)."""
+        running = self._reply is not None and not self._reply.done and self._reply.may_play.is_set()
+        return running or t < self._audible_until
+
+    async def _barge_in_if_it_lasts(self, started: SpeechStarted) -> None:
+        segmenter = self.listener.segmenter
+        wait = started.t_speech_start + self.barge_in_min_speech_s - self.clock.now()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        # still talking, for long enough: not a cough or a backchannel
+        if not (segmenter.in_turn and not segmenter.paused
+                and segmenter.speech_s + 1e-9 >= self.barge_in_min_speech_s):
+            return
+        reply = self._reply
+        if reply is None or not self._agent_heard(self.clock.now()):
+            return
+        if self.self_speech_guard and await self._is_own_voice(started):
+            return
+        turn_id = reply.turn.turn_id
+        if reply.cancel():
+            log.info("barge-in: the user talked over reply %d", turn_id)
+            self._audible_until = reply.t_silent if reply.t_silent is not None else self.clock.now()
+            self.bus.emit(BargeIn(t=self.clock.now(), turn_id=turn_id, t_speech_start=started.t_speech_start))
+
+    async def _is_own_voice(self, started: SpeechStarted) -> bool:
+        from fern.echo import is_self_speech
+
+        text = await self._transcribe(self.listener.audio_since(started.t_speech_start))
+        own = is_self_speech(text, self._playing_clauses)
+        if own:
+            log.info("barge-in ignored: %r is the agent's own voice", text)
+        return own
 
     async def _respond(self, turns: asyncio.Queue) -> None:
         while (turn := await turns.get()) is not None:

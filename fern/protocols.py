@@ -16,7 +16,8 @@ from fern.events import CancelToken, Event, StreamInfo
 from fern.turn.base import TurnDetector
 
 __all__ = ["AudioSink", "AudioSource", "ChatHistory", "Chunker", "LanguageModel", "Observer", "RecordingSink",
-           "SpeechRecognizer", "SpeechSynthesizer", "TurnDetector", "VoiceActivityDetector"]
+           "SharesSessionClock", "SpeechRecognizer", "SpeechSynthesizer", "TimedAudioSource", "TurnDetector",
+           "VoiceActivityDetector"]
 
 
 @runtime_checkable
@@ -39,8 +40,9 @@ class AudioSink(Protocol):
 
     def play(self, samples: np.ndarray, sample_rate: int, t: float) -> float: ...
 
-    def stop(self, t: float) -> None:
-        """Drop agent audio that would be heard after session time ``t`` (an interrupted reply)."""
+    def stop(self, t: float) -> float:
+        """Drop agent audio not yet heard at session time ``t`` (an interrupted reply); returns the session time
+        playback actually fell silent (a real device drains what it already holds)."""
         ...
 
     def close(self) -> None: ...
@@ -57,6 +59,20 @@ class RecordingSink(AudioSink, Protocol):
         ...
 
     def timeline(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TimedAudioSource(AudioSource, Protocol):
+    """A source that knows when each block was captured (a real microphone), better than its arrival time."""
+
+    def timed_blocks(self) -> Generator[tuple[float, np.ndarray], None, None]: ...
+
+
+@runtime_checkable
+class SharesSessionClock(Protocol):
+    """A device that reports times (heard-at, captured-at) and must report them on the pipeline's session clock."""
+
+    def use_clock(self, clock: object) -> None: ...
 
 
 @runtime_checkable

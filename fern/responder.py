@@ -42,7 +42,10 @@ NO_SPEECH = "no speech recognised"
 class Reply:
     turn: UserTurn
     emit_now: Callable[[Event], None]
+    stop_playback: Callable[[], float]  # silences the speaker now; returns when it fell silent
     task: asyncio.Task | None = None
+    t_silent: float | None = None  # set by cancel() on a reply that was being heard
+    token: CancelToken = field(default_factory=CancelToken)  # the LLM and TTS threads stop at their next step
     may_play: asyncio.Event = field(default_factory=asyncio.Event)  # set: audio may reach the speaker
     held: list[Event] = field(default_factory=list)  # what the reply did before it was released
 
@@ -65,6 +68,10 @@ class Reply:
         ended or is being cancelled."""
         if self.task is None or self.task.done() or self.task.cancelling():
             return False
+        self.token.cancel()  # no chunk is played after this (the speaking task checks it before each play)
+        if self.may_play.is_set():
+            # silence first, in this very step: the task's own clean-up runs a loop iteration later
+            self.t_silent = self.stop_playback()
         self.task.cancel()
         return True
 
@@ -81,6 +88,23 @@ class _Progress:
     pieces: list[str] = field(default_factory=list)
     clauses: list[str] = field(default_factory=list)
     heard_at: list[float] = field(default_factory=list)  # when each clause started on the speaker
+    audio_s: list[float] = field(default_factory=list)  # seconds of audio each clause has been given to the speaker
+
+    def heard_text(self, t_silent: float) -> str:
+        """What the user heard when the speaker fell silent at ``t_silent``: whole clauses, then the words of the
+        clause being played in proportion to the share of its audio that was played (the TTS gives no word
+        timings; proportional is exact to about a word for evenly paced speech)."""
+        words: list[str] = []
+        for text, start, duration in zip(self.clauses, self.heard_at, self.audio_s):
+            if t_silent <= start:
+                break
+            clause_words = text.split()
+            if duration <= 0 or t_silent >= start + duration:
+                words += clause_words
+                continue
+            words += clause_words[:int(len(clause_words) * (t_silent - start) / duration)]
+            break
+        return " ".join(words)
 
 
 class Responder:
@@ -91,7 +115,7 @@ class Responder:
         self.sink, self.history, self.clock, self.emit, self.executor = sink, history, clock, emit, executor
 
     def start(self, turn: UserTurn, release: bool = True) -> Reply:
-        reply = Reply(turn, self.emit)
+        reply = Reply(turn, self.emit, lambda: self.sink.stop(self.clock.now()))
         if release:
             reply.release()
         reply.task = asyncio.create_task(self._answer(reply), name=f"reply-{turn.turn_id}")
@@ -114,7 +138,7 @@ class Responder:
 
     async def _answer(self, reply: Reply) -> None:
         turn_id = reply.turn.turn_id
-        cancel = CancelToken()
+        cancel = reply.token
         progress = _Progress()
         speaking: asyncio.Task | None = None
         try:
@@ -154,16 +178,20 @@ class Responder:
                 speaking.cancel()
                 await asyncio.gather(speaking, return_exceptions=True)
             self.chunker.flush()  # leftovers of this reply must not start the next one
-            if interrupted:
-                self.sink.stop(t_stop)  # what the user has not heard yet is not said
-            heard = " ".join(text for text, t in zip(progress.clauses, progress.heard_at) if t < t_stop)
+            t_silent = None
+            if interrupted and reply.may_play.is_set():  # what the user has not heard is not said
+                t_silent = reply.t_silent if reply.t_silent is not None else self.sink.stop(t_stop)
+            # a failed reply is not stopped: what had reached the speaker plays out (whole clauses)
+            heard = progress.heard_text(t_silent) if t_silent is not None else " ".join(
+                text for text, t in zip(progress.clauses, progress.heard_at) if t < t_stop)
             if progress.user_text and reply.may_play.is_set():
                 # the conversation keeps what the user heard, not what the LLM had already written
                 self.history.add_user(progress.user_text)
                 self.history.add_assistant(heard)
             reply.emit(ReplyEnded(t=t_stop, turn_id=turn_id, agent_text=heard,
-                                 llm_text="".join(progress.pieces).strip(),
-                                 error="interrupted" if interrupted else f"{type(exc).__name__}: {exc}"))
+                                  llm_text="".join(progress.pieces).strip(),
+                                  error="interrupted" if interrupted else f"{type(exc).__name__}: {exc}",
+                                  t_silent=t_silent))
             raise
         text = "".join(progress.pieces).strip()
         self.history.add_user(progress.user_text)
@@ -183,13 +211,19 @@ class Responder:
             chunks = ThreadStream(lambda: self.tts.stream(clause.text, cancel), cancel, self.executor, self.clock)
             async with aclosing(chunks.items()) as audio:
                 async for t, chunk in audio:
+                    if cancel.cancelled:
+                        break
                     t_ready = t
                     if not reply.may_play.is_set():  # a speculative reply computes, but is not heard until confirmed
                         await reply.may_play.wait()
+                        if cancel.cancelled:
+                            break
                         t_ready = self.clock.now()
                     heard_at = self.sink.play(chunk, self.tts.sample_rate, t_ready)
                     if len(progress.heard_at) <= clause.index:
                         progress.heard_at.append(heard_at)
+                        progress.audio_s.append(0.0)
+                    progress.audio_s[clause.index] += chunk.size / self.tts.sample_rate
                     reply.emit(AgentAudio(t=t, turn_id=turn_id, clause_index=clause.index, samples=chunk,
                                          sample_rate=self.tts.sample_rate, heard_at=heard_at))
             if isinstance(chunks.result, dict) and chunks.result:
@@ -197,3 +231,8 @@ class Responder:
                                      values={k: float(v) for k, v in chunks.result.items()}))
             reply.emit(ClauseSpoken(t=self.clock.now(), turn_id=turn_id, index=clause.index,
                                    compute_s=self.clock.now() - t_begin))
+        # A reply lasts until it has been heard: until then it can be cut (barge-in), and only then is it known
+        # that the user heard all of it.
+        heard_until = max((start + s for start, s in zip(progress.heard_at, progress.audio_s)), default=0.0)
+        if heard_until > self.clock.now():
+            await asyncio.sleep(heard_until - self.clock.now())

@@ -11,7 +11,17 @@ import pytest
 
 from fern.chunker.clause import ClauseChunker
 from fern.clock import SessionClock
-from fern.events import AgentAudio, Clause, LlmDone, LlmToken, ReplyEnded, SpeechStarted, Transcript, UserTurn
+from fern.events import (
+    AgentAudio,
+    BargeIn,
+    Clause,
+    LlmDone,
+    LlmToken,
+    ReplyEnded,
+    SpeechStarted,
+    Transcript,
+    UserTurn,
+)
 from fern.io.file import TimelineSink
 from fern.llm.history import ChatHistory
 from fern.observers.record import TurnCompleted
@@ -41,7 +51,8 @@ def make(parts, *, asr=None, llm=None, tts=None, turn=None, observers=()):
         source=ArraySource(tone_conversation(parts)), sink=sink, vad=EnergyVad(),
         turn=turn or ScriptedTurnDetector(checkpoints_s=(0.2,)), asr=asr or ScriptedASR(["Hello there."]),
         llm=llm or ScriptedLLM(["Hi, how can I help you today?"]), chunker=ClauseChunker(first_min_words=2),
-        tts=tts or ScriptedTTS(), history=ChatHistory("You are FERN.", 1024), observers=[log, *observers])
+        tts=tts or ScriptedTTS(seconds_per_word=0.1), history=ChatHistory("You are FERN.", 1024),
+        observers=[log, *observers])
     return pipeline, log, sink
 
 
@@ -58,7 +69,7 @@ def test_a_turn_flows_through_every_stage_in_order_and_is_recorded():
     assert record.error is None and record.agent_text == "Hi, how can I help you today?"
     assert 190 <= m["endpoint_delay_ms"] <= 300  # the detector's one checkpoint (+ block stamping jitter under load)
     assert 0.55 <= record.user_audio_s <= 0.6 + 0.3 + 0.2 + 0.06  # speech + pre-roll + the post-roll there was
-    assert record.agent_audio_s == pytest.approx(7 * 0.25, abs=0.01)  # 7 words at 0.25 s
+    assert record.agent_audio_s == pytest.approx(7 * 0.1, abs=0.01)  # 7 words at 0.1 s
     # voice-to-voice is made of its parts; what is left is the orchestration's own cost
     assert not math.isnan(m["overhead_ms"]) and m["overhead_ms"] >= 0
     assert m["voice_to_voice_ms"] >= m["endpoint_delay_ms"] + m["asr_ms"] + m["first_clause_ms"]
@@ -78,34 +89,45 @@ def test_tts_speaks_the_first_clause_while_the_llm_is_still_writing():
     assert len(record.clauses) >= 3 and record.agent_text == STORY
 
 
-def test_interrupt_stops_the_reply_at_what_was_heard_and_the_session_goes_on():
-    class InterruptOnFirstAudio:
+def test_interrupt_stops_the_reply_at_the_word_that_was_heard_and_the_session_goes_on():
+    class InterruptAfterPlaying:
+        """Talks over the agent 0.6 s after its first sample is heard (0.25 s a word: two words heard)."""
+
         def __init__(self):
-            self.done = False
+            self.armed, self.done, self.t = True, False, None
 
         def on_event(self, event):
-            if isinstance(event, AgentAudio) and event.turn_id == 0 and not self.done:
-                self.done = pipeline.interrupt()
-                assert not pipeline.interrupt()  # a second interrupt while the first is handled is refused
+            if isinstance(event, AgentAudio) and event.turn_id == 0 and self.armed:
+                self.armed = False
+                asyncio.get_running_loop().call_at(
+                    asyncio.get_running_loop().time() + (event.heard_at - pipeline.clock.now()) + 0.6, self.fire)
+
+        def fire(self):
+            self.t = pipeline.clock.now()
+            self.done = pipeline.interrupt()
+            assert not pipeline.interrupt()  # a second interrupt while the first is handled is refused
 
         def close(self):
             pass
 
     llm = ScriptedLLM([STORY, "Paris."], token_s=0.05)
-    stopper = InterruptOnFirstAudio()
-    pipeline, log, sink = make([("speech", 0.5), ("silence", 1.0), ("speech", 0.5), ("silence", 0.5)],
+    stopper = InterruptAfterPlaying()
+    pipeline, log, sink = make([("speech", 0.5), ("silence", 2.0), ("speech", 0.5), ("silence", 0.5)],
                                asr=ScriptedASR(["Tell me a story.", "Capital of France?"]), llm=llm,
-                               observers=[stopper])
+                               tts=ScriptedTTS(seconds_per_word=0.25), observers=[stopper])
     first, second = pipeline.run_sync()
     assert stopper.done and first.error == "interrupted"
     assert llm.streamed[0] < len(STORY.split())  # the LLM stopped early
-    assert first.agent_text == first.clauses[0] and len(first.llm_text) > len(first.agent_text)
-    # nothing after the interruption stays on the speaker: the first clause's audio is cut to what was played
-    agent = sink.track("agent")
-    cut = log.of(ReplyEnded, 0)[0].t
-    assert not np.any(agent[int((cut + 0.03) * RATE):int(second.t_first_agent_sample * RATE) - 1])
+    ended = log.of(ReplyEnded, 0)[0]
+    assert ended.t_silent == pytest.approx(stopper.t, abs=0.01)
+    # history holds the words heard before the cut: 0.6 s at 0.25 s a word, give or take the stop's own delay
+    heard = first.agent_text.split()
+    assert 2 <= len(heard) <= 3 and first.clauses[0].startswith(first.agent_text), first.agent_text
+    assert len(first.llm_text) > len(first.agent_text)
+    agent = sink.track("agent")  # nothing after the cut stays on the speaker
+    assert not np.any(agent[int((ended.t_silent + 0.001) * RATE):int(second.t_first_agent_sample * RATE) - 1])
     assert pipeline.history.messages()[1:3] == [{"role": "user", "content": "Tell me a story."},
-                                               {"role": "assistant", "content": first.clauses[0]}]
+                                               {"role": "assistant", "content": first.agent_text}]
     assert second.error is None and second.agent_text == "Paris."
 
 
@@ -240,3 +262,41 @@ def test_speech_that_resumes_drops_the_speculative_reply_and_the_turn_is_answere
     heard = sink.track("agent")  # ...never reached the speaker: one reply's worth of audio, after the turn
     assert not np.any(heard[:int(record.t_end * RATE)])
     assert np.count_nonzero(heard) / RATE == pytest.approx(record.agent_audio_s, abs=0.05)
+
+
+def test_talking_over_the_agent_stops_it_within_the_threshold_and_keeps_the_heard_words():
+    # turn 0 asks for a story; 1.0 s into the (long) reply the user talks for 0.8 s: a barge-in, then turn 1
+    pipeline, log, sink = make([("speech", 0.5), ("silence", 1.2), ("speech", 0.8), ("silence", 0.6)],
+                               asr=ScriptedASR(["Tell me a story.", "Stop, what time is it?"]),
+                               llm=ScriptedLLM([STORY, "Noon."]), tts=ScriptedTTS(seconds_per_word=0.25),
+                               turn=ScriptedTurnDetector(checkpoints_s=(0.2,), min_speech_ms=200))
+    first, second = pipeline.run_sync()
+    barge, = log.of(BargeIn)
+    assert barge.turn_id == 0 and first.error == "interrupted"
+    m = first.metrics()
+    # silent within min_speech_ms (200) + two 20 ms blocks of the user starting to talk (+ speech-start debounce)
+    assert 200 <= m["barge_in_ms"] <= 200 + 40 + 40 + 20, m["barge_in_ms"]
+    heard_s = first.t_silent - first.t_first_agent_sample
+    assert m["words_heard"] == pytest.approx(heard_s / 0.25, abs=1.0)  # 0.25 s a word, cut at the word
+    assert STORY.startswith(first.agent_text) and pipeline.history.messages()[2]["content"] == first.agent_text
+    agent = sink.track("agent")
+    assert not np.any(agent[int((first.t_silent + 0.001) * RATE):int(second.t_first_agent_sample * RATE) - 1])
+    assert second.user_text == "Stop, what time is it?" and second.agent_text == "Noon."
+
+
+def test_a_short_backchannel_does_not_interrupt():
+    pipeline, log, _ = make([("speech", 0.5), ("silence", 0.8), ("speech", 0.12), ("silence", 1.5)],
+                            asr=ScriptedASR(["Tell me a story."]), llm=ScriptedLLM([STORY]),
+                            turn=ScriptedTurnDetector(checkpoints_s=(0.2,), min_speech_ms=200))
+    record, = pipeline.run_sync()
+    assert not log.of(BargeIn) and record.error is None and record.agent_text == STORY
+    assert log.of(SpeechStarted)[1:]  # the "mm-hm" was heard as speech, just too short to interrupt
+
+
+def test_barge_in_can_be_switched_off():
+    pipeline, log, _ = make([("speech", 0.5), ("silence", 1.2), ("speech", 0.8), ("silence", 0.6)],
+                            asr=ScriptedASR(["Tell me a story.", "Hello?"]), llm=ScriptedLLM([STORY, "Hi."]),
+                            turn=ScriptedTurnDetector(checkpoints_s=(0.2,), min_speech_ms=200))
+    pipeline.barge_in = False
+    first, second = pipeline.run_sync()
+    assert not log.of(BargeIn) and first.error is None and first.agent_text == STORY

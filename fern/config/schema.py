@@ -53,6 +53,15 @@ class ListenerConfig:
 
 
 @dataclass
+class BargeInConfig:
+    enabled: bool = True  # the user talking over the agent stops it (the reply is cut at the word they heard)
+    min_speech_ms: int = 200  # shorter speech (a cough, "mm-hm") does not interrupt
+    # before interrupting, recognise the speech and ignore it when it is the agent's own words coming back (echo that
+    # the canceller missed); costs one ASR call of the overlap, so the stop comes that much later
+    self_speech_guard: bool = False
+
+
+@dataclass
 class RunConfig:
     io: Any = MISSING
     vad: Any = MISSING
@@ -65,6 +74,7 @@ class RunConfig:
     tracking: TrackingConfig = MISSING
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     warmup: bool = True  # run each model once before the session so the first turn's latency is not start-up time

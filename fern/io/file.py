@@ -106,10 +106,12 @@ class TimelineSink:
             self._agent_free_at = t_start + samples.size / sample_rate
             return t_start
 
-    def stop(self, t: float) -> None:
+    def stop(self, t: float) -> float:
         with self._lock:
+            silent = min(t, self._agent_free_at)  # playback may have ended before t
             self._tracks["agent"].truncate(t)
-            self._agent_free_at = min(self._agent_free_at, t)
+            self._agent_free_at = silent
+        return silent
 
     def track(self, name: str) -> np.ndarray:
         """One side alone ("user" or "agent") at the sink's rate, on the same time axis as the timeline."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fern.events import (
     AgentAudio,
+    BargeIn,
     Clause,
     ClauseSpoken,
     Event,
@@ -69,8 +70,11 @@ class TurnRecorder:
             rec.t_tts_done = event.t
         elif isinstance(event, StageStats):
             rec.stage_stats.update({f"{event.stage}.{k}": v for k, v in event.values.items()})
+        elif isinstance(event, BargeIn):
+            rec.t_barge_in_speech = event.t_speech_start
         elif isinstance(event, ReplyEnded):
             rec.agent_text, rec.llm_text, rec.error = event.agent_text, event.llm_text, event.error
+            rec.t_silent = event.t_silent
             del self._open[event.turn_id]
             self.records.append(rec)
             if self.emit is not None:
