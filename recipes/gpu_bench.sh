@@ -6,11 +6,14 @@
 #      same run: ms/frame, first audio, RTF, x stock, kernels/frame, bandwidth share, start-up, peak VRAM
 #   3. GPU correctness tests (tests/tts/test_csm_gpu.py: graphs, compile, the fused path at CSM-1B shapes)
 #   4. teacher-forced token agreement of bf16 / int8 / fp8 fused with the bf16 torch path (random weights)
-#   5. voice-to-voice replay through run.py: only where faster-whisper imports (it does not on the H200 image; see
-#      the README); otherwise says why it is skipped
+#   5. voice-to-voice replay of the demo conversation through run.py, benchmark-only RANDOM weights throughout:
+#      Whisper large-v3-turbo through transformers (asr=hf_whisper_turbo: no faster-whisper on the H200 image),
+#      a Llama-3.2-1B-size LLM, CSM-1B streaming (tts.random_weights); the per-turn table and the medians
 #   6. a summary table against the issue's goals (last lines of the output)
 # Every step is time-boxed against one deadline (DEADLINE_S, default 570 s), so one failure cannot eat the call.
-# DRY_RUN=1 runs the same steps on this CPU with the tiny config (Triton in its interpreter) to check the logic.
+# STEPS="1 2 3 4 5" (default) picks the steps to run, e.g. STEPS=5 for the voice-to-voice replay alone.
+# DRY_RUN=1 runs the same steps on this CPU with the tiny config (Triton in its interpreter) to check the logic;
+# its step 5 checks that the GPU command composes, then replays with tiny random Whisper/Llama and espeak-ng.
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/fern_out}; mkdir -p "$OUT"
@@ -28,6 +31,8 @@ else
   export PYTHONPATH=/tmp/site:$PWD
 fi
 
+STEPS=" ${STEPS:-1 2 3 4 5} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 elapsed() { echo $(( $(date +%s) - T0 )); }
 # box SECONDS CMD...: run CMD with at most SECONDS, and never past the deadline (20 s kept for the summary)
 box() {
@@ -44,46 +49,89 @@ box() {
 transformers.__version__, 'triton', t.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
 
+if want 1; then
 echo "== 1. current path (torch kernels) at $(elapsed) s"
 box 200 $PY -m fern.bench.tts --size $SIZE --device $DEV $FRAMES $BASE --profile --kernels torch \
   --json "$OUT/bench_torch.json" 2>&1 | grep -v "^{" | tee "$OUT/bench_torch.txt"
+fi
 
+if want 2; then
 echo "== 2. fused Triton depth decoder, + int8 / fp8 at $(elapsed) s"
 box 200 $PY -m fern.bench.tts --size $SIZE --device $DEV $FRAMES $BASE --profile --kernels triton \
   --no-compare-modules --variants "$VARIANTS" --json "$OUT/bench_triton.json" 2>&1 | grep -v "^{" \
   | tee "$OUT/bench_triton.txt"
+fi
 
 echo "== 3. GPU tests at $(elapsed) s"
-if [ "$DEV" = cuda ]; then
+if ! want 3; then
+  echo "not in STEPS"
+elif [ "$DEV" = cuda ]; then
   box 150 $PY -m pytest tests/tts/test_csm_gpu.py -q -p no:cacheprovider -rs 2>&1 | tail -30 | tee "$OUT/gpu_tests.txt"
 else
   echo "DRY_RUN: the GPU tests skip without CUDA; not run"
 fi
 
+if want 4; then
 echo "== 4. token agreement (teacher-forced, random weights) at $(elapsed) s"
 box 90 $PY -m fern.bench.csm_quant --size $SIZE --device $DEV --backend triton --frames $AGREE_FRAMES \
   --json "$OUT/agreement.json" 2>&1 | grep -v "^{" | tee "$OUT/agreement.txt"
+fi
 
 echo "== 5. voice-to-voice replay at $(elapsed) s"
-if [ "$DEV" = cpu ]; then
-  echo "DRY_RUN: voice-to-voice needs the GPU (full-size CSM); not run"
-elif $PY -c "import faster_whisper" 2>/dev/null; then
-  # the LLM: a random-weight Llama-3.2-1B-size model saved where run.py's hf LLM loads a local directory (no hub)
-  box 60 $PY -c "
-from fern.llm.testing import random_llama, word_tokenizer
-m = random_llama('llama1b', dtype='bfloat16', device='cuda'); m.save_pretrained('/tmp/rand_llama')
-word_tokenizer().save_pretrained('/tmp/rand_llama')" || echo "random LLM build failed"
-  # benchmark only: random CSM and LLM weights (tts.random_weights lands in config.yaml and the MLflow params)
-  box 150 $PY run.py tts=csm_streaming tts.random_weights=true tts.kernels=triton tts.max_audio_s=4 optim=full \
-    device=cuda llm=llama3_2_1b llm.model=/tmp/rand_llama llm.max_new_tokens=24 io.output_dir="$OUT/v2v" \
-    "tracking.tracking_uri='sqlite:///$OUT/mlflow.db'" 2>&1 | tail -40 | tee "$OUT/v2v.txt"
+# BENCHMARK ONLY, random weights everywhere (asr/tts.random_weights land in config.yaml and the MLflow params). The
+# text is arbitrary words without punctuation, so: the chunker cuts a clause after 6 words (a real reply's first
+# clause is about that long), the reply is 12 tokens (2 clauses) of at most 2 s of audio each, the ASR stops after 24
+# tokens. The agent then finishes speaking before the demo's second question (user speech at 0.5-2.3 s and
+# 10.7-13.1 s), so no turn waits for the speaker. The LLM weights go to /tmp, not $OUT (2.5 GB).
+LLM_DIR=${TMPDIR:-/tmp}/fern_rand_llama
+V2V=(asr=hf_whisper_turbo asr.random_weights=true asr.max_new_tokens=24 llm=llama3_2_1b "llm.model=$LLM_DIR"
+     llm.max_new_tokens=12 chunker.max_words=6 "io.output_dir=$OUT/v2v")
+GPU_V2V=(tts=csm_streaming tts.random_weights=true tts.kernels=triton tts.max_audio_s=2 optim=full device=cuda)
+if ! want 5; then
+  echo "not in STEPS"
+elif ! $PY -c "import hydra, omegaconf, webrtcvad" 2>/dev/null; then
+  echo "SKIPPED: run.py needs hydra-core, omegaconf and webrtcvad(-wheels); add their wheels to .whl/" \
+    | tee "$OUT/v2v.txt"
 else
-  echo "SKIPPED: faster-whisper does not import here (the offline tiny.en is 75 MB and ctranslate2 43 MB: over" \
-       "the 64 MiB a call may carry), so run.py has no ASR on this machine" | tee "$OUT/v2v.txt"
+  if $PY -c "import mlflow" 2>/dev/null; then TRACK=("tracking.tracking_uri='sqlite:///$OUT/mlflow.db'")
+  else TRACK=(tracking.enabled=false); echo "mlflow does not import here: tracking off (config.yaml still has it all)"
+  fi
+  if [ "$DEV" = cpu ]; then
+    # the GPU command must compose here (typos in keys fail now, not on the device)
+    if CFG=$($PY run.py "${V2V[@]}" "${GPU_V2V[@]}" "${TRACK[@]}" --cfg job 2>&1); then
+      echo "the GPU command composes: $(grep -c "random_weights: true" <<<"$CFG") stages with random weights," \
+           "asr.model $(sed -n "/^asr:/,/^[a-z]/s/^  model: //p" <<<"$CFG")"
+    else
+      echo "the GPU command does not compose: $(grep -v HYDRA_FULL_ERROR <<<"$CFG" | tail -1)"
+    fi
+    LLM_SIZE=tiny; LLM_DT=float32; RUN=(tts=espeak optim=none device=cpu asr.model=openai/whisper-tiny)
+  else
+    LLM_SIZE=llama1b; LLM_DT=bfloat16; RUN=("${GPU_V2V[@]}")
+  fi
+  # the LLM: a random-weight Llama saved where run.py's hf LLM loads a local directory (no hub)
+  box 90 $PY -c "
+from fern.llm.testing import random_llama, word_tokenizer
+random_llama('$LLM_SIZE', dtype='$LLM_DT', device='$DEV').save_pretrained('$LLM_DIR')
+word_tokenizer().save_pretrained('$LLM_DIR')" || echo "random LLM build failed"
+  rm -rf "$OUT/v2v"
+  box 240 $PY run.py "${V2V[@]}" "${RUN[@]}" "${TRACK[@]}" 2>&1 | grep -v "^{" | tail -40 | tee "$OUT/v2v.txt"
+  $PY - "$OUT/v2v/turns.csv" <<'EOF' 2>&1 | tee "$OUT/v2v_medians.txt"
+import csv, statistics, sys
+cols = ("endpoint_delay_ms", "asr_ms", "llm_ttft_ms", "first_clause_ms", "tts_first_audio_ms", "speaker_wait_ms",
+        "voice_to_voice_ms")
+try:
+    rows = list(csv.DictReader(open(sys.argv[1])))
+except OSError:
+    sys.exit(f"no {sys.argv[1]}: run.py failed (see v2v.txt)")
+def med(c):
+    vals = [float(r[c]) for r in rows if r.get(c) not in (None, "", "nan")]
+    return f"{statistics.median(vals):.0f}" if vals else "-"
+print(f"voice-to-voice medians over {len(rows)} turns (ms): " + ", ".join(f"{c} {med(c)}" for c in cols))
+EOF
 fi
 
 echo "== 6. summary at $(elapsed) s"
-OUT="$OUT" $PY - <<'EOF' 2>&1 | tee "$OUT/summary.txt"
+OUT="$OUT" STEPS="$STEPS" $PY - <<'EOF' 2>&1 | tee "$OUT/summary.txt"
 import json, os
 out = os.environ["OUT"]
 def load(name):
@@ -93,8 +141,10 @@ def load(name):
     except (OSError, ValueError):
         return None
 rows = []
-for name in ("bench_torch.json", "bench_triton.json"):
+for step, name in (("1", "bench_torch.json"), ("2", "bench_triton.json")):
     r = load(name)
+    if r is None and step not in os.environ["STEPS"].split():
+        continue
     if r is None:
         print(f"{name}: missing (step failed or timed out; see its .txt)")
         continue
@@ -115,6 +165,10 @@ for label, r in rows:
           f" | {f(r, 'rtf', '.3f')} | {f(r, 'speedup_vs_stock_gen', '.1f')} | {f(r, 'ops_per_frame', '.0f')} |"
           f" {f(r, 'weight_gb_per_frame', '.2f')} | {f(r, 'bandwidth_share', '.1%')} | {f(r, 'startup_s', '.1f')} |"
           f" {f(r, 'graph_capture_s', '.2f')} | {f(r, 'peak_vram_gib', '.2f')} |")
+try:
+    print(open(os.path.join(out, "v2v_medians.txt")).read().strip())
+except OSError:
+    pass
 a = load("agreement.json")
 if a:
     print("token agreement with the bf16 torch path (teacher-forced, random weights): "

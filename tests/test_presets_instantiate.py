@@ -23,8 +23,8 @@ PROTOCOLS = {"vad": VoiceActivityDetector, "turn": TurnDetector, "chunker": Chun
              "asr": SpeechRecognizer, "llm": LanguageModel}
 # Presets whose model is not on this machine: their error must name what to fetch. Anything else must build here.
 HUB_PRESETS = {("asr", "whisper_large_v3_turbo"), ("asr", "whisper_int8"), ("asr", "whisper_fp16"),
-               ("asr", "whisper_base"), ("llm", "llama3_2_1b"), ("llm", "smollm2_1_7b"), ("tts", "csm_streaming"),
-               ("tts", "csm")}
+               ("asr", "whisper_base"), ("asr", "hf_whisper_turbo"), ("llm", "llama3_2_1b"), ("llm", "smollm2_1_7b"),
+               ("tts", "csm_streaming"), ("tts", "csm")}
 SECRET_PRESETS = {("llm", "gemini")}
 PRESETS = [(group, p.stem) for group in PROTOCOLS for p in sorted((CONF_DIR / group).glob("*.yaml"))]
 
