@@ -7,7 +7,7 @@ error's message), a failed member is reported and the sweep goes on (``continue_
 
 Why not hydra-optuna-sweeper: 1.3.0 (the current release) requires optuna<3 and would pin us to optuna 2.10 (2021);
 this sweeper uses current Optuna with the same parameter syntax: ``choice(a,b)`` / ``a,b`` (categorical),
-``range(lo,hi,step)`` (stepped ints or floats), ``interval(lo,hi)`` (continuous; ints give an int range),
+``range(lo,hi,step)`` (stepped ints or floats), ``interval(lo,hi)`` (continuous; ``int(interval(lo,hi))`` for integers),
 ``tag(log, interval(lo,hi))`` (log scale).
 
 Strategies (``strategy``):
@@ -169,7 +169,7 @@ class FernSweeper(Sweeper):
             shown = ", ".join(f"{v:.4g}" for v in trial.values)
             print(f"  trial {trial.number}: objective {shown}"
                   f"{' from ' + ', '.join(f'{v:.4g}' for v in raw) if raw else ''}\n  {command}")
-            results.append({"trial": trial.number, "values": list(trial.values), "raw_values": raw,
+            results.append({"trial": trial.number, "objective": list(trial.values), "raw_values": raw,
                             "params": {k: render(v) for k, v in trial.params.items()}, "overrides": overrides,
                             "command": command})
         OmegaConf.save(OmegaConf.create({"name": "optuna", "directions": [str(d.name) for d in study.directions],
