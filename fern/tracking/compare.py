@@ -32,8 +32,9 @@ def client_for(tracking_uri: str | None) -> Any:
 
 
 def load_runs(tracking_uri: str | None, experiment: str, limit: int, parent: str | None = None) -> list[Any]:
-    """The newest finished runs of ``experiment``; with ``parent`` (a run id or "latest"), that sweep's members
-    instead, whatever their status (a failed member is part of the result), in job order."""
+    """The newest ``limit`` finished runs of ``experiment`` (sweep parents excluded: they are not runs of the agent);
+    with ``parent`` (a run id or "latest"), all of that sweep's members instead, whatever their status (a failed
+    member is part of the result), in job order."""
     from fern.tracking.sweep import SWEEP_TAG
 
     client = client_for(tracking_uri)
@@ -45,7 +46,7 @@ def load_runs(tracking_uri: str | None, experiment: str, limit: int, parent: str
                                        f"tags.`{SWEEP_TAG}` IS NULL", order_by=["attributes.start_time DESC"],
                                        max_results=limit))
     parent_id = resolve_parent(client, found.experiment_id, parent)
-    return children_of(client, parent_id, [found.experiment_id])[:limit] if parent_id else []
+    return children_of(client, parent_id, [found.experiment_id]) if parent_id else []  # a sweep: all of it
 
 
 def resolve_parent(client: Any, experiment_id: str, parent: str) -> str | None:
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare FERN runs logged to MLflow.")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else tracking/mlflow.db")
     parser.add_argument("--experiment", default="fern")
-    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--limit", type=int, default=20, help="newest runs to show (without --parent)")
     parser.add_argument("--sort", default="median_voice_to_voice_ms", help="a metric column ('' keeps time order)")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     parser.add_argument("--parent", default=None, metavar="RUN_ID|latest",
