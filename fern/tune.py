@@ -123,7 +123,8 @@ def detect_ends(vad: Any, turn: Any, audio: Any, sample_rate: int) -> list[float
     frame_s = frame_len / sample_rate
     ends = []
     if hasattr(turn, "push"):  # the endpointer the pipeline drives today
-        turn.reset() if hasattr(turn, "reset") else None
+        if hasattr(turn, "reset"):
+            turn.reset()
         for k in range(audio.size // frame_len):
             ended = turn.push((k + 1) * frame_s, frame_s, vad.is_speech(audio[k * frame_len:(k + 1) * frame_len]))
             if ended is not None:
