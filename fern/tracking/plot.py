@@ -91,7 +91,8 @@ def plot_breakdown(data: Sequence[RunBreakdown], path: str | Path, stages: Seque
         ax.scatter([x for x, t in zip(xs, totals) if t is not None], [t for t in totals if t is not None],
                    marker="D", color="black", zorder=5, label="voice-to-voice p50")
     ax.set_xticks(xs)
-    ax.set_xticklabels([_wrap(d.name) for d in data], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([_wrap(label) for label in short_labels([d.name for d in data])], rotation=30, ha="right",
+                       fontsize=8)
     ax.set_ylabel("ms")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -100,6 +101,33 @@ def plot_breakdown(data: Sequence[RunBreakdown], path: str | Path, stages: Seque
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Bar labels: only what sets a run apart. Runs named by their overrides (``k=v,k2=v2``) keep the overrides
+    whose key varies and whose value is not the one most runs share (so a one-at-a-time sweep reads "baseline",
+    "asr.beam_size=1", ...); names that are not overrides are kept whole."""
+    from collections import Counter
+
+    parsed = []
+    for name in names:
+        pieces = name.split(",")
+        if not name or not all("=" in p for p in pieces):
+            return list(names)
+        parsed.append(dict(p.split("=", 1) for p in pieces))
+    keys = list(dict.fromkeys(k for p in parsed for k in p))
+    labels = []
+    for p in parsed:
+        shown = []
+        for key in keys:
+            counts = Counter(q.get(key) for q in parsed).most_common()
+            if len(counts) == 1:
+                continue  # the same in every run
+            strict_mode = counts[0][0] if counts[0][1] > counts[1][1] else object()
+            if p.get(key) != strict_mode:
+                shown.append(f"{key}={p.get(key, '-')}")
+        labels.append(",".join(shown) or "baseline")
+    return labels if len(set(labels)) == len(labels) else list(names)
 
 
 def _wrap(name: str, width: int = 28) -> str:
