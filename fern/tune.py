@@ -95,7 +95,7 @@ def espeak_turn_set(sample_rate: int = 16000, gap_s: float = GAP_S) -> TurnSet:
         for piece in turn:
             if isinstance(piece, float):
                 pauses.append((t, t + piece))
-                parts.append(np.zeros(int(round(piece * sample_rate)), np.float32))
+                parts.append(np.zeros(round(piece * sample_rate), np.float32))
                 t += round(piece * sample_rate) / sample_rate
                 continue
             speech = trim(resample(synth.synthesize(piece), synth.sample_rate, sample_rate))
@@ -186,10 +186,10 @@ def tune_task(cfg: DictConfig) -> tuple[float, float]:
     print(f"median endpoint delay {delay:.0f} ms, false cut-off rate {cutoff:.2f}"
           + (f", objective {objective:.1f}" if objective is not None else ""))
     if cfg.tracking.enabled:
+        from omegaconf import OmegaConf
+
         from fern.app import run_name_for
         from fern.tracking.mlflow_tracker import MlflowTracker, flatten
-
-        from omegaconf import OmegaConf
 
         tracker = MlflowTracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, run_name_for(cfg),
                                 tags={"task": "turn_tuning"})

@@ -26,8 +26,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fern.tracking.sweep import (ERROR_TAG, JOB_TAG, PARENT_RUN_ENV, SWEEP_JOB_ENV, SWEEP_TAG, describe_error,
-                                 warn)
+from fern.tracking.sweep import ERROR_TAG, JOB_TAG, PARENT_RUN_ENV, SWEEP_JOB_ENV, SWEEP_TAG, describe_error, warn
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +44,10 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not (self.enabled and _select(config, "tracking.enabled", True)):
             return
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        from mlflow.entities import Param
-
-        from fern.tracking.mlflow_tracker import (ensure_experiment, git_sha, redact, redact_tree,
-                                                  resolve_tracking_uri)
+        from fern.tracking.mlflow_tracker import ensure_experiment, git_sha, redact, redact_tree, resolve_tracking_uri
 
         self.tracking_uri = resolve_tracking_uri(_select(config, "tracking.tracking_uri", None))
         experiment = _select(config, "tracking.experiment", "fern")
@@ -221,7 +218,7 @@ def sweep_definition(config: DictConfig) -> dict[str, Any]:
             fixed[key] = override.get_value_element_as_str()
     sweep_name = choices.get("sweep")
     name = f"sweep={sweep_name}" if sweep_name else "multirun " + " ".join(task_overrides)
-    target = lambda node: str(node.get("_target_", "")) if node is not None else ""  # noqa: E731
+    target = lambda node: str(node.get("_target_", "")) if node is not None else ""
     return {
         "name": name[:250], "params": params, "fixed": fixed, "dir": _select(config, "hydra.sweep.dir", ""),
         "sweeper": target(hydra.get("sweeper")), "launcher": target(hydra.get("launcher")),

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import math
 
-from fern.tracking.plot import (BREAKDOWN_STAGES, RunBreakdown, StageStats, format_breakdown, percentiles,
-                                plot_breakdown, short_labels)
+from fern.tracking.plot import (
+    BREAKDOWN_STAGES,
+    RunBreakdown,
+    StageStats,
+    format_breakdown,
+    percentiles,
+    plot_breakdown,
+    short_labels,
+)
 
 
 def test_percentiles_ignore_missing_turns():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sweep_helpers import SHORT, client, env, one_question_wav, parents_and_children, run
@@ -54,7 +55,7 @@ def test_parent_artifacts_table_and_plot(sweep):
     assert {"comparison.csv", "latency_breakdown.png", "sweep.yaml"} <= names
     local = sweep["tmp"] / "artifacts"
     table = c.download_artifacts(parent.info.run_id, "comparison.csv", str(local))
-    rows = list(csv.reader(open(table)))
+    rows = list(csv.reader(Path(table).read_text().splitlines()))
     header, body = rows[0], rows[1:]
     assert len(body) == 2
     assert {row[0] for row in body} == {k.info.run_name for k in children[parent.info.run_id]}
@@ -99,7 +100,7 @@ def test_compare_parent_latest_and_plot(sweep, tmp_path):
     assert plot_part.count("turn.silence_ms=") == 2 and "endpoint_delay" in plot_part  # the plot's numbers
     with Image.open(png) as image:
         image.verify()
-    assert len(list(csv.reader(open(table)))) == 3
+    assert len(list(csv.reader(table.read_text().splitlines()))) == 3
     # without --parent: the plain list of finished runs (the parent itself is not a member) and the same plot
     plain = subprocess.run([sys.executable, str(PROJECT_ROOT / "tracking" / "compare.py"), "--tracking-uri",
                             sweep["uri"], "--plot", str(tmp_path / "all.png")], capture_output=True, text=True,

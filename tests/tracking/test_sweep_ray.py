@@ -24,11 +24,12 @@ def free_port() -> int:
 def mlflow_server(tmp_path):
     """A real tracking server with a SQL (SQLite) backend: what every machine of a cluster would log to."""
     port = free_port()
+    log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", (tmp_path / "server_artifacts").as_uri()],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), env=env())
+        stdout=subprocess.DEVNULL, stderr=log, env=env())
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -45,6 +46,7 @@ def mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 def test_two_members_on_local_ray_log_to_one_server(tmp_path, mlflow_server):
