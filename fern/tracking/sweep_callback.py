@@ -44,6 +44,9 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not (self.enabled and _select(config, "tracking.enabled", True)):
             return
+        # mlflow imports tqdm, which reads TQDM_* once, at import: importing it here, before the first member's
+        # run_session() sets TQDM_DISABLE, would bring back every member's GGUF progress bars (as a single run has none)
+        os.environ.setdefault("TQDM_DISABLE", "1")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
