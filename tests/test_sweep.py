@@ -30,7 +30,8 @@ def test_multirun_logs_one_mlflow_run_per_member(tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    runs = client.search_runs([client.get_experiment_by_name("fern").experiment_id])
+    # the members; the sweep's own parent run (tagged fern.sweep) is tested in tests/tracking/test_sweep_parent.py
+    runs = client.search_runs([client.get_experiment_by_name("fern").experiment_id], "tags.`fern.sweep` IS NULL")
     by_name = {r.info.run_name: r for r in runs}
     # paths and tracking settings are excluded from the names: they say where, not what, was run
     names = {ms: f"llm.max_new_tokens=12,round_trip_eval=False,turn.silence_ms={ms}" for ms in (500, 900)}

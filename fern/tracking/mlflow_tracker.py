@@ -12,7 +12,9 @@ from typing import Any
 
 from fern.paths import PROJECT_ROOT, TRACKING_DIR  # noqa: F401  (TRACKING_DIR: the default store)
 
-SECRET_KEY = re.compile(r"(api_?key|secret|token|password|credential)", re.IGNORECASE)
+# "token" only as a whole trailing word (hf_token, access_token): max_new_tokens, history_max_tokens and tokenizer
+# are settings, and hiding them made sweeps over them unreadable
+SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|credential|(^|_)token$)", re.IGNORECASE)
 REDACTED = "***"
 
 
@@ -72,8 +74,29 @@ def git_sha() -> str:
         return "unknown"
 
 
+def ensure_experiment(tracking_uri: str, experiment: str) -> str:
+    """The experiment's id, creating it (artifacts beside a SQLite database, not under the working directory)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # the SQLite store's default artifact root is relative to the working directory: keep artifacts
+        # beside the database instead (tracking/artifacts for the default store)
+        location = (db.parent / "artifacts").resolve().as_uri()
+    return client.create_experiment(experiment, artifact_location=location)
+
+
 class MlflowTracker:
-    """One MLflow run per session; per-turn metrics use the turn index as the step."""
+    """One MLflow run per session; per-turn metrics use the turn index as the step.
+
+    Inside a sweep member (fern.tracking.sweep sets $FERN_PARENT_RUN_ID) the run is a child of the sweep's run.
+    """
 
     def __init__(self, experiment: str = "fern", tracking_uri: str | None = None, run_name: str | None = None,
                  tags: Mapping[str, str] | None = None) -> None:
@@ -84,20 +107,17 @@ class MlflowTracker:
         self._mlflow = mlflow
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.display_uri = strip_credentials(self.tracking_uri)
-        location = None
-        if self.tracking_uri.startswith("sqlite:///"):
-            db = Path(self.tracking_uri[len("sqlite:///"):])
-            db.parent.mkdir(parents=True, exist_ok=True)
-            # the SQLite store's default artifact root is relative to the working directory: keep artifacts
-            # beside the database instead (tracking/artifacts for the default store)
-            location = (db.parent / "artifacts").resolve().as_uri()
+        from fern.tracking.sweep import JOB_TAG, parent_from_env
+
+        parent_run_id, job = parent_from_env()
         mlflow.set_tracking_uri(self.tracking_uri)
         try:
-            if mlflow.get_experiment_by_name(experiment) is None:
-                mlflow.create_experiment(experiment, artifact_location=location)
+            ensure_experiment(self.tracking_uri, experiment)
             mlflow.set_experiment(experiment)
             all_tags = {"git_sha": git_sha(), "host": socket.gethostname(), **(tags or {})}
-            self.run = mlflow.start_run(run_name=run_name, tags=all_tags)
+            if job is not None:
+                all_tags[JOB_TAG] = job
+            self.run = mlflow.start_run(run_name=run_name, tags=all_tags, parent_run_id=parent_run_id)
         except Exception as exc:
             raise ServiceError(f"MLflow tracking at {self.display_uri} is unusable ({type(exc).__name__}: "
                                f"{strip_credentials(str(exc))[:300]}); fix MLFLOW_TRACKING_URI / tracking.tracking_uri "
