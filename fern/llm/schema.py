@@ -23,6 +23,7 @@ class HFCausalLMConfig:
     top_k: int = 0
     compile: bool = "${optim.compile}"  # type: ignore[assignment]
     static_cache: bool = "${optim.static_cache}"  # type: ignore[assignment]
+    lora: Optional[str] = None  # peft adapter dir (train.py task=llm_lora's <out_dir>/adapter), merged at load
 
 
 @dataclass

@@ -56,6 +56,20 @@ def encode_chat(tokenizer: Any, messages: list[dict]) -> tuple[list[int], list[i
     return ids, labels
 
 
+def tiny_tokenizer(rows: list[dict]):
+    """model.size=tiny: fern.llm.testing's word-level tokenizer over the words of the data (and 64 fillers)."""
+    from fern.llm.testing import word_tokenizer
+
+    words = sorted({w for r in rows for m in r["messages"] for w in re.findall(r"\w+|[^\w\s]", m["content"])})
+    return word_tokenizer(n_words=64, extra_words=tuple(words))
+
+
+def tiny_model(tokenizer: Any, seed: int = 0):
+    from fern.llm.testing import random_llama
+
+    return random_llama("tiny", vocab_size=len(tokenizer), seed=seed)
+
+
 class LlmLoraTask(Task):
     def read(self) -> None:
         from fern.train.data import read_chat_rows
@@ -65,12 +79,8 @@ class LlmLoraTask(Task):
     def _load(self) -> None:
         mcfg = self.cfg.model
         if mcfg.size == "tiny":
-            from fern.llm.testing import random_llama, word_tokenizer
-
-            words = sorted({w for r in self.rows for m in r["messages"] for w in re.findall(r"\w+|[^\w\s]",
-                                                                                           m["content"])})
-            self.tokenizer = word_tokenizer(n_words=64, extra_words=tuple(words))
-            self.model = random_llama("tiny", vocab_size=len(self.tokenizer), seed=int(self.cfg.seed))
+            self.tokenizer = tiny_tokenizer(self.rows)
+            self.model = tiny_model(self.tokenizer, int(self.cfg.seed))
             return
         from fern.llm.hf import _load_model_and_tokenizer
 
