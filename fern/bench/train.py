@@ -8,7 +8,8 @@ The step is the one train.py runs (fern.train.csm: LoRA r=32 on the backbone and
 transformers' CSM loss, AdamW), on synthetic batches: ``--batch`` clips of ``--clip-s`` seconds (12.5 frames/s + the
 EOS frame) after ``--text-tokens`` text rows; the audio codes are random (Mimi runs once per clip in training and is
 cached, so it is not part of a step). On CUDA the base weights are bf16 and the step runs under bf16 autocast (what
-``trainer.precision=bf16-mixed`` does). Figures are medians of ``--steps`` timed steps after ``--warmup`` steps.
+``trainer.precision=bf16-mixed`` does). Figures are medians of ``--steps`` timed steps after ``--warmup`` steps,
+the variants' steps interleaved so that they are compared under the same conditions.
 
 MFU counts the matmul FLOPs a LoRA step needs: forward 2*N*tokens for each stack (backbone on every row, depth
 decoder on 32 positions of each trained frame, heads, attention scores), and the same again for the backward pass
@@ -82,7 +83,9 @@ def step_flops(model, batch, amortise: float) -> float:
     return 2.0 * fwd
 
 
-def bench_one(model, batch, amortise: float, steps: int, warmup: int, device: str, dtype) -> dict:
+def bench(model, batch, shares: list[float], steps: int, warmup: int, device: str, dtype) -> dict[float, dict]:
+    """Median step time per amortisation share, steps interleaved across the shares (same machine state for each:
+    a busy machine slows all of them alike, not one of them). Peak memory is measured per share, on CUDA."""
     import torch
 
     from fern.train.csm import csm_loss
@@ -90,34 +93,39 @@ def bench_one(model, batch, amortise: float, steps: int, warmup: int, device: st
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     cuda = device.startswith("cuda")
 
-    def one() -> float:
+    def one(share: float) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and dtype == torch.bfloat16):
-            loss = csm_loss(model, batch, amortise).loss
+            loss = csm_loss(model, batch, share).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    for _ in range(warmup):
-        one()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        one()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+
+    peak: dict[float, float] = {}
+    for share in shares:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(warmup):
+            one(share)
+        if cuda:
+            peak[share] = torch.cuda.max_memory_allocated() / 2**30
+    times: dict[float, list[float]] = {s: [] for s in shares}
+    for _ in range(steps):
+        for share in shares:
+            t0 = time.perf_counter()
+            one(share)
+            times[share].append(time.perf_counter() - t0)
     n = int(batch["text"].shape[0])
-    flops = step_flops(model, batch, amortise)
-    out = {"amortise": amortise, "step_s": step_s, "samples_per_s": n / step_s, "tflops_per_s": flops / step_s / 1e12,
-           "anchor_workload_s": 60 * step_s * (8 / n)}
-    if cuda:
-        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del opt
+    out = {}
+    for share in shares:
+        step_s = statistics.median(times[share])
+        flops = step_flops(model, batch, share)
+        out[share] = {"amortise": share, "step_s": step_s, "samples_per_s": n / step_s,
+                      "tflops_per_s": flops / step_s / 1e12, "anchor_workload_s": 60 * step_s * (8 / n)}
+        if cuda:
+            out[share]["peak_mem_gib"] = peak[share]
     return out
 
 
@@ -128,7 +136,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=None, help="clips per step (default 8; 2 on cpu)")
     p.add_argument("--clip-s", type=float, default=None, help="seconds per clip (default 10; 2 on cpu)")
     p.add_argument("--text-tokens", type=int, default=24)
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 10; 5 on cpu)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 10; 7 on cpu)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--amortise", default="0.0625,1", help="comma-separated depth-decoder shares to compare")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (MFU denominator)")
@@ -143,7 +151,7 @@ def main(argv=None) -> dict:
     cpu = device == "cpu"
     batch_n = args.batch or (2 if cpu else 8)
     clip_s = args.clip_s or (2.0 if cpu else 10.0)
-    steps = args.steps or (5 if cpu else 10)
+    steps = args.steps or (7 if cpu else 10)
     torch.manual_seed(0)
     if args.size == "full":
         print("NOTE: --size full builds CSM-1B with RANDOM weights (benchmarking only)")
@@ -158,14 +166,12 @@ def main(argv=None) -> dict:
                  "clip_s": clip_s, "rows_per_sample": int(batch["attention_mask"].shape[1]), "build_s": build_s,
                  "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                  "total_params": sum(p.numel() for p in model.parameters())}
-    for share in [float(s) for s in args.amortise.split(",")]:
-        r = bench_one(model, batch, share, steps, args.warmup, device, dtype)
+    shares = [float(x) for x in args.amortise.split(",")]
+    for share, r in bench(model, batch, shares, steps, args.warmup, device, dtype).items():
         if peak and not cpu:
             r["mfu"] = r["tflops_per_s"] / peak
         tag = "amortised" if share < 1 else "full_depth"
         res.update({f"{tag}.{k}": v for k, v in r.items()})
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
     if "amortised.step_s" in res and "full_depth.step_s" in res:
         res["amortisation_speedup"] = res["full_depth.step_s"] / res["amortised.step_s"]
     print(f"CSM LoRA training, {args.size} on {gpu} ({res['dtype']}, torch {res['torch']}, transformers "
@@ -183,13 +189,14 @@ def main(argv=None) -> dict:
 
 
 def _log_mlflow(res: dict, uri: str | None) -> None:
+    from fern.tracking.mlflow_tracker import MlflowTracker
+
     try:
-        from fern.tracking.mlflow_tracker import MlflowTracker
+        tracker = MlflowTracker("fern-bench-train", uri, run_name=f"csm-lora-{res['size']}-{res['device']}",
+                                tags={"random_weights": "true"})
     except ImportError:
         print("mlflow is not installed: figures not logged")
         return
-    tracker = MlflowTracker("fern-bench-train", uri, run_name=f"csm-lora-{res['size']}-{res['device']}",
-                            tags={"random_weights": "true"})
     try:
         tracker.log_params({k: v for k, v in res.items() if not isinstance(v, float)})
         tracker.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
