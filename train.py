@@ -6,8 +6,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from fern.train.loop import register
 from fern.paths import CONF_DIR
+from fern.train.loop import register
 
 register()
 

@@ -58,7 +58,7 @@ def synthetic_batch(batch: int, clip_s: float, text_tokens: int, device: str, se
     from fern.train.csm import collate
 
     g = torch.Generator().manual_seed(seed)
-    frames = int(round(clip_s * 12.5))
+    frames = round(clip_s * 12.5)
     items = [{"text_ids": torch.randint(3, 250, (text_tokens,), generator=g).tolist(),
               "codes": torch.randint(0, 2048, (frames, 32), generator=g).tolist()} for _ in range(batch)]
     return {k: v.to(device) for k, v in collate(items).items()}

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from fern.paths import ASSETS_DIR, PROJECT_ROOT, models_dir
 
 # Modules that define ``SCHEMAS = {group: {name: dataclass}}``; stage packages own their schemas.
-SCHEMA_MODULES = ("fern.config.schema", "fern.llm.schema", "fern.tts.csm.schema", "fern.train.data", "fern.train.loop", "fern.train.llm", "fern.train.csm", "fern.train.whisper")
+SCHEMA_MODULES = ("fern.config.schema", "fern.llm.schema", "fern.tts.csm.schema",
+                  "fern.train.data", "fern.train.loop", "fern.train.csm", "fern.train.whisper", "fern.train.llm")
 
 _registered = False
 

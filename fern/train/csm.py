@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000
 # backbone and depth-decoder attention + MLP projections; not Mimi (codec_model), not the heads or embeddings
-CSM_LORA_TARGETS = r".*(backbone_model|depth_decoder\.model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+CSM_LORA_TARGETS = (r".*(backbone_model|depth_decoder\.model)\.layers\.\d+\."
+                    r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)")
 
 
 @dataclass

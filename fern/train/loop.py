@@ -271,8 +271,8 @@ def _fit(cfg, task, model, train_set, val_set, out_dir, ckpt_dir, ckpt_path, log
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from fern.train.module import TaskModule
     from fern.tracking.mlflow_tracker import flatten
+    from fern.train.module import TaskModule
 
     tcfg = cfg.trainer
     module = TaskModule(task, model, tcfg)
@@ -304,9 +304,8 @@ def _fit(cfg, task, model, train_set, val_set, out_dir, ckpt_dir, ckpt_path, log
         _log_params(logger, {**flatten(resolved), "data.train_rows": len(train_set), "data.val_rows": len(val_set),
                              "data.skipped_rows": len(task.skips), "model.trainable_params": module.n_trainable,
                              "model.total_params": module.n_total}, resumed=ckpt_path is not None)
-        (out_dir / "mlflow_run.json").write_text(json.dumps({"run_id": logger.run_id,
-                                                             "tracking_uri": logger._tracking_uri and
-                                                             _display(logger._tracking_uri)}))
+        (out_dir / "mlflow_run.json").write_text(json.dumps({"run_id": logger.run_id,  # what a resume reopens
+                                                             "tracking_uri": _display(logger._tracking_uri)}))
     t_fit = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader if tcfg.val_every_n_steps else None,
                 ckpt_path=ckpt_path)

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from train_helpers import CHATS, SYSTEM, TEXTS, compose_train, train_run
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -15,7 +15,8 @@ from fern.tts.csm.tokenizer import ByteTokenizer
 
 def _batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    items = [{"text_ids": text_ids(ByteTokenizer(), t, 0), "codes": torch.randint(0, 2048, (n, 32), generator=g).tolist()}
+    items = [{"text_ids": text_ids(ByteTokenizer(), t, 0),
+              "codes": torch.randint(0, 2048, (n, 32), generator=g).tolist()}
              for t, n in (("Hello there.", 7), ("A longer line of text here.", 4))]
     return collate(items)
 
