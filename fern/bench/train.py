@@ -4,7 +4,7 @@ and model FLOP utilisation (MFU).
     python -m fern.bench.train --size full --device cuda     # CSM-1B architecture, RANDOM weights (speed only)
     python -m fern.bench.train --size tiny --device cpu      # smoke run
 
-The step is the one train.py runs (fern.train.csm: LoRA r=32 on the backbone and depth-decoder projections,
+The step is the one train.py runs (fern.train.csm_loss: LoRA r=32 on the backbone and depth-decoder projections,
 transformers' CSM loss, AdamW), on synthetic batches: ``--batch`` clips of ``--clip-s`` seconds (12.5 frames/s + the
 EOS frame) after ``--text-tokens`` text rows; the audio codes are random (Mimi runs once per clip in training and is
 cached, so it is not part of a step). On CUDA the base weights are bf16 and the step runs under bf16 autocast (what
@@ -33,8 +33,9 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T
 def build(size: str, device: str):
     import torch
 
-    from fern.train.csm import CSM_LORA_TARGETS, tiny_model
-    from fern.train.task import LoraSettings, apply_lora
+    from peft import LoraConfig, get_peft_model
+
+    from fern.train.csm_loss import CSM_LORA_TARGETS, tiny_model
 
     if size == "tiny":
         model = tiny_model(0)
@@ -47,7 +48,8 @@ def build(size: str, device: str):
             model = CsmForConditionalGeneration(CsmConfig())
         model = model.to(dtype)
     model.codec_model = None
-    model = apply_lora(model.to(device), LoraSettings(r=32, alpha=32, target_modules=CSM_LORA_TARGETS))
+    # task=csm_lora's default LoRA (fern.train.csm.CsmLoraTaskConfig)
+    model = get_peft_model(model.to(device), LoraConfig(r=32, lora_alpha=32, target_modules=CSM_LORA_TARGETS))
     model.train()
     return model, dtype
 
@@ -55,7 +57,7 @@ def build(size: str, device: str):
 def synthetic_batch(batch: int, clip_s: float, text_tokens: int, device: str, seed: int = 0):
     import torch
 
-    from fern.train.csm import collate
+    from fern.train.csm_loss import collate
 
     g = torch.Generator().manual_seed(seed)
     frames = round(clip_s * 12.5)
@@ -88,7 +90,7 @@ def bench(model, batch, shares: list[float], steps: int, warmup: int, device: st
     a busy machine slows all of them alike, not one of them). Peak memory is measured per share, on CUDA."""
     import torch
 
-    from fern.train.csm import csm_loss
+    from fern.train.csm_loss import csm_loss
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     cuda = device.startswith("cuda")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import TEXTS, mlflow_artifacts, mlflow_history, mlflow_run, train_run
 
-from fern.train.csm import collate, csm_loss, embed, text_ids, tiny_mimi, tiny_model
+from fern.train.csm_loss import collate, csm_loss, embed, text_ids, tiny_mimi, tiny_model
 from fern.tts.csm.tokenizer import ByteTokenizer
 
 
