@@ -44,6 +44,7 @@ class HFCausalLMConfig:
     top_k: int = 0
     compile: bool = "${optim.compile}"  # type: ignore[assignment]
     static_cache: bool = "${optim.static_cache}"  # type: ignore[assignment]
+    lora: Optional[str] = None  # a peft adapter dir (python train.py task=llm_lora), merged into the weights at load
 
 
 SCHEMAS = {"llm": {"hf": HFCausalLMConfig}}
@@ -96,6 +97,15 @@ def _load_model_and_tokenizer(model: str, gguf_file: str | None, dtype, attn_imp
     return lm, tokenizer
 
 
+def _apply_lora(model: Any, path: str) -> Any:
+    """Merge a peft adapter (e.g. train.py task=llm_lora's) into the weights: the decode loop below is unchanged."""
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise ConfigValueError(f"llm.lora={path} is not a peft adapter directory (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, path).merge_and_unload()
+
+
 class IncrementalDecoder:
     """Token ids in, new text out. Decoding the ids one by one is wrong for byte-level BPE (a multi-byte character is
     split over tokens) and for SentencePiece (a leading space belongs to the next word), so we decode the whole reply
@@ -133,6 +143,7 @@ class HFCausalLM:
         top_k: int = HFCausalLMConfig.top_k,
         compile: bool = False,
         static_cache: bool = False,
+        lora: str | None = None,
         *,
         max_cache_len: int = 4096,
         ignore_eos: bool = False,
@@ -154,6 +165,9 @@ class HFCausalLM:
             self.model, self.tokenizer = _load_model_and_tokenizer(model, gguf_file, self.dtype, attn_implementation)
             name = Path(model).name if Path(model).is_dir() else model
             self.name = f"hf:{name}" + (f"/{gguf_file}" if gguf_file else "")
+        if lora:
+            self.model = _apply_lora(self.model, lora)
+            self.name += f"+lora:{Path(lora).name}"
         self.model.to(self.device).eval()
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
