@@ -14,6 +14,8 @@ from fern.audio import resample
 from fern.errors import AudioDeviceError
 from tests.live.conftest import consume, onsets
 
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
+
 CLICK_RATE = 24000
 # echo tests measure the canceller, not the latency: a deeper output buffer keeps a loaded CI machine from underrunning
 # (each underrun shifts the echo path under the canceller, which then re-converges)

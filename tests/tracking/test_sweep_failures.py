@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
 from sweep_helpers import SHORT, client, one_question_wav, parents_and_children, run
 
 from fern.paths import CONF_DIR, models_dir
+
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
 
 
 def test_failing_members_are_failed_runs_and_the_sweep_goes_on(tmp_path):

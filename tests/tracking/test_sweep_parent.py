@@ -12,6 +12,8 @@ from sweep_helpers import SHORT, client, env, one_question_wav, parents_and_chil
 
 from fern.paths import PROJECT_ROOT
 
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
+
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):

@@ -11,6 +11,8 @@ import urllib.request
 import pytest
 from sweep_helpers import SHORT, env, one_question_wav, parents_and_children, run
 
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
+
 ray = pytest.importorskip("ray", reason="ray is in the test extra (pip install -e '.[test]'): run scripts/setup.sh")
 
 

@@ -12,6 +12,8 @@ from train_helpers import TEXTS, mlflow_artifacts, mlflow_history, mlflow_run, t
 from fern.train.csm_loss import collate, csm_loss, embed, text_ids, tiny_mimi, tiny_model
 from fern.tts.csm.tokenizer import ByteTokenizer
 
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
+
 
 def _batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)

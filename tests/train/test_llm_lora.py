@@ -9,6 +9,8 @@ from train_helpers import CHATS, PERSONA, SYSTEM, mlflow_history, mlflow_run, tr
 from fern.events import CancelToken
 from fern.train.llm import encode_chat
 
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
+
 
 def test_labels_cover_the_assistant_replies_only():
     from fern.llm.testing import word_tokenizer

@@ -14,6 +14,8 @@ import pytest
 from fern.errors import ConfigValueError
 from fern.paths import CONF_DIR, PROJECT_ROOT
 
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
+
 
 @pytest.mark.parametrize("group,preset", [(g, p.stem) for g in ("task", "data", "trainer")
                                           for p in sorted((CONF_DIR / g).glob("*.yaml"))])

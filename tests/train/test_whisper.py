@@ -10,6 +10,8 @@ from train_helpers import TEXTS, mlflow_run, train_run
 
 from fern.quality import normalise
 
+pytestmark = pytest.mark.models  # real models, real processes or a real audio server: the full tier
+
 
 @pytest.fixture(scope="module")
 def whisper_run(tmp_path_factory, wav_txt_dir):
