@@ -117,30 +117,17 @@ def trim(audio: Any, threshold: float = 0.01) -> Any:
 
 
 # ---- running a detector over the set ----------------------------------------------------------------------------
-def detect_ends(vad: Any, turn: Any, audio: Any, sample_rate: int) -> list[float]:
-    """Times at which ``turn`` ends a turn, fed frame by frame as the live listener feeds it."""
-    frame_len = sample_rate * vad.frame_ms // 1000
-    frame_s = frame_len / sample_rate
-    ends = []
-    if hasattr(turn, "push"):  # the endpointer the pipeline drives today
-        if hasattr(turn, "reset"):
-            turn.reset()
-        for k in range(audio.size // frame_len):
-            ended = turn.push((k + 1) * frame_s, frame_s, vad.is_speech(audio[k * frame_len:(k + 1) * frame_len]))
-            if ended is not None:
-                ends.append(ended[2])
-        return ends
-    return _detect_ends_by_contract(vad, turn, audio, sample_rate, frame_len, frame_s)
-
-
-def _detect_ends_by_contract(vad: Any, turn: Any, audio: Any, rate: int, frame_len: int, frame_s: float) -> list[float]:
-    """The TurnDetector contract (fern.turn.base): the segmenter finds pauses, the detector judges each checkpoint."""
+def detect_ends(vad: Any, turn: Any, audio: Any, rate: int) -> list[float]:
+    """Times at which ``turn`` ends a turn, fed frame by frame as the live listener feeds it (fern.turn.base: the
+    segmenter finds pauses, the detector judges each checkpoint)."""
     from fern.errors import ConfigValueError
     from fern.turn.base import PauseState
     from fern.turn.segmenter import Checkpoint, Segmenter
 
     if getattr(turn, "needs_transcript", False):
         raise ConfigValueError("this turn detector reads transcripts: tune it on the turn benchmark (fern.bench.turns)")
+    frame_len = rate * vad.frame_ms // 1000
+    frame_s = frame_len / rate
     segmenter = Segmenter(turn.checkpoints_s, turn.speech_start_ms, turn.min_speech_ms)
     ends = []
     for k in range(audio.size // frame_len):

@@ -55,17 +55,3 @@ def test_turn_tuning_sweep_prints_the_best_command(tmp_path):
     key = f"{best.params['turn.silence_ms']}/{best.params['vad.aggressiveness']}/{best.params['vad.frame_ms']}"
     assert objectives[key] == pytest.approx(best.objective[0])
     assert (tmp_path / "sweep" / "comparison.csv").is_file()
-
-
-@pytest.mark.parametrize("silence_ms", [300, 1000])
-def test_contract_detector_scores_like_the_pipeline_endpointer(silence_ms):
-    """The TurnDetector contract (segmenter + checkpoints) and today's endpointer end the same turns at the same
-    times, so tuning results carry over when the pipeline moves to the contract."""
-    from fern.tune import detect_ends, espeak_turn_set
-    from fern.turn.silence import SilenceEndpointer, SilenceTurnDetector
-    from fern.vad.webrtc import WebRtcVad
-
-    turn_set = espeak_turn_set(16000)
-    pushed = detect_ends(WebRtcVad(2, 20, 16000), SilenceEndpointer(silence_ms), turn_set.audio, 16000)
-    judged = detect_ends(WebRtcVad(2, 20, 16000), SilenceTurnDetector(silence_ms), turn_set.audio, 16000)
-    assert len(pushed) >= len(turn_set.turns) and judged == pushed
