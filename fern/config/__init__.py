@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from fern.paths import ASSETS_DIR, PROJECT_ROOT, models_dir
 
 # Modules that define ``SCHEMAS = {group: {name: dataclass}}``; stage packages own their schemas.
-SCHEMA_MODULES = ("fern.config.schema", "fern.llm.schema", "fern.tts.csm.schema")
+SCHEMA_MODULES = ("fern.config.schema", "fern.llm.schema", "fern.tts.csm.schema", "fern.vad.silero", "fern.turn.smart_turn",
+                  "fern.turn.semantic")
 
 _registered = False
 
