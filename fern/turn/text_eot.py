@@ -33,22 +33,39 @@ class TextEndOfTurnModel:
     def __init__(self, model: str, gguf_file: Optional[str] = None, end_token: str = "<|im_end|>",
                  normalize: bool = True, max_tokens: int = 96, threads: int = 0,
                  system_prompt: Optional[str] = None) -> None:
-        if max_tokens < 4:
-            raise ConfigValueError(f"text end-of-turn model: max_tokens={max_tokens} must be >= 4")
         if threads < 0:
             raise ConfigValueError(f"text end-of-turn model: threads={threads} must be >= 0 (0: leave torch's)")
+        if max_tokens < 4:
+            raise ConfigValueError(f"text end-of-turn model: max_tokens={max_tokens} must be >= 4")
         import torch
 
         from fern.llm.hf import _load_model_and_tokenizer
 
-        self._torch = torch
         if threads:  # process-wide in torch: it also applies to an LLM in the same process
             torch.set_num_threads(threads)
-        self.model, self.tokenizer = _load_model_and_tokenizer(model, gguf_file, torch.float32, None)
-        self.model.eval()
-        ids = self.tokenizer.convert_tokens_to_ids(end_token)
-        if ids is None or ids == self.tokenizer.unk_token_id:
-            raise ConfigValueError(f"text end-of-turn model: end_token={end_token!r} is not a token of {model}")
+        lm, tokenizer = _load_model_and_tokenizer(model, gguf_file, torch.float32, None)
+        self._setup(lm, tokenizer, model, end_token, normalize, max_tokens, system_prompt)
+
+    @classmethod
+    def from_loaded(cls, lm, tokenizer, end_token: str = "<|im_end|>", normalize: bool = True, max_tokens: int = 96,
+                    system_prompt: Optional[str] = None) -> "TextEndOfTurnModel":
+        """Share an already loaded causal LM (e.g. the reply LLM's weights) instead of loading a second copy."""
+        self = cls.__new__(cls)
+        self._setup(lm, tokenizer, getattr(lm, "name_or_path", "the model"), end_token, normalize, max_tokens,
+                    system_prompt)
+        return self
+
+    def _setup(self, lm, tokenizer, name: str, end_token: str, normalize: bool, max_tokens: int,
+               system_prompt: Optional[str]) -> None:
+        import torch
+
+        if max_tokens < 4:
+            raise ConfigValueError(f"text end-of-turn model: max_tokens={max_tokens} must be >= 4")
+        self._torch = torch
+        self.model, self.tokenizer = lm.eval(), tokenizer
+        ids = tokenizer.convert_tokens_to_ids(end_token)
+        if ids is None or ids == tokenizer.unk_token_id:
+            raise ConfigValueError(f"text end-of-turn model: end_token={end_token!r} is not a token of {name}")
         self.end_id = int(ids)
         self.normalize = normalize
         self.max_tokens = max_tokens
@@ -56,17 +73,16 @@ class TextEndOfTurnModel:
         if system_prompt is not None:
             messages.insert(0, {"role": "system", "content": system_prompt})
         try:
-            rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         except Exception as exc:  # no chat template: a plain causal LM
-            raise ConfigValueError(f"text end-of-turn model {model} has no chat template ({exc})") from exc
+            raise ConfigValueError(f"text end-of-turn model {name} has no usable chat template ({exc})") from exc
         prefix, _, suffix = rendered.partition(_SPLIT)
         if not suffix.lstrip().startswith(end_token):
-            raise ConfigValueError(f"text end-of-turn model: {model}'s chat template does not close a user message "
+            raise ConfigValueError(f"text end-of-turn model: {name}'s chat template does not close a user message "
                                    f"with {end_token!r}; set end_token")
-        self._prefix_ids = self.tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids
+        self._prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.inference_mode():
-            out = self.model(self._prefix_ids, use_cache=True)
-        self._prefix_cache = out.past_key_values
+            self._prefix_cache = lm(self._prefix_ids, use_cache=True).past_key_values
 
     def probability(self, text: str) -> float:
         """P(the end-of-message token follows ``text`` as the user's message)."""
