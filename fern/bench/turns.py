@@ -144,50 +144,53 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
     return run
 
 
-def first_end(run: CaseRun, rule, threshold: float | None) -> tuple[Decision | None, bool]:
-    """The decision that ends the turn under ``rule`` at ``threshold`` and whether a reply was speculated on a pause
-    that was not the end before it."""
+def first_end(run: CaseRun, rule, threshold: float | None) -> Decision | None:
+    """The decision that ends the turn under ``rule`` at ``threshold`` (None: only the last checkpoint ends it)."""
     for d in run.decisions:
-        verdict = rule(d.scores, d.silence_s, threshold) if rule else None
-        if d.last or (verdict is not None and verdict.end):
-            return d, False
-    return None, False
+        if d.last or (rule is not None and rule(d.scores, d.silence_s, threshold).end):
+            return d
+    return None
 
 
 def is_cutoff(run: CaseRun, d: Decision) -> bool:
     return d.t_last_voiced < run.t_final - 1e-6
 
 
-def evaluate(runs: list[CaseRun], rule, threshold: float | None) -> dict[str, float]:
-    pause_cut, complete_cut, delays, early = [], [], [], []
+def evaluate(runs: list[CaseRun], rule, threshold: float | None,
+             asr_final: dict[str, float] | None = None) -> dict[str, float]:
+    """Cut-off rates, endpoint delays and speculation counts of ``rule`` at ``threshold``. With ``asr_final``
+    (case id -> ASR seconds on the utterance at its final pause) also when a reply could start: the turn is over
+    and its transcript exists, ASR having been started at the pause's first checkpoint (as the listener does)."""
+    pause_cut, complete_cut, delays, reply = [], [], [], []
     spec_kept = spec_dropped = 0
     for run in runs:
-        d, _ = first_end(run, rule, threshold)
+        d = first_end(run, rule, threshold)
         if d is None:
             continue  # the case never paused long enough (it has no final pause): nothing to judge
         cut = is_cutoff(run, d)
         (pause_cut if run.kind == "pause" else complete_cut).append(cut)
         if run.kind == "complete" and not cut:
             delays.append(d.done - run.t_final)
-        if rule is not None:  # speculation: pauses where a reply would have been started before the turn ended
-            speculated = set()
-            for x in run.decisions:
-                if x.done > d.done:
-                    break
-                v = rule(x.scores, x.silence_s, threshold)
-                if v.speculate:
-                    speculated.add((x.pause, x.t_last_voiced < run.t_final - 1e-6))
+            if asr_final and run.case_id in asr_final:
+                t0 = next(x.t for x in run.decisions if x.pause == d.pause)
+                reply.append(max(d.done, t0 + asr_final[run.case_id]) - run.t_final)
+        if rule is not None:  # pauses on which a reply would have been prepared before the turn ended
+            speculated = {(x.pause, is_cutoff(run, x)) for x in run.decisions
+                          if x.done <= d.done and rule(x.scores, x.silence_s, threshold).speculate}
             spec_dropped += sum(1 for _, nonfinal in speculated if nonfinal)
             spec_kept += sum(1 for _, nonfinal in speculated if not nonfinal)
-    arr = np.array(delays) * 1000 if delays else np.array([np.nan])
-    return {
+    ms = lambda xs: np.array(xs) * 1000 if xs else np.array([np.nan])  # noqa: E731
+    out = {
         "cutoff_pause": float(np.mean(pause_cut)) if pause_cut else float("nan"),
         "cutoff_complete": float(np.mean(complete_cut)) if complete_cut else float("nan"),
-        "delay_median_ms": float(np.median(arr)),
-        "delay_p95_ms": float(np.percentile(arr, 95)),
+        "delay_median_ms": float(np.median(ms(delays))),
+        "delay_p95_ms": float(np.percentile(ms(delays), 95)),
         "n_pause": len(pause_cut), "n_complete": len(complete_cut),
         "speculated_kept": spec_kept, "speculated_dropped": spec_dropped,
     }
+    if reply:
+        out["reply_start_median_ms"] = float(np.median(ms(reply)))
+    return out
 
 
 def compute_stats(runs: list[CaseRun]) -> dict[str, float]:
@@ -281,18 +284,22 @@ def calibrate(runs: list[CaseRun], detector, target_cutoff: float = 0.02) -> dic
 
 
 # ---- the report -------------------------------------------------------------------------------------------------
-ROW_KEYS = ("cutoff_pause", "cutoff_complete", "delay_median_ms", "delay_p95_ms", "compute_median_ms")
+ROW_KEYS = ("cutoff_pause", "cutoff_complete", "delay_median_ms", "delay_p95_ms", "reply_start_median_ms",
+            "compute_median_ms", "compute_p95_ms", "asr_median_ms", "speculated_kept", "speculated_dropped")
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     head = ("| detector | false cut-offs (pauses) | early ends (complete) | median delay | p95 delay | "
-            "compute / decision | ASR (own lane) |\n|---|---|---|---|---|---|---|")
+            "reply can start (median) | compute / decision (median, p95) | ASR (own lane) |\n"
+            "|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name, m in rows.items():
         asr = f"{m['asr_median_ms']:.0f} ms" if "asr_median_ms" in m else "-"
+        reply = f"{m['reply_start_median_ms']:.0f} ms" if "reply_start_median_ms" in m else "-"
         lines.append(f"| {name} | {100 * m['cutoff_pause']:.1f} % ({m['n_pause']}) | "
                      f"{100 * m['cutoff_complete']:.1f} % ({m['n_complete']}) | {m['delay_median_ms']:.0f} ms | "
-                     f"{m['delay_p95_ms']:.0f} ms | {m['compute_median_ms']:.1f} ms | {asr} |")
+                     f"{m['delay_p95_ms']:.0f} ms | {reply} | {m['compute_median_ms']:.1f}, {m['compute_p95_ms']:.1f} ms"
+                     f" | {asr} |")
     return "\n".join(lines)
 
 
@@ -328,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fern.bench.turns", description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="test", choices=["test", "train", "all"])
     parser.add_argument("--limit", type=int, default=0, help="first N cases of the split (0: all)")
+    parser.add_argument("--sample", type=int, default=0, help="N cases of the split drawn with --seed (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", default="silence,smart_turn,semantic")
     parser.add_argument("--silence-ms", default="300,500,700", help="turn=silence rows of the table")
     parser.add_argument("--asr", default="whisper_tiny_en_offline", help="asr preset that feeds turn=semantic")
@@ -356,6 +365,9 @@ def _run(args) -> int:
 
     split = "train" if args.calibrate else args.split
     cases = load(args.cache, split)
+    if args.sample and args.sample < len(cases):
+        keep = set(np.random.default_rng(args.seed).choice(len(cases), args.sample, replace=False).tolist())
+        cases = [c for n, c in enumerate(cases) if n in keep]
     if args.limit:
         cases = cases[:args.limit]
     out = args.out or PROJECT_ROOT / "outputs" / "bench" / "turns" / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -371,7 +383,7 @@ def _run(args) -> int:
     rows: dict[str, dict] = {}
     curves: dict[str, list[dict]] = {}
     raw: dict[str, list] = {}
-    asr = None
+    asr_final: dict[str, float] = {}
 
     def run_all(name: str, det, with_asr=None) -> list[CaseRun]:
         t0 = time.perf_counter()
@@ -386,24 +398,8 @@ def _run(args) -> int:
         raw[name] = [asdict(r) for r in runs]
         return runs
 
-    if "silence" in wanted:
-        table_ms = {int(x) for x in args.silence_ms.split(",") if x}
-        curves["silence"] = []
-        for ms in sorted(set(SILENCE_SWEEP_MS) | table_ms):
-            runs = run_all(f"silence_{ms}", SilenceTurnDetector(silence_ms=ms)) if ms in table_ms else [
-                run_case(SilenceTurnDetector(silence_ms=ms), a, speech[c.id], frame_s, sr, None, c.id, c.kind)
-                for c, a in cases]
-            m = evaluate(runs, None, None) | {"silence_ms": ms} | compute_stats(runs)
-            curves["silence"].append(m)
-            if ms in table_ms:
-                rows[f"silence {ms} ms"] = m
-    if "smart_turn" in wanted:
-        det = build(compose_group(["turn=smart_turn", *args.override]).turn)
-        runs = run_all("smart_turn", det)
-        stats = compute_stats(runs)
-        rows[f"smart_turn (p>={det.threshold})"] = evaluate(runs, det.rule, None) | stats
-        curves["smart_turn"] = [evaluate(runs, det.rule, th) | {"threshold": th} for th in THRESHOLD_SWEEP]
-    if "semantic" in wanted:
+    plans = []  # (row name or None, curve name, runs, rule, configured threshold, sweep values, sweep key, stats)
+    if "semantic" in wanted:  # first: its ASR timings also give every detector's "reply can start"
         print("loading turn=semantic (Smart Turn + the text model) and the ASR ...", flush=True)
         det = build(compose_group(["turn=semantic", *args.override]).turn)
         asr = build(cfg.asr)
@@ -419,13 +415,34 @@ def _run(args) -> int:
             (out / "calibration.json").write_text(json.dumps(result, indent=1))
             return 0
         stats = compute_stats(runs)
-        rows[f"semantic (p>={det.end_threshold})"] = evaluate(runs, det.rule, None) | stats
-        curves["semantic"] = [evaluate(runs, det.rule, th) | {"threshold": th} for th in THRESHOLD_SWEEP]
+        plans.append((f"semantic (p>={det.end_threshold})", "semantic", runs, det.rule, None, THRESHOLD_SWEEP,
+                      "threshold", stats))
         if det.text_model is not None:  # ablation: the same detector never given the transcript
             audio_only = lambda s, sil, th=None: det.rule({"audio": s["audio"]}, sil, th)  # noqa: E731
-            rows["semantic, audio only (ablation)"] = evaluate(runs, audio_only, None) | stats
-            curves["semantic audio only"] = [evaluate(runs, audio_only, th) | {"threshold": th}
-                                             for th in THRESHOLD_SWEEP]
+            plans.append(("semantic, audio only (ablation)", "semantic audio only", runs, audio_only, None,
+                          THRESHOLD_SWEEP, "threshold", stats))
+        for run in runs:
+            final = [d.asr_s for d in run.decisions if d.asr_s == d.asr_s and not is_cutoff(run, d)]
+            if final:
+                asr_final[run.case_id] = final[0]
+    if "smart_turn" in wanted:
+        det = build(compose_group(["turn=smart_turn", *args.override]).turn)
+        runs = run_all("smart_turn", det)
+        plans.append((f"smart_turn (p>={det.threshold})", "smart_turn", runs, det.rule, None, THRESHOLD_SWEEP,
+                      "threshold", compute_stats(runs)))
+    if "silence" in wanted:
+        table_ms = {int(x) for x in args.silence_ms.split(",") if x}
+        for ms in sorted(set(SILENCE_SWEEP_MS) | table_ms):
+            runs = run_all(f"silence_{ms}", SilenceTurnDetector(silence_ms=ms))
+            if ms not in table_ms:
+                raw.pop(f"silence_{ms}")
+            plans.append((f"silence {ms} ms" if ms in table_ms else None, "silence", runs, None, None, (ms,),
+                          "silence_ms", compute_stats(runs)))
+    for row, curve, runs, rule, threshold, sweep, key, stats in plans:
+        if row:
+            rows[row] = evaluate(runs, rule, threshold, asr_final) | stats
+        curves.setdefault(curve, []).extend(evaluate(runs, rule, th if rule else None, asr_final) | {key: th}
+                                            for th in sweep)
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     table = format_table(rows)
@@ -451,7 +468,7 @@ def _run(args) -> int:
                                 "overrides": " ".join(args.override)})
             for name, m in rows.items():
                 key = name.split(" (")[0].replace(" ", "_").replace(",", "")
-                tracker.log_metrics({f"{key}.{k}": float(m[k]) for k in ROW_KEYS + ("delay_median_ms",) if k in m})
+                tracker.log_metrics({f"{key}.{k}": float(m[k]) for k in ROW_KEYS if k in m})
             tracker.log_files([png, out / "turns_table.md", out / "turns_results.json"])
         finally:
             tracker.close()
