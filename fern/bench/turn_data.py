@@ -4,10 +4,13 @@ with a pause inserted where the sentence clearly goes on.
 Built once, deterministically (seeded), into ``<cache>/turns-v1/`` (git-ignored) on first use:
 1. every prompt that has a text in core-sounds-en.txt.gz is transcribed by faster-whisper tiny.en with word
    timestamps (the words, not the reference text, decide the cuts: they are what the timing is known for);
-2. a prompt is split into sentences at the recogniser's sentence ends (at the quietest 10 ms between the words);
-3. every sentence of 3+ words and at most 8 s is a **complete** case: 0.4 s of silence, the sentence, 3.5 s of
-   silence (a complete case may hold a natural pause, e.g. at a comma: ending the turn there is a cut-off too);
-4. every sentence of >= 5 words with a continuation word ("the", "to", "and", "your", ...) that has >= 2 words after
+2. a prompt is split into fluent stretches at the recogniser's sentence ends and wherever the speaker paused
+   (>= 0.12 s between words), at the quietest 10 ms between the words: natural pauses (often at a comma, after a
+   clause that could end a sentence: "Please enter your password, | followed by the pound key.") are ambiguous by
+   nature, and the set should only hold pauses whose answer is known;
+3. every stretch of 3+ words that ends a sentence, at most 8 s, is a **complete** case: 0.4 s of silence, the
+   stretch, 3.5 s of silence;
+4. every such stretch of >= 5 words with a continuation word ("the", "to", "and", "your", ...) that has >= 2 words after
    it is also a **pause** case: cut after one such word (chosen by the seed) at the quietest 10 ms within 60 ms of
    the word boundary, then 0.4-1.5 s of silence (uniform, seeded), then the rest of the sentence.
 A low noise floor (std 3e-4) is added to whole cases so inserted and trailing silences are alike.
@@ -31,7 +34,7 @@ import numpy as np
 from fern.errors import FernError
 
 SAMPLE_RATE = 16000
-VERSION = "turns-v2"
+VERSION = "turns-v3"
 PROMPTS_DIR = Path("/usr/share/asterisk/sounds/en")
 TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 LEAD_S, TRAIL_S = 0.4, 3.5
@@ -90,11 +93,16 @@ def _quietest_cut(audio: np.ndarray, t: float, radius_s: float = 0.06) -> int:
     return int(starts[int(np.argmin(energy))] + hop // 2)
 
 
-def _sentences(words: list[dict]) -> list[list[dict]]:
+ENDS = (".", "?", "!")
+
+
+def _units(words: list[dict], gap_s: float = 0.12) -> list[list[dict]]:
+    """Fluent stretches: split at sentence ends and wherever the speaker paused (a gap of ``gap_s`` between words),
+    so that the only long pause inside a case is the one we insert."""
     out, cur = [], []
     for i, w in enumerate(words):
         cur.append(w)
-        if i + 1 == len(words) or w["word"].rstrip().endswith((".", "?", "!")):
+        if i + 1 == len(words) or w["word"].rstrip().endswith(ENDS) or words[i + 1]["start"] - w["end"] >= gap_s:
             out.append(cur)
             cur = []
     return out
@@ -144,10 +152,10 @@ def build(cache_dir: Path, seed: int = 0, progress: bool = True, prompts: Sequen
     trail = np.zeros(int(TRAIL_S * SAMPLE_RATE), np.float32)
     for name in sorted(words):
         wav = read_wav(PROMPTS_DIR / f"{name}.wav", SAMPLE_RATE)
-        sentences = _sentences(words[name])
+        sentences = _units(words[name])
         for k, sent in enumerate(sentences):
-            if len(sent) < 3:
-                continue
+            if len(sent) < 3 or not sent[-1]["word"].rstrip().endswith(ENDS):
+                continue  # a clause that stops at a comma is not a complete utterance
             a = _quietest_cut(wav, (sentences[k - 1][-1]["end"] + sent[0]["start"]) / 2) if k else 0
             b = _quietest_cut(wav, (sent[-1]["end"] + sentences[k + 1][0]["start"]) / 2) if k + 1 < len(
                 sentences) else wav.size

@@ -47,7 +47,8 @@ from fern.paths import PROJECT_ROOT
 PRE_ROLL_S = 0.3
 DEFAULT_CACHE = PROJECT_ROOT / ".cache"
 SILENCE_SWEEP_MS = (160, 224, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 1800)
-THRESHOLD_SWEEP = tuple(round(x, 3) for x in np.concatenate([np.linspace(0.05, 0.9, 18), [0.93, 0.95, 0.97, 0.99]]))
+THRESHOLD_SWEEP = tuple(round(x, 3) for x in np.concatenate([np.linspace(0.05, 0.9, 18),
+                                                             [0.93, 0.95, 0.97, 0.98, 0.99, 0.995]]))
 
 
 # ---- driving a detector over one case -------------------------------------------------------------------------
@@ -193,6 +194,23 @@ def evaluate(runs: list[CaseRun], rule, threshold: float | None,
     return out
 
 
+def with_instant_transcripts(runs: list[CaseRun]) -> list[CaseRun]:
+    """What-if: every decision of a pause already has that pause's words (ASR at zero latency; not this CPU)."""
+    from dataclasses import replace
+
+    out = []
+    for run in runs:
+        decisions = []
+        for d in run.decisions:
+            scores = dict(d.scores)
+            if d.pause in run.pause_text_scores and "text" not in scores:
+                scores["text"] = run.pause_text_scores[d.pause]
+                scores["ellipsis"] = float(run.transcripts[d.pause].rstrip().endswith(("...", "\u2026")))
+            decisions.append(replace(d, scores=scores))
+        out.append(replace(run, decisions=decisions))
+    return out
+
+
 def compute_stats(runs: list[CaseRun]) -> dict[str, float]:
     comp = [d.compute_s * 1000 for r in runs for d in r.decisions if d.scores]
     asr = [d.asr_s * 1000 for r in runs for d in r.decisions if d.asr_s == d.asr_s]
@@ -229,12 +247,12 @@ def build(node):
 
 
 # ---- calibration ------------------------------------------------------------------------------------------------
-def features(d: Decision, p_text: float | None):
+def features(d: Decision, p_text: float | None, ellipsis: float = 0.0):
     from fern.turn.semantic import log10_clamped, logit
 
     f = [logit(d.scores["audio"]), d.silence_s]
     if p_text is not None:
-        f.insert(1, log10_clamped(p_text))
+        f[1:1] = [log10_clamped(p_text), ellipsis]
     return f
 
 
@@ -266,18 +284,19 @@ def calibrate(runs: list[CaseRun], detector, target_cutoff: float = 0.02) -> dic
             ys_a.append(y)
             p_text = run.pause_text_scores.get(d.pause)
             if p_text is not None:
-                xs_t.append(features(d, p_text))
+                text = run.transcripts[d.pause]
+                xs_t.append(features(d, p_text, float(text.rstrip().endswith(("...", "\u2026")))))
                 ys_t.append(y)
     wt = fit_logistic(np.array(xs_t), np.array(ys_t))
     wa = fit_logistic(np.array(xs_a), np.array(ys_a))
-    detector.weights = type(detector.weights)(bias=wt[0], audio=wt[1], text=wt[2], silence=wt[3])
+    detector.weights = type(detector.weights)(bias=wt[0], audio=wt[1], text=wt[2], ellipsis=wt[3], silence=wt[4])
     detector.audio_only_weights = type(detector.audio_only_weights)(bias=wa[0], audio=wa[1], silence=wa[2])
     sweep = {th: evaluate(runs, detector.rule, th) for th in THRESHOLD_SWEEP + tuple(np.linspace(0.5, 0.99, 50))}
     ok = {th: m for th, m in sweep.items()
           if m["cutoff_pause"] <= target_cutoff and m["cutoff_complete"] <= target_cutoff}
     best = min(ok, key=lambda th: (ok[th]["delay_median_ms"], -th)) if ok else max(sweep)
     return {"weights": {"bias": round(wt[0], 4), "audio": round(wt[1], 4), "text": round(wt[2], 4),
-                        "silence": round(wt[3], 4)},
+                        "ellipsis": round(wt[3], 4), "silence": round(wt[4], 4)},
             "audio_only_weights": {"bias": round(wa[0], 4), "audio": round(wa[1], 4), "silence": round(wa[2], 4)},
             "end_threshold": round(float(best), 3), "train": sweep[best], "n_decisions": len(ys_a),
             "n_decisions_with_text": len(ys_t)}
@@ -421,6 +440,8 @@ def _run(args) -> int:
             audio_only = lambda s, sil, th=None: det.rule({"audio": s["audio"]}, sil, th)  # noqa: E731
             plans.append(("semantic, audio only (ablation)", "semantic audio only", runs, audio_only, None,
                           THRESHOLD_SWEEP, "threshold", stats))
+            plans.append(("semantic if ASR took 0 ms (what-if, not this CPU)", "semantic, ASR at 0 ms (what-if)",
+                          with_instant_transcripts(runs), det.rule, None, THRESHOLD_SWEEP, "threshold", stats))
         for run in runs:
             final = [d.asr_s for d in run.decisions if d.asr_s == d.asr_s and not is_cutoff(run, d)]
             if final:
