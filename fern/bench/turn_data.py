@@ -1,7 +1,7 @@
 """The labelled turn-taking set: real human speech (the asterisk prompts) as complete utterances and as utterances
 with a pause inserted where the sentence clearly goes on.
 
-Built once, deterministically (seeded), into ``<cache>/turns-v1/`` (git-ignored) on first use:
+Built once, deterministically (seeded), into ``<cache>/turns-v3/`` (git-ignored; VERSION below) on first use:
 1. every prompt that has a text in core-sounds-en.txt.gz is transcribed by faster-whisper tiny.en with word
    timestamps (the words, not the reference text, decide the cuts: they are what the timing is known for);
 2. a prompt is split into fluent stretches at the recogniser's sentence ends and wherever the speaker paused

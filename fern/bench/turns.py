@@ -437,7 +437,9 @@ def _run(args) -> int:
         plans.append((f"semantic (p>={det.end_threshold})", "semantic", runs, det.rule, None, THRESHOLD_SWEEP,
                       "threshold", stats))
         if det.text_model is not None:  # ablation: the same detector never given the transcript
-            audio_only = lambda s, sil, th=None: det.rule({"audio": s["audio"]}, sil, th)  # noqa: E731
+            def audio_only(scores, silence_s, threshold=None, rule=det.rule):  # bound now: det is reused below
+                return rule({"audio": scores["audio"]}, silence_s, threshold)
+
             plans.append(("semantic, audio only (ablation)", "semantic audio only", runs, audio_only, None,
                           THRESHOLD_SWEEP, "threshold", stats))
             plans.append(("semantic if ASR took 0 ms (what-if, not this CPU)", "semantic, ASR at 0 ms (what-if)",

@@ -56,6 +56,13 @@ class CombinerWeights:
         return 1.0 / (1.0 + math.exp(-z))
 
 
+# Fitted by `python -m fern.bench.turns --calibrate` on the training split (see the README's Turn-taking section).
+# (240 seeded train cases, 4903 decisions, target <= 2 % cut-offs on train; .cache/calib3/calibration.json)
+DEFAULT_WEIGHTS = {"bias": 1.9436, "audio": 0.57, "text": 0.4563, "ellipsis": 0.1015, "silence": 1.9343}
+DEFAULT_AUDIO_ONLY_WEIGHTS = {"bias": -0.4666, "audio": 0.6207, "silence": 1.8841}
+
+
+
 class SemanticTurnDetector:
     needs_transcript = True
 
@@ -75,8 +82,10 @@ class SemanticTurnDetector:
         self.checkpoints_s = silence_checkpoints(min_silence_ms, step_ms, max_silence_ms)
         self.min_speech_ms, self.speech_start_ms = min_speech_ms, speech_start_ms
         self.end_threshold, self.speculate_threshold = end_threshold, speculate_threshold
-        self.weights = self._weights("weights", weights or {}, with_text=True)
-        self.audio_only_weights = self._weights("audio_only_weights", audio_only_weights or {}, with_text=False)
+        self.weights = self._weights("weights", DEFAULT_WEIGHTS if weights is None else weights, with_text=True)
+        self.audio_only_weights = self._weights(
+            "audio_only_weights", DEFAULT_AUDIO_ONLY_WEIGHTS if audio_only_weights is None else audio_only_weights,
+            with_text=False)
         self.needs_transcript = text is not None
         self._text_cache: tuple[str, float] | None = None
         self._audio_cache: tuple[tuple, float] | None = None
@@ -123,12 +132,6 @@ class SemanticTurnDetector:
 
     def decide(self, state: PauseState) -> Verdict:
         return self.rule(self.score(state), state.silence_s)
-
-
-# Fitted by `python -m fern.bench.turns --calibrate` on the training split (see the README's Turn-taking section).
-# (240 seeded train cases, 4903 decisions, target <= 2 % cut-offs on train; .cache/calib3/calibration.json)
-DEFAULT_WEIGHTS = {"bias": 1.9436, "audio": 0.57, "text": 0.4563, "ellipsis": 0.1015, "silence": 1.9343}
-DEFAULT_AUDIO_ONLY_WEIGHTS = {"bias": -0.4666, "audio": 0.6207, "silence": 1.8841}
 
 
 @dataclass

@@ -91,6 +91,7 @@ def test_scores_are_computed_once_per_pause(semantic, prompt):
     {"weights": {"bias": 1.0, "audio": 1.0}}, {"audio_only_weights": {"bias": 0, "audio": float("nan"), "silence": 1}},
 ])
 def test_bad_config_values_are_rejected(smart_turn_model, kwargs):
+    SemanticTurnDetector(smart_turn_model, None)  # the defaults are valid: each case below fails on its own value
     with pytest.raises(ConfigValueError):
         SemanticTurnDetector(smart_turn_model, None, **kwargs)
 
