@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -46,6 +47,9 @@ class Listener:
         self._judging: set[asyncio.Task] = set()
         self._transcript: asyncio.Future | None = None  # recognition of the current pause's audio, if asked for
         self._speculated = False  # a TurnLikelyOver went out for the current pause
+        # verdicts run in worker threads and may overlap (a checkpoint, and the re-judging when the words arrive);
+        # detectors hold models and caches that are not thread-safe, so they judge one pause state at a time
+        self._deciding = threading.Lock()
 
     async def run(self, blocks: AsyncIterator[tuple[float, np.ndarray]], turns: asyncio.Queue) -> None:
         """Consume stamped blocks until the source ends; put each UserTurn on ``turns``, then None."""
@@ -143,7 +147,7 @@ class Listener:
         state = PauseState(audio=audio, sample_rate=self.rate, silence_s=silence_s, transcript=transcript)
         loop = asyncio.get_running_loop()
         try:
-            verdict: Verdict = await loop.run_in_executor(self.executor, self.turn.decide, state)
+            verdict: Verdict = await loop.run_in_executor(self.executor, self._decide, state)
         except Exception:  # noqa: BLE001 - a failing detector falls back to the last checkpoint
             log.exception("turn detector failed; waiting for the last checkpoint")
             return
@@ -155,6 +159,10 @@ class Listener:
             self._speculated = True
             now = self.clock.now()
             self.emit(TurnLikelyOver(t=now, turn=self._candidate(now, self._transcript)))
+
+    def _decide(self, state: PauseState) -> Verdict:
+        with self._deciding:
+            return self.turn.decide(state)
 
     def _end_turn(self, t_end: float) -> None:
         transcript = self._transcript
