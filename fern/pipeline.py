@@ -147,6 +147,9 @@ class VoicePipeline:
         if reply is None or not self._agent_heard(self.clock.now()):
             return
         if self.self_speech_guard and await self._is_own_voice(started):
+            # not the user: it must not become a turn either, or the agent answers its own words once it stops
+            if same_speech():
+                self.listener.drop_speech()
             return
         turn_id = reply.turn.turn_id
         if reply.cancel():

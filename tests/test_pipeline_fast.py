@@ -298,6 +298,20 @@ def test_barge_in_waits_for_the_audio_of_its_threshold_when_blocks_come_in_burst
     assert 200 <= first.metrics()["barge_in_ms"] <= 200 + 60 + 40, first.metrics()["barge_in_ms"]
 
 
+def test_the_agent_hearing_its_own_words_neither_interrupts_nor_answers_them():
+    """With the self-speech guard, echo the canceller missed (here: "speech" whose recognition is the agent's clause)
+    is no barge-in, and no turn either: the agent does not answer itself once it stops talking."""
+    own = "Once upon a time a cat lived in a tall house"
+    pipeline, log, _ = make([("speech", 0.5), ("silence", 1.2), ("speech", 0.8), ("silence", 1.5)],
+                            asr=ScriptedASR(["Tell me a story.", own]), llm=ScriptedLLM([STORY, "Why?"]),
+                            tts=ScriptedTTS(seconds_per_word=0.25),
+                            turn=ScriptedTurnDetector(checkpoints_s=(0.2,), min_speech_ms=200))
+    pipeline.self_speech_guard = True
+    record, = pipeline.run_sync()
+    assert not log.of(BargeIn) and record.error is None and record.agent_text == STORY
+    assert len(log.of(UserTurn)) == 1
+
+
 def test_a_short_backchannel_does_not_interrupt():
     pipeline, log, _ = make([("speech", 0.5), ("silence", 0.8), ("speech", 0.12), ("silence", 1.5)],
                             asr=ScriptedASR(["Tell me a story."]), llm=ScriptedLLM([STORY]),
