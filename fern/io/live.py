@@ -381,8 +381,9 @@ class LiveAudio:
         """Stop and close both streams (idempotent). What was recorded stays readable."""
         if self._started and not self._closed.is_set():
             # the health of the session's audio: underflows are gaps the listener heard (and moved the echo path)
-            log.info("live audio closed: %d output underflows, %d input overflows", self.output_underflows,
-                     self.input_overflows)
+            times = self.underflow_times
+            log.info("live audio closed: %d output underflows%s, %d input overflows", self.output_underflows,
+                     f" (from {times[0]:.1f} s to {times[-1]:.1f} s)" if times else "", self.input_overflows)
         self._closed.set()
         for stream in (self._in_stream, self._out_stream):
             if stream is not None:
