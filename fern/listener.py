@@ -100,6 +100,16 @@ class Listener:
         frames = [f for te, f in self._recent if lo < te <= hi + 1e-9]
         return np.concatenate(frames) if frames else np.zeros(0, np.float32)
 
+    def drop_speech(self) -> None:
+        """Forget the speech in progress: no turn is made of it (the agent's own voice coming back as echo)."""
+        self._void_pause()
+        self.segmenter.reset()
+
+    @property
+    def heard_until(self) -> float:
+        """Session time the last frame processed ends (blocks arrive a little after they are captured)."""
+        return self._recent[-1][0] if self._recent else 0.0
+
     def audio_since(self, t: float) -> np.ndarray:
         """The microphone's audio from session time ``t`` (minus the pre-roll) until now."""
         return self._audio(t - self.preroll_s, self.clock.now())

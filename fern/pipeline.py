@@ -132,17 +132,24 @@ class VoicePipeline:
 
     async def _barge_in_if_it_lasts(self, started: SpeechStarted) -> None:
         segmenter = self.listener.segmenter
-        wait = started.t_speech_start + self.barge_in_min_speech_s - self.clock.now()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        t_decide = started.t_speech_start + self.barge_in_min_speech_s
+        same_speech = lambda: (segmenter.in_turn and not segmenter.paused  # noqa: E731
+                               and segmenter.t_start == started.t_speech_start)
+        # Judge on the audio until t_decide, not on the frames that happen to have arrived by then: blocks reach the
+        # listener after they are captured, in bursts on a loaded machine or with long device periods (judging early
+        # missed such barge-ins altogether, as nothing asks again).
+        while self.listener.heard_until + 1e-9 < t_decide and same_speech():
+            await asyncio.sleep(max(0.005, t_decide - self.clock.now()))
         # still talking, for long enough: not a cough or a backchannel
-        if not (segmenter.in_turn and not segmenter.paused
-                and segmenter.speech_s + 1e-9 >= self.barge_in_min_speech_s):
+        if not (same_speech() and segmenter.speech_s + 1e-9 >= self.barge_in_min_speech_s):
             return
         reply = self._reply
         if reply is None or not self._agent_heard(self.clock.now()):
             return
         if self.self_speech_guard and await self._is_own_voice(started):
+            # not the user: it must not become a turn either, or the agent answers its own words once it stops
+            if same_speech():
+                self.listener.drop_speech()
             return
         turn_id = reply.turn.turn_id
         if reply.cancel():

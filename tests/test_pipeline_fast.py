@@ -44,11 +44,11 @@ RATE = 16000
 STORY = "Once upon a time, a cat lived in a tall house. It liked the sun. It slept all day long."
 
 
-def make(parts, *, asr=None, llm=None, tts=None, turn=None, observers=()):
+def make(parts, *, asr=None, llm=None, tts=None, turn=None, observers=(), block_ms=20):
     log = EventLog()
     sink = TimelineSink(sample_rate=RATE)
     pipeline = VoicePipeline(
-        source=ArraySource(tone_conversation(parts)), sink=sink, vad=EnergyVad(),
+        source=ArraySource(tone_conversation(parts), block_ms=block_ms), sink=sink, vad=EnergyVad(),
         turn=turn or ScriptedTurnDetector(checkpoints_s=(0.2,)), asr=asr or ScriptedASR(["Hello there."]),
         llm=llm or ScriptedLLM(["Hi, how can I help you today?"]), chunker=ClauseChunker(first_min_words=2),
         tts=tts or ScriptedTTS(seconds_per_word=0.1), history=ChatHistory("You are FERN.", 1024),
@@ -282,6 +282,34 @@ def test_talking_over_the_agent_stops_it_within_the_threshold_and_keeps_the_hear
     agent = sink.track("agent")
     assert not np.any(agent[int((first.t_silent + 0.001) * RATE):int(second.t_first_agent_sample * RATE) - 1])
     assert second.user_text == "Stop, what time is it?" and second.agent_text == "Noon."
+
+
+def test_barge_in_waits_for_the_audio_of_its_threshold_when_blocks_come_in_bursts():
+    """The microphone's blocks reach the listener late and in bursts (60 ms device periods here; a loaded machine
+    does the same to 20 ms ones): the decision at speech start + min_speech_ms must count the speech captured until
+    then, not only the frames that happen to have arrived (which once made the barge-in be missed altogether)."""
+    pipeline, log, _ = make([("speech", 0.48), ("silence", 1.2), ("speech", 0.9), ("silence", 0.72)],
+                            asr=ScriptedASR(["Tell me a story.", "Stop, what time is it?"]),
+                            llm=ScriptedLLM([STORY, "Noon."]), tts=ScriptedTTS(seconds_per_word=0.25),
+                            turn=ScriptedTurnDetector(checkpoints_s=(0.24,), min_speech_ms=200), block_ms=60)
+    first, second = pipeline.run_sync()
+    barge, = log.of(BargeIn)
+    assert barge.turn_id == 0 and first.error == "interrupted"
+    assert 200 <= first.metrics()["barge_in_ms"] <= 200 + 60 + 40, first.metrics()["barge_in_ms"]
+
+
+def test_the_agent_hearing_its_own_words_neither_interrupts_nor_answers_them():
+    """With the self-speech guard, echo the canceller missed (here: "speech" whose recognition is the agent's clause)
+    is no barge-in, and no turn either: the agent does not answer itself once it stops talking."""
+    own = "Once upon a time a cat lived in a tall house"
+    pipeline, log, _ = make([("speech", 0.5), ("silence", 1.2), ("speech", 0.8), ("silence", 1.5)],
+                            asr=ScriptedASR(["Tell me a story.", own]), llm=ScriptedLLM([STORY, "Why?"]),
+                            tts=ScriptedTTS(seconds_per_word=0.25),
+                            turn=ScriptedTurnDetector(checkpoints_s=(0.2,), min_speech_ms=200))
+    pipeline.self_speech_guard = True
+    record, = pipeline.run_sync()
+    assert not log.of(BargeIn) and record.error is None and record.agent_text == STORY
+    assert len(log.of(UserTurn)) == 1
 
 
 def test_a_short_backchannel_does_not_interrupt():

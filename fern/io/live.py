@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -348,6 +349,10 @@ class LiveAudio:
             if self._started:
                 return
             self._started = True
+        # The callbacks are Python: they need the GIL, which a thread running a model (tokenizer, generate loop, numpy)
+        # holds for the interpreter's switch interval (5 ms) at a time. With 10 ms periods and 20 ms of buffer, that
+        # wait on 2 busy cores underran the speaker thousands of times per conversation; 1 ms lets them in on time.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         sd = _sd()
         try:
             self._out_stream = sd.OutputStream(device=self._out_index, samplerate=self.out_rate, channels=1,
@@ -379,6 +384,11 @@ class LiveAudio:
 
     def close(self) -> None:
         """Stop and close both streams (idempotent). What was recorded stays readable."""
+        if self._started and not self._closed.is_set():
+            # the health of the session's audio: underflows are gaps the listener heard (and moved the echo path)
+            times = self.underflow_times
+            log.info("live audio closed: %d output underflows%s, %d input overflows", self.output_underflows,
+                     f" (from {times[0]:.1f} s to {times[-1]:.1f} s)" if times else "", self.input_overflows)
         self._closed.set()
         for stream in (self._in_stream, self._out_stream):
             if stream is not None:

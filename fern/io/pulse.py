@@ -212,6 +212,20 @@ class Recorder:
         with self._lock:
             return np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
 
+    def audio_from(self, start: int) -> np.ndarray:
+        """The samples from index ``start`` on; cheap for the recent past (only the fragments after it are joined),
+        so a test can poll a long recording without loading the machine it measures."""
+        with self._lock:
+            parts, first = [], self._n
+            for part in reversed(self._parts):
+                if first <= start:
+                    break
+                parts.append(part)
+                first -= part.size
+        if not parts:
+            return np.zeros(0, np.float32)
+        return np.concatenate(parts[::-1])[max(0, start - first):]
+
     def time_of(self, index: float) -> float:
         """perf_counter time at which sample ``index`` was captured by the server."""
         with self._lock:
