@@ -9,8 +9,9 @@ works here, and each trial is an MLflow child run of the sweep. It returns ``(me
 rate)``; the sweep combines them (``hydra.sweeper.optuna.weights``) and prints the best trial as a ready ``run.py``
 command.
 
-``turn_benchmark(cfg)`` is the one function that says how good a turn config is. Until the real labelled turn set
-(fern.bench.turns) lands it runs on a small espeak-ng set built here; swap its body for the real set then.
+``turn_benchmark(cfg)`` is the one function that says how good a turn config is: on the training split of
+fern.bench.turns' labelled real-speech set (``tune.turn_set=asterisk``, the default; the held-out split stays for
+the benchmark's final figures), or on a six-turn espeak-ng set built here in seconds (``tune.turn_set=espeak``).
 """
 
 from __future__ import annotations
@@ -59,11 +60,37 @@ class TurnScore:
 def turn_benchmark(cfg: DictConfig) -> tuple[float, float]:
     """(median endpoint delay in ms, false cut-off rate) of ``cfg.turn`` (with ``cfg.vad``) on the labelled turn set.
 
-    THE SEAM for the real benchmark: when fern.bench.turns lands, return its two numbers for ``cfg`` here; nothing
-    else in the tuning changes.
-    """
-    score = score_turns(cfg, espeak_turn_set(int(cfg.vad.sample_rate)))
-    return score.median_delay_ms, score.cutoff_rate
+    Detectors are scored on audio and silence only (tuning thresholds of detectors that read words is the turn
+    benchmark's calibration, fern.bench.turns)."""
+    from fern.errors import ConfigValueError
+
+    if cfg.tune.turn_set == "espeak":
+        score = score_turns(cfg, espeak_turn_set(int(cfg.vad.sample_rate)))
+        return score.median_delay_ms, score.cutoff_rate
+    if cfg.tune.turn_set != "asterisk":
+        raise ConfigValueError(f"tune.turn_set={cfg.tune.turn_set!r}: use asterisk or espeak")
+    return asterisk_score(cfg)
+
+
+def asterisk_score(cfg: DictConfig) -> tuple[float, float]:
+    """fern.bench.turns' cases (training split): a cut-off is a turn ended inside an inserted mid-sentence pause;
+    the delay is measured on complete utterances, from the last word to the end of the turn."""
+    from fern.app import build
+    from fern.bench.turn_data import load
+    from fern.bench.turns import DEFAULT_CACHE
+
+    vad, detector = build(cfg.vad, "vad"), build(cfg.turn, "turn")
+    delays, cut, paused = [], 0, 0
+    for case, audio in load(DEFAULT_CACHE, split="train", progress=False):
+        ends = detect_ends(vad, detector, audio, int(cfg.vad.sample_rate))
+        if case.kind == "pause":
+            paused += 1
+            cut += any(case.pause_start_s <= e < case.pause_end_s + 1e-9 for e in ends)
+        else:
+            after = [e for e in ends if e >= case.speech_end_s]
+            if after:
+                delays.append(1000.0 * (after[0] - case.speech_end_s))
+    return (statistics.median(delays) if delays else math.nan), cut / max(paused, 1)
 
 
 # ---- a tiny labelled set from espeak-ng (pauses inside turns, long gaps between them) ---------------------------

@@ -62,6 +62,15 @@ class BargeInConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Read by ``python -m fern.tune`` only (turn-detector tuning composes run.py's config)."""
+
+    # asterisk: the training split of fern.bench.turns' labelled real-speech set (built once, ~5 min);
+    # espeak: a six-turn espeak-ng set built in seconds (smoke runs, tests)
+    turn_set: str = "asterisk"
+
+
+@dataclass
 class RunConfig:
     io: Any = MISSING
     vad: Any = MISSING
@@ -75,6 +84,7 @@ class RunConfig:
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     warmup: bool = True  # run each model once before the session so the first turn's latency is not start-up time

@@ -24,8 +24,8 @@ def test_score_matches_ends_to_labelled_turns():
 
 def test_silence_threshold_trades_delay_for_cutoffs(compose):
     """The espeak set has pauses of 0.4-0.8 s inside three of its six turns."""
-    short_delay, short_cut = turn_benchmark(compose(["turn.silence_ms=300"]))
-    long_delay, long_cut = turn_benchmark(compose(["turn.silence_ms=1000"]))
+    short_delay, short_cut = turn_benchmark(compose(["turn.silence_ms=300", "tune.turn_set=espeak"]))
+    long_delay, long_cut = turn_benchmark(compose(["turn.silence_ms=1000", "tune.turn_set=espeak"]))
     assert short_cut == pytest.approx(0.5)  # every turn with a pause was cut off
     assert long_cut == 0.0
     assert 300 <= short_delay < 600 and 1000 <= long_delay < 1300
@@ -34,7 +34,8 @@ def test_silence_threshold_trades_delay_for_cutoffs(compose):
 
 def test_turn_tuning_sweep_prints_the_best_command(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run(["sweep=turn_tuning", "hydra.sweeper.optuna.n_trials=6", f"tracking.tracking_uri={uri}",
+    result = run(["sweep=turn_tuning", "tune.turn_set=espeak", "hydra.sweeper.optuna.n_trials=6",
+                  f"tracking.tracking_uri={uri}",
                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], module="fern.tune", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
