@@ -1,8 +1,17 @@
-"""Speech recognition with faster-whisper (CTranslate2 Whisper)."""
+"""Speech recognition with faster-whisper (CTranslate2 Whisper).
+
+``encoder_window_s`` shortens Whisper's audio context for short clips, as whisper.cpp's ``audio_ctx`` does: faster-whisper
+always pads the log-mel to 30 s (3000 frames) and the encoder's cost grows with it (tiny.en on 2 CPU cores: 293 ms for
+30 s, 34 ms for 10 s), while a spoken turn is a few seconds. The encoder then sees the first N frames only
+(N = the clip rounded up to whole windows); clips longer than 30 s minus one window take the standard path. Very short
+windows make Whisper hallucinate (4-5 s: WER 0.6-1.1 on real speech here), 8-10 s match the standard path; see the
+README's ASR table.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,6 +32,7 @@ class FasterWhisperConfig:
     beam_size: int = 1
     language: Optional[str] = "en"
     cpu_threads: int = 0  # 0: CTranslate2's default
+    encoder_window_s: Optional[float] = None  # null: Whisper's 30 s context; else the context grows in these steps
     sample_rate: int = "${io.source.sample_rate}"  # type: ignore[assignment]
 
 
@@ -53,13 +63,50 @@ def hub_repo_for(model: str) -> str:
     return _MODELS.get(model, model)
 
 
+WHISPER_FRAMES = 3000  # log-mel frames in Whisper's 30 s context (100 per second)
+
+
+def encoder_frames(n_samples: int, window_s: float | None, sample_rate: int = 16000) -> int:
+    """Log-mel frames the encoder sees for a clip of ``n_samples``: whole windows of ``window_s`` that hold the clip
+    and a quarter of a window of silence after it, capped at Whisper's 3000."""
+    if window_s is None:
+        return WHISPER_FRAMES
+    window = int(round(window_s * 100))
+    needed = n_samples * 100 / sample_rate + window / 4
+    return min(WHISPER_FRAMES, window * max(1, int(np.ceil(needed / window))))
+
+
+def _windowed_model_class():
+    from faster_whisper import WhisperModel
+
+    class WindowedWhisperModel(WhisperModel):
+        """faster-whisper whose encoder sees only the first ``frames.n`` log-mel frames of each padded segment."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.frames = threading.local()  # per calling thread: the listener and the responder share one model
+
+        def encode(self, features: np.ndarray):
+            n = getattr(self.frames, "n", WHISPER_FRAMES)
+            if n < features.shape[-1]:
+                features = np.ascontiguousarray(features[..., :n])
+            return super().encode(features)
+
+    return WindowedWhisperModel
+
+
 class FasterWhisperRecognizer:
     def __init__(self, model: str, device: str = "auto", compute_type: str = FasterWhisperConfig.compute_type,
                  beam_size: int = FasterWhisperConfig.beam_size, language: str | None = FasterWhisperConfig.language,
-                 cpu_threads: int = FasterWhisperConfig.cpu_threads, sample_rate: int = 16000) -> None:
+                 cpu_threads: int = FasterWhisperConfig.cpu_threads,
+                 encoder_window_s: float | None = FasterWhisperConfig.encoder_window_s,
+                 sample_rate: int = 16000) -> None:
         if sample_rate != 16000:
             raise ConfigValueError(f"asr.sample_rate={sample_rate}: Whisper takes 16000 Hz audio")
-        from faster_whisper import WhisperModel
+        if encoder_window_s is not None and not 1.0 <= encoder_window_s <= 30.0:
+            raise ConfigValueError(f"asr.encoder_window_s={encoder_window_s} must be null or within [1, 30] seconds")
+        WhisperModel = _windowed_model_class()
+        self.encoder_window_s = encoder_window_s
 
         self.sample_rate = sample_rate
         self.beam_size = beam_size
@@ -85,6 +132,9 @@ class FasterWhisperRecognizer:
     def transcribe(self, audio: np.ndarray) -> str:
         if audio.size == 0:
             return ""
+        frames = encoder_frames(audio.size, self.encoder_window_s, self.sample_rate)
+        # a clip that needs the whole context is cut into 30 s segments by faster-whisper: each sees all of it
+        self._model.frames.n = frames if frames < WHISPER_FRAMES else WHISPER_FRAMES
         segments, _ = self._model.transcribe(
             audio.astype(np.float32, copy=False), language=self.language, beam_size=self.beam_size,
             condition_on_previous_text=False, without_timestamps=True, vad_filter=False)

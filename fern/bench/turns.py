@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true", help="fit turn=semantic on the train split and print it")
     parser.add_argument("--target-cutoff", type=float, default=0.02, help="--calibrate: max cut-off rate on train")
     parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
+    parser.add_argument("--override", action="append", default=[],
+                        help="extra config override (repeatable); turn.* ones apply to turn=semantic only")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -393,7 +394,8 @@ def _run(args) -> int:
     out = args.out or PROJECT_ROOT / "outputs" / "bench" / "turns" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     wanted = ["semantic"] if args.calibrate else [d.strip() for d in args.detectors.split(",") if d.strip()]
-    cfg = compose_group([f"vad={args.vad}", f"asr={args.asr}", *args.override])
+    shared = [o for o in args.override if not o.lstrip("+~").startswith("turn.")]
+    cfg = compose_group([f"vad={args.vad}", f"asr={args.asr}", *shared])
     vad = build(cfg.vad)
     sr, frame_s = vad.sample_rate, vad.frame_ms / 1000
     print(f"{len(cases)} cases ({split}); VAD {args.vad}: {sum(c.kind == 'pause' for c, _ in cases)} with a "
@@ -450,7 +452,7 @@ def _run(args) -> int:
             if final:
                 asr_final[run.case_id] = final[0]
     if "smart_turn" in wanted:
-        det = build(compose_group(["turn=smart_turn", *args.override]).turn)
+        det = build(compose_group(["turn=smart_turn", *shared]).turn)
         runs = run_all("smart_turn", det)
         plans.append((f"smart_turn (p>={det.threshold})", "smart_turn", runs, det.rule, None, THRESHOLD_SWEEP,
                       "threshold", compute_stats(runs)))
