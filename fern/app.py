@@ -68,8 +68,11 @@ def _run(cfg: DictConfig) -> float:
     out_dir = output_dir_for(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    # the turn detector's text model waits for the reply LLM when both are the same weights (built once, below)
+    text_from_llm = text_model_shares_llm(cfg)
+    turn = build(cfg.turn, "turn", text=None) if text_from_llm else build(cfg.turn, "turn")
     cheap = {"source": build(cfg.io.source, "audio source"), "sink": build(cfg.io.sink, "audio sink"),
-             "vad": build(cfg.vad, "vad"), "turn": build(cfg.turn, "turn"), "chunker": build(cfg.chunker, "chunker")}
+             "vad": build(cfg.vad, "vad"), "turn": turn, "chunker": build(cfg.chunker, "chunker")}
     from fern.llm.history import ChatHistory
 
     ChatHistory(cfg.dialogue.system_prompt, cfg.dialogue.history_max_tokens)  # validates the dialogue settings
@@ -84,7 +87,7 @@ def _run(cfg: DictConfig) -> float:
     status = "FAILED"
     records: list = []
     try:
-        records = _converse(cfg, out_dir, t_start, tracker, **cheap)
+        records = _converse(cfg, out_dir, t_start, tracker, text_from_llm, **cheap)
         status = "FINISHED"
     except _Interrupted as stop:
         # Ctrl-C ends a live session: the observers have written and logged the turns so far (pipeline.run's
@@ -101,7 +104,34 @@ def _run(cfg: DictConfig) -> float:
     return summarise(records).get("median_voice_to_voice_ms", float("nan"))
 
 
-def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, **stages: Any) -> list:
+def text_model_shares_llm(cfg: DictConfig) -> bool:
+    """The turn detector reads words with the same causal LM file as the reply LLM (turn=semantic's SmolLM2 and
+    llm=smollm2_offline): load it once (saves ~20 s of start-up and ~0.5 GB on a CPU)."""
+    text, llm = cfg.turn.get("text"), cfg.llm
+    return (text is not None and llm.get("_target_") == "fern.llm.hf.HFCausalLM" and not llm.get("lora")
+            and text.get("model") == llm.get("model") and text.get("gguf_file") == llm.get("gguf_file"))
+
+
+def attach_text_model(cfg: DictConfig, turn: Any, llm: Any) -> None:
+    """Give the turn detector the reply LLM's loaded weights where they can serve both (a CPU float32 copy: on a GPU
+    the LLM runs in half precision, which the calibrated text scores were not measured with), else its own copy."""
+    import torch
+
+    from fern.turn.text_eot import TextEndOfTurnModel
+
+    text_cfg = cfg.turn.text
+    if getattr(llm, "device", None) == "cpu" and getattr(llm, "dtype", None) == torch.float32:
+        text = TextEndOfTurnModel.from_loaded(llm.model, llm.tokenizer, end_token=text_cfg.end_token,
+                                              normalize=text_cfg.normalize, max_tokens=text_cfg.max_tokens,
+                                              system_prompt=text_cfg.system_prompt)
+        log.info("turn detector reads words with the reply LLM's weights (%s)", llm.name)
+    else:
+        text = build(text_cfg, "turn text model")
+    turn.attach_text_model(text)
+
+
+def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, text_from_llm: bool,
+              **stages: Any) -> list:
     """Load the models, run the conversation; the observers write and log what happened, also after an error."""
     from fern.llm.history import ChatHistory
     from fern.observers import ConsoleObserver, MlflowObserver, OutputWriter, RoundTripEvaluator
@@ -110,6 +140,8 @@ def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, **st
     tts = build(cfg.tts, "tts")
     asr = build(cfg.asr, "asr")
     llm = build(cfg.llm, "llm")
+    if text_from_llm:
+        attach_text_model(cfg, stages["turn"], llm)
     history = ChatHistory(cfg.dialogue.system_prompt, cfg.dialogue.history_max_tokens, count_tokens=llm.count_tokens)
     if cfg.warmup:
         warm_up(asr, llm, tts, stages["vad"].sample_rate)
@@ -137,7 +169,19 @@ def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, **st
         pipeline.run_sync()
     except KeyboardInterrupt:
         raise _Interrupted(pipeline.records) from None
+    finally:
+        report_speculation(pipeline.speculation, tracker)
     return pipeline.records
+
+
+def report_speculation(counts: dict[str, int], tracker: Any) -> None:
+    """Replies prepared before the end of the turn was confirmed: kept (the turn ended there) or dropped (the user
+    went on; nothing of them was played)."""
+    if not any(counts.values()):
+        return
+    log.info("speculative replies: %d kept, %d dropped", counts["kept"], counts["dropped"])
+    if tracker:
+        tracker.log_metrics({"speculated_kept": float(counts["kept"]), "speculated_dropped": float(counts["dropped"])})
 
 
 def warm_up(asr: Any, llm: Any, tts: Any, sample_rate: int) -> None:

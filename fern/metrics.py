@@ -140,7 +140,8 @@ BY_NAME = {m.name: m for m in METRICS}
 SUMMARY_METRICS = tuple(m.name for m in METRICS if m.summary)
 TABLE_METRICS = tuple(m.name for m in METRICS if m.table)
 # What tracking/compare.py shows by default: the medians, then the run-level figures.
-RUN_METRICS = (*(f"median_{name}" for name in SUMMARY_METRICS), "turn_errors", "startup_s")
+RUN_METRICS = (*(f"median_{name}" for name in SUMMARY_METRICS), "turn_errors", "startup_s", "speculated_kept",
+               "speculated_dropped")
 
 
 def summarise(records: Iterable[TurnRecord]) -> dict[str, float]:

@@ -101,3 +101,13 @@ def test_backend_flags_keep_cudnn_attention_off_where_torch_still_defaults_to_it
     finally:
         set_backend_flags(tf32=before[0], cudnn_benchmark=before[1])
         torch.backends.cuda.enable_cudnn_sdp(before[2])
+
+
+def test_turn_text_model_shares_the_reply_llm_only_when_it_is_the_same_file(compose):
+    from fern.app import text_model_shares_llm
+
+    assert text_model_shares_llm(compose(["turn=semantic"]))  # SmolLM2 GGUF on both sides
+    assert not text_model_shares_llm(compose(["turn=silence"]))  # reads no words
+    assert not text_model_shares_llm(compose(["turn=semantic", "turn.text=null"]))  # audio only
+    assert not text_model_shares_llm(compose(["turn=semantic", "llm=llama3_2_1b"]))  # another model
+    assert not text_model_shares_llm(compose(["turn=semantic", "llm.lora=/some/adapter"]))  # adapted weights

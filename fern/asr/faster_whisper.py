@@ -1,11 +1,11 @@
 """Speech recognition with faster-whisper (CTranslate2 Whisper).
 
-``encoder_window_s`` shortens Whisper's audio context for short clips, as whisper.cpp's ``audio_ctx`` does: faster-whisper
-always pads the log-mel to 30 s (3000 frames) and the encoder's cost grows with it (tiny.en on 2 CPU cores: 293 ms for
-30 s, 34 ms for 10 s), while a spoken turn is a few seconds. The encoder then sees the first N frames only
-(N = the clip rounded up to whole windows); clips longer than 30 s minus one window take the standard path. Very short
-windows make Whisper hallucinate (4-5 s: WER 0.6-1.1 on real speech here), 8-10 s match the standard path; see the
-README's ASR table.
+``encoder_window_s`` shortens Whisper's audio context for short clips, as whisper.cpp's ``audio_ctx`` does:
+faster-whisper always pads the log-mel to 30 s (3000 frames) and the encoder's cost grows with it (tiny.en on 2 CPU
+cores: 293 ms for 30 s, 34 ms for 10 s), while a spoken turn is a few seconds. The encoder then sees the first N
+frames only (N = the clip plus a quarter window, rounded up to whole windows); clips that need the whole context take
+the standard path. Below 8 s Whisper starts to loop on sentence fragments; 8-10 s cost 0.7-1 point of WER on real
+speech (``python -m fern.bench.asr``; the README's table).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """ASR speed and accuracy on real human speech: Whisper's encoder context (``asr.encoder_window_s``) x beam size.
 
-    python -m fern.bench.asr                              # tiny.en offline: windows 30 (standard), 10, 8, 6 s; beam 1, 5
+    python -m fern.bench.asr          # tiny.en offline: windows 30 s (standard), 10, 8, 6 s; beams 1 and 5
     python -m fern.bench.asr --windows none,8 --beams 5 --limit 40 --no-mlflow
 
 Clips are the held-out split of the turn-taking set (fern.bench.turn_data, built on first use): each complete

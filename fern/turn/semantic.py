@@ -90,6 +90,12 @@ class SemanticTurnDetector:
         self._text_cache: tuple[str, float] | None = None
         self._audio_cache: tuple[tuple, float] | None = None
 
+    def attach_text_model(self, text: TextEndOfTurnModel) -> None:
+        """Read words from now on (built without a text model so that it can share the reply LLM's weights)."""
+        self.text_model = text
+        self.needs_transcript = True
+        self._text_cache = None
+
     @staticmethod
     def _weights(name: str, values: dict, with_text: bool) -> CombinerWeights:
         keys = {"bias", "audio", "silence"} | ({"text", "ellipsis"} if with_text else set())
