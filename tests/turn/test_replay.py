@@ -57,7 +57,7 @@ def test_semantic_keeps_each_paused_utterance_whole(tmp_path, paused_conversatio
     run = replay(tmp_path, wav, "turn=semantic", "vad=silero")
     turns = run["turns"]
     assert len(turns) == len(SAID), [t["user_text"] for t in turns]
-    for turn, said, (start, end) in zip(turns, SAID.values(), spans):
+    for turn, said, (_, end) in zip(turns, SAID.values(), spans):
         assert word_error_rate(said, turn["user_text"]) <= 0.35, turn["user_text"]  # built from the whole utterance
         assert turn["agent_text"].strip()  # one reply each
         # nothing the agent prepared during the pause was heard before the user had finished
