@@ -62,6 +62,7 @@ class Transcript:
     turn_id: int
     text: str
     t_start: float  # when recognition started
+    asr_logprob: float = float("nan")  # the recogniser's mean log-probability per token (nan: it does not say)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ class Listener:
     def __init__(self, *, vad: VoiceActivityDetector, turn: TurnDetector, clock: SessionClock,
                  emit: Callable[[Event], None], executor: Executor, recorder: RecordingSink | None = None,
                  preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0,
-                 transcribe: Callable[[np.ndarray], Awaitable[str]] | None = None) -> None:
+                 transcribe: Callable[[np.ndarray], Awaitable[tuple[str, float]]] | None = None) -> None:
         self.vad, self.turn, self.clock, self.emit = vad, turn, clock, emit
         self.executor, self.recorder, self.transcribe = executor, recorder, transcribe
         self.rate = vad.sample_rate
@@ -139,8 +139,8 @@ class Listener:
     async def _recognise(self, audio: np.ndarray) -> Transcript:
         assert self.transcribe is not None
         t_start = self.clock.now()
-        text = await self.transcribe(audio)
-        return Transcript(t=self.clock.now(), turn_id=self._turn_id, text=text, t_start=t_start)
+        text, logprob = await self.transcribe(audio)
+        return Transcript(t=self.clock.now(), turn_id=self._turn_id, text=text, t_start=t_start, asr_logprob=logprob)
 
     def _rejudge(self, pause: int, task: asyncio.Future) -> None:
         if pause != self._pause or task.cancelled() or task.exception() is not None or not self.segmenter.paused:
@@ -150,11 +150,12 @@ class Listener:
                                   self._audio(self.segmenter.t_start - self.preroll_s, now)))
 
     async def _verdict(self, pause: int, silence_s: float, audio: np.ndarray) -> None:
-        transcript = None
+        transcript, logprob = None, float("nan")
         task = self._transcript
         if task is not None and task.done() and not task.cancelled() and task.exception() is None:
-            transcript = task.result().text
-        state = PauseState(audio=audio, sample_rate=self.rate, silence_s=silence_s, transcript=transcript)
+            transcript, logprob = task.result().text, task.result().asr_logprob
+        state = PauseState(audio=audio, sample_rate=self.rate, silence_s=silence_s, transcript=transcript,
+                           transcript_logprob=logprob)
         loop = asyncio.get_running_loop()
         try:
             verdict: Verdict = await loop.run_in_executor(self.executor, self._decide, state)

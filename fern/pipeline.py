@@ -44,6 +44,7 @@ from fern.protocols import (
     LanguageModel,
     Observer,
     RecordingSink,
+    ScoredRecognizer,
     SharesSessionClock,
     SpeechRecognizer,
     SpeechSynthesizer,
@@ -76,7 +77,7 @@ class VoicePipeline:
         self.recorder.emit = self.bus.emit
         self.listener = Listener(vad=vad, turn=turn, clock=self.clock, emit=self.bus.emit, executor=self._executor,
                                  recorder=sink, preroll_ms=preroll_ms, postroll_ms=postroll_ms, max_turn_s=max_turn_s,
-                                 transcribe=self._transcribe)
+                                 transcribe=self._transcribe_scored)
         self.responder = Responder(asr=asr, llm=llm, chunker=chunker, tts=tts, sink=sink, history=history,
                                    clock=self.clock, emit=self.bus.emit, executor=self._executor)
         self._reply: Reply | None = None
@@ -99,8 +100,16 @@ class VoicePipeline:
         return self._reply is not None and self._reply.cancel()
 
     async def _transcribe(self, audio):
-        """The listener's recognition of a pause (for detectors that read words): the responder's ASR, off the loop."""
+        """The responder's ASR, off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.responder.asr.transcribe, audio)
+
+    async def _transcribe_scored(self, audio) -> tuple[str, float]:
+        """The listener's recognition of a pause (for detectors that read words), with the recogniser's confidence
+        where it gives one."""
+        asr = self.responder.asr
+        if isinstance(asr, ScoredRecognizer):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, asr.transcribe_scored, audio)
+        return await self._transcribe(audio), float("nan")
 
     # ---- speculation (the pipeline observes the listener's events) ----------------------------------------------
     def on_event(self, event: Event) -> None:

@@ -91,6 +91,14 @@ class SpeechRecognizer(Protocol):
 
 
 @runtime_checkable
+class ScoredRecognizer(Protocol):
+    """A recogniser that also says how sure it is: (text, mean log-probability per token). Whisper finishes sentence
+    fragments it hears, but less surely, which makes this a strong end-of-turn cue (fern.turn.semantic)."""
+
+    def transcribe_scored(self, audio: np.ndarray) -> tuple[str, float]: ...
+
+
+@runtime_checkable
 class LanguageModel(Protocol):
     """Streams reply text pieces for a chat history of {"role", "content"} messages; returns its StreamInfo."""
 

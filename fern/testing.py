@@ -85,14 +85,17 @@ class ScriptedTurnDetector:
 class ScriptedASR:
     sample_rate = 16000
 
-    def __init__(self, texts: Sequence[str], delay_s: float = 0.05) -> None:
-        self.texts, self.delay_s, self.calls = list(texts), delay_s, 0
+    def __init__(self, texts: Sequence[str], delay_s: float = 0.05, logprob: float = float("nan")) -> None:
+        self.texts, self.delay_s, self.calls, self.logprob = list(texts), delay_s, 0, logprob
 
     def transcribe(self, audio: np.ndarray) -> str:
         time.sleep(self.delay_s)
         text = self.texts[min(self.calls, len(self.texts) - 1)]
         self.calls += 1
         return text
+
+    def transcribe_scored(self, audio: np.ndarray) -> tuple[str, float]:
+        return self.transcribe(audio), self.logprob
 
 
 class ScriptedLLM:

@@ -106,8 +106,8 @@ def test_backend_flags_keep_cudnn_attention_off_where_torch_still_defaults_to_it
 def test_turn_text_model_shares_the_reply_llm_only_when_it_is_the_same_file(compose):
     from fern.app import text_model_shares_llm
 
-    assert text_model_shares_llm(compose(["turn=semantic"]))  # SmolLM2 GGUF on both sides
+    assert text_model_shares_llm(compose(["turn=semantic_lm"]))  # SmolLM2 GGUF on both sides
     assert not text_model_shares_llm(compose(["turn=silence"]))  # reads no words
-    assert not text_model_shares_llm(compose(["turn=semantic", "turn.text=null"]))  # audio only
-    assert not text_model_shares_llm(compose(["turn=semantic", "llm=llama3_2_1b"]))  # another model
-    assert not text_model_shares_llm(compose(["turn=semantic", "llm.lora=/some/adapter"]))  # adapted weights
+    assert not text_model_shares_llm(compose(["turn=semantic"]))  # no LM on the words
+    assert not text_model_shares_llm(compose(["turn=semantic_lm", "llm=llama3_2_1b"]))  # another model
+    assert not text_model_shares_llm(compose(["turn=semantic_lm", "llm.lora=/some/adapter"]))  # adapted weights

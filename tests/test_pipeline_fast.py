@@ -231,7 +231,7 @@ def test_a_likely_end_starts_the_reply_early_and_the_confirmed_turn_keeps_it():
     def unsure_until_half_a_second(state):  # likely over at once, sure only after 0.5 s of silence
         return Verdict(end=state.silence_s >= 0.5, speculate=True)
 
-    asr = ScriptedASR(["What time is it."], delay_s=0.1)
+    asr = ScriptedASR(["What time is it."], delay_s=0.1, logprob=-0.25)
     detector = ScriptedTurnDetector(checkpoints_s=(0.15, 0.5, 1.0), verdicts=unsure_until_half_a_second,
                                     needs_transcript=True)
     pipeline, log, sink = make([("speech", 0.6), ("silence", 1.2)], asr=asr, turn=detector)
@@ -240,6 +240,7 @@ def test_a_likely_end_starts_the_reply_early_and_the_confirmed_turn_keeps_it():
     assert asr.calls == 1  # the pause's recognition is the turn's: ASR ran once
     assert record.user_text == "What time is it." and record.error is None
     assert detector.asked[0].transcript is None and detector.asked[-1].transcript == "What time is it."
+    assert detector.asked[-1].transcript_logprob == -0.25  # the recogniser's confidence reaches the detector
     # the reply was prepared before the turn was confirmed, but nothing was heard before it
     assert record.t_llm_first_token < record.t_end <= record.t_first_agent_sample
     assert not np.any(sink.track("agent")[:int(record.t_end * RATE)])

@@ -130,12 +130,20 @@ class FasterWhisperRecognizer:
                 f"machine and copy the cache, or set asr.model to a local CTranslate2 model directory") from exc
 
     def transcribe(self, audio: np.ndarray) -> str:
+        return self.transcribe_scored(audio)[0]
+
+    def transcribe_scored(self, audio: np.ndarray) -> tuple[str, float]:
+        """The words and Whisper's mean log-probability per token over them (nan for no audio or no words)."""
         if audio.size == 0:
-            return ""
+            return "", float("nan")
         frames = encoder_frames(audio.size, self.encoder_window_s, self.sample_rate)
         # a clip that needs the whole context is cut into 30 s segments by faster-whisper: each sees all of it
         self._model.frames.n = frames if frames < WHISPER_FRAMES else WHISPER_FRAMES
         segments, _ = self._model.transcribe(
             audio.astype(np.float32, copy=False), language=self.language, beam_size=self.beam_size,
             condition_on_previous_text=False, without_timestamps=True, vad_filter=False)
-        return " ".join(segment.text.strip() for segment in segments).strip()
+        segments = list(segments)
+        text = " ".join(segment.text.strip() for segment in segments).strip()
+        tokens = sum(len(s.tokens) for s in segments)
+        logprob = sum(s.avg_logprob * len(s.tokens) for s in segments) / tokens if tokens else float("nan")
+        return text, float(logprob)

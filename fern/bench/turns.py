@@ -74,6 +74,7 @@ class CaseRun:
     decisions: list[Decision]
     transcripts: dict[int, str] = field(default_factory=dict)
     pause_text_scores: dict[int, float] = field(default_factory=dict)
+    pause_asr_logprob: dict[int, float] = field(default_factory=dict)
 
 
 def vad_decisions(vad, audio: np.ndarray) -> list[bool]:
@@ -96,6 +97,7 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
     lane_b = 0.0  # ASR lane free at
     pause = -1
     transcript: str | None = None
+    logprob = float("nan")
     ready_at = math.inf
     delivered = False
     in_pause = False
@@ -108,7 +110,8 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
         start = max(t, lane_a)
         have = wants_text and transcript is not None and ready_at <= start
         a = int(max(0.0, t_start - PRE_ROLL_S) * sample_rate)
-        state = PauseState(audio[a:int(round(t * sample_rate))], sample_rate, silence_s, transcript if have else None)
+        state = PauseState(audio[a:int(round(t * sample_rate))], sample_rate, silence_s, transcript if have else None,
+                           logprob if have else float("nan"))
         c0 = time.perf_counter()
         scores = scorer(state) if scorer else {}
         compute = time.perf_counter() - c0 if scorer else 0.0
@@ -131,11 +134,12 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
                 if wants_text:
                     a = int(max(0.0, t_start - PRE_ROLL_S) * sample_rate)
                     c0 = time.perf_counter()
-                    transcript = asr.transcribe(audio[a:int(round(t * sample_rate))])
+                    transcript, logprob = transcribe_scored(asr, audio[a:int(round(t * sample_rate))])
                     asr_s = time.perf_counter() - c0
                     ready_at = max(t, lane_b) + asr_s
                     lane_b = ready_at
                     run.transcripts[pause] = transcript
+                    run.pause_asr_logprob[pause] = logprob
             decide_at(t, event.silence_s, event.t_last_voiced, event.last, asr_s)
             if event.last:
                 in_pause = False
@@ -143,6 +147,12 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
         if in_pause and wants_text and not delivered and ready_at <= t:
             decide_at(t, t - seg.t_last_voiced, seg.t_last_voiced, False)
     return run
+
+
+def transcribe_scored(asr, audio: np.ndarray) -> tuple[str, float]:
+    from fern.protocols import ScoredRecognizer
+
+    return asr.transcribe_scored(audio) if isinstance(asr, ScoredRecognizer) else (asr.transcribe(audio), math.nan)
 
 
 def first_end(run: CaseRun, rule, threshold: float | None) -> Decision | None:
@@ -203,9 +213,12 @@ def with_instant_transcripts(runs: list[CaseRun]) -> list[CaseRun]:
         decisions = []
         for d in run.decisions:
             scores = dict(d.scores)
-            if d.pause in run.pause_text_scores and "text" not in scores:
-                scores["text"] = run.pause_text_scores[d.pause]
+            if d.pause in run.transcripts and "ellipsis" not in scores:
                 scores["ellipsis"] = float(run.transcripts[d.pause].rstrip().endswith(("...", "\u2026")))
+                if d.pause in run.pause_text_scores:
+                    scores["text"] = run.pause_text_scores[d.pause]
+                if math.isfinite(run.pause_asr_logprob.get(d.pause, math.nan)):
+                    scores["asr"] = run.pause_asr_logprob[d.pause]
             decisions.append(replace(d, scores=scores))
         out.append(replace(run, decisions=decisions))
     return out
@@ -247,12 +260,15 @@ def build(node):
 
 
 # ---- calibration ------------------------------------------------------------------------------------------------
-def features(d: Decision, p_text: float | None, ellipsis: float = 0.0):
+def features(d: Decision, words: tuple[float | None, float, float] | None = None):
+    """[logit P_audio, silence_s], with the words (P_text or None, ellipsis, ASR log-probability) inserted before
+    the silence: the order of CombinerWeights' text, ellipsis, asr."""
     from fern.turn.semantic import log10_clamped, logit
 
     f = [logit(d.scores["audio"]), d.silence_s]
-    if p_text is not None:
-        f[1:1] = [log10_clamped(p_text), ellipsis]
+    if words is not None:
+        p_text, ellipsis, asr_logprob = words
+        f[1:1] = [log10_clamped(p_text) if p_text is not None else 0.0, ellipsis, asr_logprob]
     return f
 
 
@@ -280,23 +296,27 @@ def calibrate(runs: list[CaseRun], detector, target_cutoff: float = 0.02) -> dic
             if "audio" not in d.scores:
                 continue
             y = float(d.t_last_voiced >= run.t_final - 1e-6)
-            xs_a.append(features(d, None))
+            xs_a.append(features(d))
             ys_a.append(y)
-            p_text = run.pause_text_scores.get(d.pause)
-            if p_text is not None:
-                text = run.transcripts[d.pause]
-                xs_t.append(features(d, p_text, float(text.rstrip().endswith(("...", "\u2026")))))
+            text = run.transcripts.get(d.pause)
+            logprob = run.pause_asr_logprob.get(d.pause, math.nan)
+            if text is not None and math.isfinite(logprob):
+                ellipsis = float(text.rstrip().endswith(("...", "\u2026")))
+                xs_t.append(features(d, (run.pause_text_scores.get(d.pause), ellipsis, logprob)))
                 ys_t.append(y)
     wt = fit_logistic(np.array(xs_t), np.array(ys_t))
     wa = fit_logistic(np.array(xs_a), np.array(ys_a))
-    detector.weights = type(detector.weights)(bias=wt[0], audio=wt[1], text=wt[2], ellipsis=wt[3], silence=wt[4])
+    if detector.text_model is None:
+        wt[2] = 0.0  # its column was all zeros
+    detector.weights = type(detector.weights)(bias=wt[0], audio=wt[1], text=wt[2], ellipsis=wt[3], asr=wt[4],
+                                              silence=wt[5])
     detector.audio_only_weights = type(detector.audio_only_weights)(bias=wa[0], audio=wa[1], silence=wa[2])
     sweep = {th: evaluate(runs, detector.rule, th) for th in THRESHOLD_SWEEP + tuple(np.linspace(0.5, 0.99, 50))}
     ok = {th: m for th, m in sweep.items()
           if m["cutoff_pause"] <= target_cutoff and m["cutoff_complete"] <= target_cutoff}
     best = min(ok, key=lambda th: (ok[th]["delay_median_ms"], -th)) if ok else max(sweep)
     return {"weights": {"bias": round(wt[0], 4), "audio": round(wt[1], 4), "text": round(wt[2], 4),
-                        "ellipsis": round(wt[3], 4), "silence": round(wt[4], 4)},
+                        "ellipsis": round(wt[3], 4), "asr": round(wt[4], 4), "silence": round(wt[5], 4)},
             "audio_only_weights": {"bias": round(wa[0], 4), "audio": round(wa[1], 4), "silence": round(wa[2], 4)},
             "end_threshold": round(float(best), 3), "train": sweep[best], "n_decisions": len(ys_a),
             "n_decisions_with_text": len(ys_t)}
@@ -361,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--silence-ms", default="300,500,700", help="turn=silence rows of the table")
     parser.add_argument("--asr", default="whisper_tiny_en_offline", help="asr preset that feeds turn=semantic")
     parser.add_argument("--vad", default="silero")
+    parser.add_argument("--semantic-preset", default="semantic", help="turn preset of the semantic row: semantic, "
+                        "semantic_lm (+ a causal LM on the words)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/bench/turns/<time>")
     parser.add_argument("--calibrate", action="store_true", help="fit turn=semantic on the train split and print it")
@@ -423,7 +445,7 @@ def _run(args) -> int:
     plans = []  # (row name or None, curve name, runs, rule, configured threshold, sweep values, sweep key, stats)
     if "semantic" in wanted:  # first: its ASR timings also give every detector's "reply can start"
         print("loading turn=semantic (Smart Turn + the text model) and the ASR ...", flush=True)
-        det = build(compose_group(["turn=semantic", *args.override]).turn)
+        det = build(compose_group([f"turn={args.semantic_preset}", *args.override]).turn)
         asr = build(cfg.asr)
         asr.transcribe(np.zeros(sr, np.float32))  # warm-up
         det.audio_model.probability(np.zeros(sr, np.float32))

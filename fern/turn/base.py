@@ -23,6 +23,7 @@ class PauseState:
     sample_rate: int
     silence_s: float  # time since the last voiced frame
     transcript: str | None = None  # ASR of the turn up to the pause; None until it is ready
+    transcript_logprob: float = float("nan")  # the recogniser's mean log-probability per token of ``transcript``
 
 
 @dataclass(frozen=True)

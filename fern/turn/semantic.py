@@ -6,12 +6,14 @@ whatever) the detector scores the turn so far:
 - audio: Smart Turn v3.2's P(complete) on the audio up to ``min_silence_ms`` into the pause (~25-45 ms on one CPU
   thread), computed at the first checkpoint and reused at the later ones of the same pause (with more trailing
   silence the model gets less accurate; the silence is a separate input);
-- text: once the transcript of the turn so far is there (the listener starts ASR at the first checkpoint),
-  P(end of message | words) from a causal LM (fern.turn.text_eot), computed once per pause and cached, and whether
-  the recogniser ended the words with "..." (Whisper marks fragments that trail off that way);
+- words: once the transcript of the turn so far is there (the listener starts ASR at the first checkpoint), the
+  recogniser's confidence (mean log-probability per token: Whisper tends to finish a fragment it hears, "Press 7 to"
+  -> "Press 7 to the", but less surely), whether it ended the words with "..." (its mark of a fragment that trails
+  off), and, with a ``text`` model, P(end of message | words) from a causal LM (fern.turn.text_eot), computed once
+  per pause and cached.
 A learned combiner turns them into P(turn over): logistic regression on [logit P_audio, log10 P_text, ellipsis,
-silence_s],
-with a second set of weights for checkpoints before the transcript exists ([logit P_audio, silence_s]). Both were
+ASR log-probability, silence_s], with a second set of weights for checkpoints before the transcript exists (and for
+recognisers that give no confidence): [logit P_audio, silence_s]. Both were
 fitted on the training split of fern.bench.turns (``python -m fern.bench.turns --calibrate``), never on the held-out
 third; the weights are config values. The turn ends when P(turn over) >= ``end_threshold``; ``speculate`` is set from
 ``speculate_threshold`` (a reply may be prepared, never played, until the end is confirmed).
@@ -47,19 +49,24 @@ class CombinerWeights:
     silence: float  # per second of silence
     text: float = 0.0  # on log10(P_text)
     ellipsis: float = 0.0  # the recogniser ended the words with "..." (Whisper's mark of a trailing-off fragment)
+    asr: float = 0.0  # on the recogniser's mean log-probability per token of the words
 
-    def probability(self, p_audio: float, silence_s: float, p_text: float | None = None,
-                    ellipsis: float = 0.0) -> float:
+    def probability(self, p_audio: float, silence_s: float, p_text: float | None = None, ellipsis: float = 0.0,
+                    asr_logprob: float = 0.0) -> float:
         z = self.bias + self.audio * logit(p_audio) + self.silence * silence_s
+        z += self.ellipsis * ellipsis + self.asr * asr_logprob
         if p_text is not None:
-            z += self.text * log10_clamped(p_text) + self.ellipsis * ellipsis
+            z += self.text * log10_clamped(p_text)
         return 1.0 / (1.0 + math.exp(-z))
 
 
-# Fitted by `python -m fern.bench.turns --calibrate --sample 240` on the training split, with the offline ASR's 8 s
-# encoder window (240 seeded train cases, 4990 decisions, target <= 2 % cut-offs on train: 1.96 % at 1024 ms median)
-DEFAULT_WEIGHTS = {"bias": 1.9861, "audio": 0.5674, "text": 0.4282, "ellipsis": -1.5305, "silence": 1.8404}
-DEFAULT_AUDIO_ONLY_WEIGHTS = {"bias": -0.4401, "audio": 0.6184, "silence": 1.8465}
+# Fitted by `python -m fern.bench.turns --calibrate --sample 240` on the training split (240 seeded cases, ~5000
+# decisions, target <= 2 % cut-offs on train), with the offline ASR's 8 s encoder window. Without a text model
+# (turn=semantic): 1.96 % at 464 ms median on train; with SmolLM2 on the words (turn=semantic_lm): 1.96 % at 544 ms.
+DEFAULT_WEIGHTS = {"bias": 2.885, "audio": 0.5448, "text": 0.0, "ellipsis": -2.2695, "asr": 8.3947,
+                   "silence": 1.7931}
+DEFAULT_AUDIO_ONLY_WEIGHTS = {"bias": -0.432, "audio": 0.6195, "silence": 1.8361}
+# (turn=semantic_lm's weights are in conf/turn/semantic_lm.yaml)
 
 
 
@@ -86,19 +93,19 @@ class SemanticTurnDetector:
         self.audio_only_weights = self._weights(
             "audio_only_weights", DEFAULT_AUDIO_ONLY_WEIGHTS if audio_only_weights is None else audio_only_weights,
             with_text=False)
-        self.needs_transcript = text is not None
+        self.needs_transcript = True  # the words' end, Whisper's "..." and its confidence; the LM only if ``text``
         self._text_cache: tuple[str, float] | None = None
         self._audio_cache: tuple[tuple, float] | None = None
 
     def attach_text_model(self, text: TextEndOfTurnModel) -> None:
-        """Read words from now on (built without a text model so that it can share the reply LLM's weights)."""
+        """Score the words with ``text`` from now on (built without it so that it can share the reply LLM's
+        weights)."""
         self.text_model = text
-        self.needs_transcript = True
         self._text_cache = None
 
     @staticmethod
     def _weights(name: str, values: dict, with_text: bool) -> CombinerWeights:
-        keys = {"bias", "audio", "silence"} | ({"text", "ellipsis"} if with_text else set())
+        keys = {"bias", "audio", "silence"} | ({"text", "ellipsis", "asr"} if with_text else set())
         values = dict(values)
         if set(values) != keys or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
             raise ConfigValueError(f"turn.{name} needs finite numbers for exactly {sorted(keys)}, got {values}")
@@ -121,14 +128,21 @@ class SemanticTurnDetector:
 
     def score(self, state: PauseState) -> dict[str, float]:
         scores = {"audio": self.audio_probability(state)}
-        if self.text_model is not None and state.transcript is not None:
-            scores["text"] = self.text_probability(state.transcript)
+        if state.transcript is not None:
             scores["ellipsis"] = float(state.transcript.rstrip().endswith(("...", "\u2026")))
+            if math.isfinite(state.transcript_logprob):
+                scores["asr"] = state.transcript_logprob
+            if self.text_model is not None:
+                scores["text"] = self.text_probability(state.transcript)
         return scores
 
     def probability(self, scores: dict[str, float], silence_s: float) -> float:
-        if "text" in scores:
-            return self.weights.probability(scores["audio"], silence_s, scores["text"], scores.get("ellipsis", 0.0))
+        """The word-aware weights once the transcript is there (and, where they weigh it, the recogniser's
+        confidence: a recogniser that gives none leaves the audio-only weights in charge), else audio + silence."""
+        words = "ellipsis" in scores and (self.weights.asr == 0.0 or "asr" in scores)
+        if words and (self.text_model is None or "text" in scores):
+            return self.weights.probability(scores["audio"], silence_s, scores.get("text"), scores["ellipsis"],
+                                            scores.get("asr", 0.0))
         return self.audio_only_weights.probability(scores["audio"], silence_s)
 
     def rule(self, scores: dict[str, float], silence_s: float, threshold: float | None = None) -> Verdict:
@@ -144,7 +158,7 @@ class SemanticTurnDetector:
 class SemanticTurnConfig:
     _target_: str = "fern.turn.semantic.SemanticTurnDetector"
     audio: SmartTurnModelConfig = field(default_factory=SmartTurnModelConfig)
-    text: Optional[TextEndOfTurnConfig] = field(default_factory=TextEndOfTurnConfig)  # null: audio only
+    text: Optional[TextEndOfTurnConfig] = None  # a causal LM's P(end of message | words); turn=semantic_lm sets it
     min_silence_ms: int = 160  # first checkpoint (the listener starts ASR here)
     step_ms: int = 96  # re-score every step_ms of further silence
     max_silence_ms: int = 1600  # the turn ends here whatever
