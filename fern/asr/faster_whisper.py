@@ -33,6 +33,7 @@ class FasterWhisperConfig:
     language: Optional[str] = "en"
     cpu_threads: int = 0  # 0: CTranslate2's default
     encoder_window_s: Optional[float] = None  # null: Whisper's 30 s context; else the context grows in these steps
+    no_repeat_ngram_size: int = 0  # > 0: never repeat an n-gram (a short context makes Whisper repeat a sentence)
     sample_rate: int = "${io.source.sample_rate}"  # type: ignore[assignment]
 
 
@@ -100,13 +101,17 @@ class FasterWhisperRecognizer:
                  beam_size: int = FasterWhisperConfig.beam_size, language: str | None = FasterWhisperConfig.language,
                  cpu_threads: int = FasterWhisperConfig.cpu_threads,
                  encoder_window_s: float | None = FasterWhisperConfig.encoder_window_s,
+                 no_repeat_ngram_size: int = FasterWhisperConfig.no_repeat_ngram_size,
                  sample_rate: int = 16000) -> None:
         if sample_rate != 16000:
             raise ConfigValueError(f"asr.sample_rate={sample_rate}: Whisper takes 16000 Hz audio")
         if encoder_window_s is not None and not 1.0 <= encoder_window_s <= 30.0:
             raise ConfigValueError(f"asr.encoder_window_s={encoder_window_s} must be null or within [1, 30] seconds")
+        if no_repeat_ngram_size < 0:
+            raise ConfigValueError(f"asr.no_repeat_ngram_size={no_repeat_ngram_size} must be >= 0 (0: off)")
         WhisperModel = _windowed_model_class()
         self.encoder_window_s = encoder_window_s
+        self.no_repeat_ngram_size = no_repeat_ngram_size
 
         self.sample_rate = sample_rate
         self.beam_size = beam_size
@@ -141,7 +146,8 @@ class FasterWhisperRecognizer:
         self._model.frames.n = frames if frames < WHISPER_FRAMES else WHISPER_FRAMES
         segments, _ = self._model.transcribe(
             audio.astype(np.float32, copy=False), language=self.language, beam_size=self.beam_size,
-            condition_on_previous_text=False, without_timestamps=True, vad_filter=False)
+            condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
+            no_repeat_ngram_size=self.no_repeat_ngram_size)
         segments = list(segments)
         text = " ".join(segment.text.strip() for segment in segments).strip()
         tokens = sum(len(s.tokens) for s in segments)

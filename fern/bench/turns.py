@@ -461,7 +461,7 @@ def _run(args) -> int:
         stats = compute_stats(runs)
         plans.append((f"semantic (p>={det.end_threshold})", "semantic", runs, det.rule, None, THRESHOLD_SWEEP,
                       "threshold", stats))
-        if det.text_model is not None:  # ablation: the same detector never given the transcript
+        if det.needs_transcript:  # ablation: the same detector never given the transcript
             def audio_only(scores, silence_s, threshold=None, rule=det.rule):  # bound now: det is reused below
                 return rule({"audio": scores["audio"]}, silence_s, threshold)
 
