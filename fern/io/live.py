@@ -264,7 +264,8 @@ class LiveAudio:
                  device_rate: int | None = None, sample_rate: int = 16000, output_rate: int = 24000,
                  block_ms: int = 20, device_block_ms: float = 10.0, input_latency_ms: float | None = None,
                  output_latency_ms: float | None = None,
-                 echo: str = "aec", echo_reference_lead_ms: float = 10.0, half_duplex: bool = False,
+                 echo: str = "aec", echo_reference_lead_ms: float = 10.0,
+                 echo_bypass_margin_db: float | None = 10.0, half_duplex: bool = False,
                  half_duplex_tail_ms: float = 250.0, max_duration_s: float | None = None, clock: Any = None) -> None:
         if block_ms <= 0 or (sample_rate * block_ms) % 1000:
             raise ConfigValueError(f"io.block_ms={block_ms} must be a positive whole number of samples at "
@@ -272,6 +273,7 @@ class LiveAudio:
         if max_duration_s is not None and max_duration_s <= 0:
             raise ConfigValueError(f"io.max_duration_s={max_duration_s} must be positive (or null: until Ctrl-C)")
         from fern.echo import make_echo_canceller
+        from fern.echo.gate import NearEndGate
 
         self.sample_rate, self.output_rate, self.block_ms = sample_rate, output_rate, block_ms
         self.block = sample_rate * block_ms // 1000
@@ -295,6 +297,9 @@ class LiveAudio:
         self._in_latency = "low" if input_latency_ms is None else input_latency_ms / 1000
         self._out_latency = "low" if output_latency_ms is None else output_latency_ms / 1000
         self.aec = make_echo_canceller(echo, sample_rate)  # fails now if the canceller is not installed
+        # the raw microphone where the echo is negligible: the canceller's double-talk suppression eats speech onsets
+        self._gate = (NearEndGate(sample_rate, block_ms, echo_bypass_margin_db)
+                      if echo != "none" and echo_bypass_margin_db is not None else None)
         self._origin = time.perf_counter()  # perf_counter of session time 0 (see use_clock)
         # the device's own period: shorter than the stage block, so PortAudio's "low" latency is lower (2 periods)
         self._in_blocks = max(1, round(self.in_rate * device_block_ms / 1000))
@@ -680,7 +685,8 @@ class LiveAudio:
                     if self.keep_reference:
                         self._far_track.mix(far, self.sample_rate, j0 / self.sample_rate)
                     if self.echo_mode != "none":
-                        block = self.aec.process(block, far)
+                        cleaned = self.aec.process(block, far)
+                        block = cleaned if self._gate is None else self._gate.choose(block, far, cleaned)
                 if self.half_duplex and self.agent_audible(t_start, t_end, self.half_duplex_tail_s):
                     block = np.zeros_like(block)
                 self._mic_out.mix(block, self.sample_rate, j0 / self.sample_rate)
@@ -841,6 +847,7 @@ class LiveSettings:
     output_latency_ms: Optional[float] = "${..output_latency_ms}"  # type: ignore[assignment]
     echo: str = "${..echo}"
     echo_reference_lead_ms: float = "${..echo_reference_lead_ms}"  # type: ignore[assignment]
+    echo_bypass_margin_db: Optional[float] = "${..echo_bypass_margin_db}"  # type: ignore[assignment]
     half_duplex: bool = "${..half_duplex}"  # type: ignore[assignment]
     half_duplex_tail_ms: float = "${..half_duplex_tail_ms}"  # type: ignore[assignment]
     max_duration_s: Optional[float] = "${..max_duration_s}"  # type: ignore[assignment]
@@ -867,6 +874,9 @@ class LiveIOConfig:
     output_latency_ms: Optional[float] = None
     echo: str = "aec"  # aec (WebRTC AEC3) | speex | none
     echo_reference_lead_ms: float = 10.0
+    # the raw microphone passes where the echo predicted from the reference is this far below it (AEC3's double-talk
+    # suppression hides speech onsets: fern/echo/gate.py); null: always the canceller's output
+    echo_bypass_margin_db: Optional[float] = 10.0
     half_duplex: bool = False  # mic ignored (silence) while the agent is heard, plus half_duplex_tail_ms
     half_duplex_tail_ms: float = 250.0
     max_duration_s: Optional[float] = None  # null: until Ctrl-C
