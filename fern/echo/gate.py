@@ -8,11 +8,13 @@ unlooped null sinks), AEC3 hid the first 100-500 ms of the user's speech in some
 to a barge-in, no misses).
 
 The gate compares the microphone with the echo the reference predicts: the echo return loss (microphone power over
-recent reference power, median over the last ``history_s`` of frames the canceller found to be echo, i.e. it
+recent reference power, 80th percentile over the last ``history_s`` of frames the canceller found to be echo, i.e. it
 removed >= 10 dB or the microphone was silent) times the loudest reference power of the last ``window_ms`` (the echo
 path's delay and reverberation). Where the microphone is ``margin_db`` above that prediction, the echo is at most
 ``-margin_db`` relative to it: the raw block is passed, untouched by the suppressor. Until ``min_frames`` echo frames
 have been seen the echo path is assumed to be at unity gain (0 dB), so a fresh session never lets echo through.
+Where AEC3 goes on suppressing a long double talk, those blocks count as echo and raise the estimate, so the gate
+closes again after a second or so: it is there for onsets (barge-in needs the first 200 ms), not for whole turns.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class NearEndGate:
         """Estimated echo power / reference power (1.0 = 0 dB until enough echo has been seen)."""
         if len(self._ratios) < self.min_frames:
             return 1.0
-        return float(np.median(self._ratios))
+        return float(np.percentile(self._ratios, 80))
 
     def choose(self, mic: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
         """``mic`` when the predicted echo is ``margin_db`` under it (or the speaker is silent), else ``cleaned``."""
