@@ -64,8 +64,9 @@ class PlayedAudio(Protocol):
         """Session time its last played sample is heard."""
         ...
 
-    def heard_by(self, t: float) -> int:
-        """Samples of it heard by session time ``t``."""
+    @property
+    def played_samples(self) -> int:
+        """Samples of it the device has taken (final once done)."""
         ...
 
 

@@ -104,11 +104,13 @@ class _Progress:
         """What the user heard when the speaker fell silent at ``t_silent``: whole clauses, then the words of the
         clause being played in proportion to the share of its audio that was played (the TTS gives no word
         timings; proportional is exact to about a word for evenly paced speech). With a live speaker the share is
-        what the device really played by then; else the times predicted at play()."""
+        what the device really played (``t_silent`` comes from its stop(), so all it took was heard); else the times
+        predicted at play()."""
         words: list[str] = []
         for i, (text, start, duration) in enumerate(zip(self.clauses, self.heard_at, self.audio_s)):
             played = self.played[i] if i < len(self.played) else []
-            heard_s = (sum(p.heard_by(t_silent) / p.sample_rate for p in played) if played
+            # a live speaker: what the device took of the clause (all of it heard by the time it fell silent)
+            heard_s = (sum(p.played_samples / p.sample_rate for p in played) if played
                        else max(0.0, t_silent - start))
             if heard_s <= 0:
                 break

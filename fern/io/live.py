@@ -219,13 +219,6 @@ class PlayedChunk:
             return 0
         return min(self.n_samples, int(round(device_samples * self.n_samples / self.n_device)))
 
-    def heard_by(self, t: float) -> int:
-        """Samples (at ``sample_rate``) of this chunk heard by session time ``t``: from what the device took and when
-        it said it would play it, not from the prediction at play()."""
-        rate = self.device_rate or self.sample_rate
-        heard = sum(min(n, max(0.0, (t - t0) * rate)) for _, n, t0 in self.segments)
-        return self._at_caller_rate(heard)
-
     @property
     def heard_until(self) -> float:
         """Session time the last played sample of this chunk is heard (== the start if none was played)."""
@@ -330,7 +323,7 @@ class LiveAudio:
         self._chunks: list[PlayedChunk] = []
         self._resamplers: dict[int, StreamResampler] = {}
         self.output_underflows = 0  # callbacks flagged by the device
-        self.underflow_events = 0  # bursts of them (flagged callbacks less than 100 ms apart are one event)
+        self.underflow_events: list[float] = []  # when bursts of them began (flagged callbacks < 100 ms apart)
         self.underflow_times: list[float] = []
         self.held_blocks = 0  # callbacks off the device's pace: given silence, the agent's audio waited
         self._last_callback: tuple[float | None, float, int] = (None, 0.0, 0)
@@ -420,10 +413,11 @@ class LiveAudio:
         if self._started and not self._closed.is_set():
             # the health of the session's audio: underflows are gaps the listener heard (and moved the echo path)
             times = self.underflow_times
+            events = ", ".join(f"{t:.1f}" for t in self.underflow_events[:12])
             log.info("live audio closed: %d output underflows in %d events%s, %d blocks held off pace, "
-                     "%d input overflows", self.output_underflows, self.underflow_events,
-                     f" (from {times[0]:.1f} s to {times[-1]:.1f} s)" if times else "", self.held_blocks,
-                     self.input_overflows)
+                     "%d input overflows", self.output_underflows, len(self.underflow_events),
+                     f" (at {events}{' ...' if len(self.underflow_events) > 12 else ''} s)" if times else "",
+                     self.held_blocks, self.input_overflows)
         self._closed.set()
         for stream in (self._in_stream, self._out_stream):
             if stream is not None:
@@ -447,7 +441,7 @@ class LiveAudio:
         if status.output_underflow:  # the device ran dry: its timeline moved on without us
             self.output_underflows += 1
             if not self.underflow_times or now - self._origin - self.underflow_times[-1] > 0.1:
-                self.underflow_events += 1  # a burst of flagged callbacks is one event
+                self.underflow_events.append(now - self._origin)  # a burst of flagged callbacks is one event
             self.underflow_times.append(now - self._origin)
             self._out_clock.reset()
         self._callback_times.append(now)

@@ -361,8 +361,9 @@ def test_history_keeps_what_the_speaker_played_when_it_underran(pulse, live_audi
     kept = history.messages()[-1]["content"]
     expected = _words_in(clauses, heard_s, per_word)
     predicted = _words_in(clauses, t_silent - audio.playback_log()[0].heard_at, per_word)  # what play() foresaw
-    print(f"underrun: {audio.output_underflows} underflows in {audio.underflow_events} events, {audio.held_blocks} "
-          f"blocks held; agentB played {heard_s:.2f} s = {expected} words; kept {len(kept.split())}: {kept!r}; "
+    print(f"underrun: {audio.output_underflows} underflows in {len(audio.underflow_events)} events, "
+          f"{audio.held_blocks} blocks held; agentB played {heard_s:.2f} s = {expected} words; "
+          f"kept {len(kept.split())}: {kept!r}; "
           f"play()'s predictions would say {predicted} words")
     assert audio.output_underflows >= 1  # the stall did underrun the speaker
     assert predicted >= expected + 2  # ...by enough that the predicted times are words off
