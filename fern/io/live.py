@@ -255,7 +255,8 @@ class LiveAudio:
 
     def __init__(self, *, input_device: int | str | None = None, output_device: int | str | None = None,
                  device_rate: int | None = None, sample_rate: int = 16000, output_rate: int = 24000,
-                 block_ms: int = 20, device_block_ms: float = 10.0, input_latency_ms: float | None = None,
+                 block_ms: int = 20, device_block_ms: float = 5.0, input_block_ms: float | None = 10.0,
+                 input_latency_ms: float | None = None,
                  output_latency_ms: float | None = None,
                  echo: str = "aec", echo_reference_lead_ms: float = 10.0,
                  echo_bypass_margin_db: float | None = 10.0, half_duplex: bool = False,
@@ -295,7 +296,9 @@ class LiveAudio:
                       if echo != "none" and echo_bypass_margin_db is not None else None)
         self._origin = time.perf_counter()  # perf_counter of session time 0 (see use_clock)
         # the device's own period: shorter than the stage block, so PortAudio's "low" latency is lower (2 periods)
-        self._in_blocks = max(1, round(self.in_rate * device_block_ms / 1000))
+        # the microphone's period may be shorter: its callback only queues, and a late one loses nothing (ALSA keeps
+        # capturing into its buffer), while a late speaker callback is an audible gap
+        self._in_blocks = max(1, round(self.in_rate * (input_block_ms or device_block_ms) / 1000))
         self._out_blocks = max(1, round(self.out_rate * device_block_ms / 1000))
         self._lock = threading.Lock()
         self._started = False
@@ -837,6 +840,7 @@ class LiveSettings:
     output_rate: int = 24000
     block_ms: int = "${..block_ms}"  # type: ignore[assignment]
     device_block_ms: float = "${..device_block_ms}"  # type: ignore[assignment]
+    input_block_ms: Optional[float] = "${..input_block_ms}"  # type: ignore[assignment]
     input_latency_ms: Optional[float] = "${..input_latency_ms}"  # type: ignore[assignment]
     output_latency_ms: Optional[float] = "${..output_latency_ms}"  # type: ignore[assignment]
     echo: str = "${..echo}"
@@ -863,7 +867,8 @@ class LiveIOConfig:
     output_device: Optional[str] = None
     device_rate: Optional[int] = None  # null: each device's default rate (audio is resampled to/from the stages)
     block_ms: int = 20  # blocks the pipeline gets (at 16 kHz)
-    device_block_ms: float = 10.0  # the audio callbacks' period (PortAudio's low latency is about two of them)
+    device_block_ms: float = 5.0  # the speaker callback's period (PortAudio's low latency is about two of them)
+    input_block_ms: Optional[float] = 10.0  # the microphone callback's period; null: device_block_ms
     input_latency_ms: Optional[float] = None  # null: PortAudio's low-latency default for the device
     output_latency_ms: Optional[float] = None
     echo: str = "aec"  # aec (WebRTC AEC3) | speex | none
