@@ -16,6 +16,8 @@ from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fern.clock import SessionClock
 from fern.events import (
     AgentAudio,
@@ -98,12 +100,15 @@ class _Progress:
     clauses: list[str] = field(default_factory=list)
     heard_at: list[float] = field(default_factory=list)  # when each clause started on the speaker (predicted)
     audio_s: list[float] = field(default_factory=list)  # seconds of audio each clause has been given to the speaker
+    # where each clause's words are: its first and last sound (s from its start); TTS pads clauses with silence
+    voiced: list[tuple[float, float]] = field(default_factory=list)
     played: list[list[PlayedAudio]] = field(default_factory=list)  # per clause, what a live speaker played of it
 
     def heard_text(self, t_silent: float) -> str:
         """What the user heard when the speaker fell silent at ``t_silent``: whole clauses, then the words of the
         clause being played in proportion to the share of its audio that was played (the TTS gives no word
-        timings; proportional is exact to about a word for evenly paced speech). With a live speaker the share is
+        timings; proportional over the clause's sound, its leading and trailing silence left out, is exact to about
+        a word for evenly paced speech). With a live speaker the share is
         what the device really played (``t_silent`` comes from its stop(), so all it took was heard); else the times
         predicted at play()."""
         words: list[str] = []
@@ -118,7 +123,11 @@ class _Progress:
             if duration <= 0 or heard_s >= duration - 1e-6:
                 words += clause_words
                 continue
-            words += clause_words[:int(len(clause_words) * heard_s / duration)]
+            lo, hi = self.voiced[i] if i < len(self.voiced) else (0.0, duration)
+            if hi <= lo:  # no sound measured (silence): the whole clause
+                lo, hi = 0.0, duration
+            share = min(1.0, max(0.0, (heard_s - lo) / (hi - lo)))
+            words += clause_words[:int(len(clause_words) * share)]
             break
         return " ".join(words)
 
@@ -246,6 +255,7 @@ class Responder:
                         progress.heard_at.append(0.0)
                         progress.audio_s.append(0.0)
                         progress.played.append([])
+                        progress.voiced.append((0.0, 0.0))
                     if isinstance(self.sink, ReportsPlayback):  # a real speaker: what it plays is measured
                         played = self.sink.play_chunk(chunk, self.tts.sample_rate)
                         progress.played[clause.index].append(played)
@@ -254,6 +264,11 @@ class Responder:
                         heard_at = self.sink.play(chunk, self.tts.sample_rate, t_ready)
                     if progress.audio_s[clause.index] == 0.0:
                         progress.heard_at[clause.index] = heard_at
+                    loud = np.flatnonzero(np.abs(chunk) > 0.01)
+                    if loud.size:
+                        at, (lo, hi) = progress.audio_s[clause.index], progress.voiced[clause.index]
+                        first, last = at + loud[0] / self.tts.sample_rate, at + (loud[-1] + 1) / self.tts.sample_rate
+                        progress.voiced[clause.index] = (first if hi <= lo else lo, last)
                     progress.audio_s[clause.index] += chunk.size / self.tts.sample_rate
                     reply.emit(AgentAudio(t=t, turn_id=turn_id, clause_index=clause.index, samples=chunk,
                                          sample_rate=self.tts.sample_rate, heard_at=heard_at))

@@ -232,7 +232,11 @@ def test_talking_over_the_reply_stops_it_and_history_keeps_what_was_heard(sessio
     print(f"words kept {len(kept.split())}: {kept!r}; heard on agentB {_words_into(story['llm_text'], played)}: "
           f"{played!r}; the LLM wrote {story['llm_text']!r}")
     assert story["llm_text"].startswith(kept) and len(kept.split()) < len(story["llm_text"].split())
-    assert abs(len(kept.split()) - _words_into(story["llm_text"], played)) <= 1, (kept, played)
+    # never a word the user did not hear; at most two fewer: the cut is proportional within the clause (espeak's pacing
+    # is uneven: in 'This message should be sent to the "FERN" folder.' the first five words take 49 % of the audio,
+    # so the cut lags by up to a word), and tiny.en completes a word the recording caught only the start of
+    heard = _words_into(story["llm_text"], played)
+    assert 0 <= heard - len(kept.split()) <= 2, (kept, played)
 
 
 def test_ctrl_c_mid_reply_ends_cleanly_with_everything_written(session):
