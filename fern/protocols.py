@@ -15,9 +15,9 @@ import numpy as np
 from fern.events import CancelToken, Event, StreamInfo
 from fern.turn.base import TurnDetector
 
-__all__ = ["AudioSink", "AudioSource", "ChatHistory", "Chunker", "LanguageModel", "Observer", "RecordingSink",
-           "SharesSessionClock", "SpeechRecognizer", "SpeechSynthesizer", "TimedAudioSource", "TurnDetector",
-           "VoiceActivityDetector"]
+__all__ = ["AudioSink", "AudioSource", "ChatHistory", "Chunker", "LanguageModel", "Observer", "PlayedAudio",
+           "RecordingSink", "ReportsPlayback", "SharesSessionClock", "SpeechRecognizer", "SpeechSynthesizer",
+           "TimedAudioSource", "TurnDetector", "VoiceActivityDetector"]
 
 
 @runtime_checkable
@@ -46,6 +46,36 @@ class AudioSink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class PlayedAudio(Protocol):
+    """One piece of agent audio as a real device played it (measured as the device takes it, not predicted)."""
+
+    sample_rate: int
+    heard_at: float  # predicted at play(): when its first sample will be heard
+
+    @property
+    def done(self) -> bool:
+        """Fully played, or cut by stop(): nothing more of it will be heard."""
+        ...
+
+    @property
+    def heard_until(self) -> float:
+        """Session time its last played sample is heard."""
+        ...
+
+    @property
+    def played_samples(self) -> int:
+        """Samples of it the device has taken (final once done)."""
+        ...
+
+
+@runtime_checkable
+class ReportsPlayback(Protocol):
+    """A sink that says what the device really played (io=live): after an underrun the speaker plays the rest later
+    than predicted at play(), so what the user heard is taken from these chunks, not from the predicted times."""
+
+    def play_chunk(self, samples: np.ndarray, sample_rate: int) -> PlayedAudio: ...
 
 
 @runtime_checkable

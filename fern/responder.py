@@ -16,6 +16,8 @@ from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fern.clock import SessionClock
 from fern.events import (
     AgentAudio,
@@ -31,7 +33,16 @@ from fern.events import (
     Transcript,
     UserTurn,
 )
-from fern.protocols import AudioSink, ChatHistory, Chunker, LanguageModel, SpeechRecognizer, SpeechSynthesizer
+from fern.protocols import (
+    AudioSink,
+    ChatHistory,
+    Chunker,
+    LanguageModel,
+    PlayedAudio,
+    ReportsPlayback,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+)
 from fern.streams import ThreadStream
 
 log = logging.getLogger(__name__)
@@ -87,24 +98,45 @@ class _Progress:
     user_text: str = ""
     pieces: list[str] = field(default_factory=list)
     clauses: list[str] = field(default_factory=list)
-    heard_at: list[float] = field(default_factory=list)  # when each clause started on the speaker
+    heard_at: list[float] = field(default_factory=list)  # when each clause started on the speaker (predicted)
     audio_s: list[float] = field(default_factory=list)  # seconds of audio each clause has been given to the speaker
+    # where each clause's words are: its first and last sound (s from its start); TTS pads clauses with silence
+    voiced: list[tuple[float, float]] = field(default_factory=list)
+    played: list[list[PlayedAudio]] = field(default_factory=list)  # per clause, what a live speaker played of it
 
     def heard_text(self, t_silent: float) -> str:
         """What the user heard when the speaker fell silent at ``t_silent``: whole clauses, then the words of the
         clause being played in proportion to the share of its audio that was played (the TTS gives no word
-        timings; proportional is exact to about a word for evenly paced speech)."""
+        timings; proportional over the clause's sound, its leading and trailing silence left out, is exact to about
+        a word for evenly paced speech). With a live speaker the share is
+        what the device really played (``t_silent`` comes from its stop(), so all it took was heard); else the times
+        predicted at play()."""
         words: list[str] = []
-        for text, start, duration in zip(self.clauses, self.heard_at, self.audio_s):
-            if t_silent <= start:
+        for i, (text, start, duration) in enumerate(zip(self.clauses, self.heard_at, self.audio_s)):
+            played = self.played[i] if i < len(self.played) else []
+            # a live speaker: what the device took of the clause (all of it heard by the time it fell silent)
+            heard_s = (sum(p.played_samples / p.sample_rate for p in played) if played
+                       else max(0.0, t_silent - start))
+            if heard_s <= 0:
                 break
             clause_words = text.split()
-            if duration <= 0 or t_silent >= start + duration:
+            if duration <= 0 or heard_s >= duration - 1e-6:
                 words += clause_words
                 continue
-            words += clause_words[:int(len(clause_words) * (t_silent - start) / duration)]
+            lo, hi = self.voiced[i] if i < len(self.voiced) else (0.0, duration)
+            if hi <= lo:  # no sound measured (silence): the whole clause
+                lo, hi = 0.0, duration
+            share = min(1.0, max(0.0, (heard_s - lo) / (hi - lo)))
+            words += clause_words[:int(len(clause_words) * share)]
             break
         return " ".join(words)
+
+    def heard_until(self) -> float | None:
+        """When the last audio given to a live speaker has been heard; None while some is still to be played."""
+        chunks = [p for clause in self.played for p in clause]
+        if any(not p.done for p in chunks):
+            return None
+        return max((p.heard_until for p in chunks), default=0.0)
 
 
 class Responder:
@@ -219,10 +251,24 @@ class Responder:
                         if cancel.cancelled:
                             break
                         t_ready = self.clock.now()
-                    heard_at = self.sink.play(chunk, self.tts.sample_rate, t_ready)
                     if len(progress.heard_at) <= clause.index:
-                        progress.heard_at.append(heard_at)
+                        progress.heard_at.append(0.0)
                         progress.audio_s.append(0.0)
+                        progress.played.append([])
+                        progress.voiced.append((0.0, 0.0))
+                    if isinstance(self.sink, ReportsPlayback):  # a real speaker: what it plays is measured
+                        played = self.sink.play_chunk(chunk, self.tts.sample_rate)
+                        progress.played[clause.index].append(played)
+                        heard_at = played.heard_at
+                    else:
+                        heard_at = self.sink.play(chunk, self.tts.sample_rate, t_ready)
+                    if progress.audio_s[clause.index] == 0.0:
+                        progress.heard_at[clause.index] = heard_at
+                    loud = np.flatnonzero(np.abs(chunk) > 0.01)
+                    if loud.size:
+                        at, (lo, hi) = progress.audio_s[clause.index], progress.voiced[clause.index]
+                        first, last = at + loud[0] / self.tts.sample_rate, at + (loud[-1] + 1) / self.tts.sample_rate
+                        progress.voiced[clause.index] = (first if hi <= lo else lo, last)
                     progress.audio_s[clause.index] += chunk.size / self.tts.sample_rate
                     reply.emit(AgentAudio(t=t, turn_id=turn_id, clause_index=clause.index, samples=chunk,
                                          sample_rate=self.tts.sample_rate, heard_at=heard_at))
@@ -234,5 +280,10 @@ class Responder:
         # A reply lasts until it has been heard: until then it can be cut (barge-in), and only then is it known
         # that the user heard all of it.
         heard_until = max((start + s for start, s in zip(progress.heard_at, progress.audio_s)), default=0.0)
+        if any(progress.played):  # a real speaker: until it has played all of it (later than predicted after underruns)
+            deadline = heard_until + 10.0  # a device that stopped taking audio must not hold the reply for ever
+            while (measured := progress.heard_until()) is None and self.clock.now() < deadline:
+                await asyncio.sleep(0.02)
+            heard_until = measured if measured is not None else heard_until
         if heard_until > self.clock.now():
             await asyncio.sleep(heard_until - self.clock.now())

@@ -1,7 +1,8 @@
 """What real audio I/O adds to mouth-to-ear latency: the same turn through io=file timing and through a real
 audio server (a private PulseAudio with null sinks).
 
-    python -m fern.bench.live_io [--runs 5]
+    python -m fern.bench.live_io [--runs 5] [--device-block-ms 10] [--input-block-ms N]
+                                 [--input-latency-ms N] [--output-latency-ms N]
 
 Both paths run the same trivial agent: an energy endpointer on the 20 ms microphone blocks (a turn ends after
 ``--hangover-ms`` of blocks below -40 dBFS following speech) that answers with a click at once. So the figure isolates
@@ -90,11 +91,16 @@ def main() -> None:
     parser.add_argument("--wav", default="/usr/share/asterisk/sounds/en/tt-weasels.wav")
     parser.add_argument("--hangover-ms", type=int, default=300)
     parser.add_argument("--output-latency-ms", type=float, default=None)
+    parser.add_argument("--input-latency-ms", type=float, default=None)
+    parser.add_argument("--device-block-ms", type=float, default=10.0, help="io.device_block_ms")
+    parser.add_argument("--input-block-ms", type=float, default=None, help="io.input_block_ms")
     args = parser.parse_args()
     files, lives = [], []
     for run in range(args.runs):
         files.append(file_run(args.wav, args.hangover_ms))
-        live, info = live_run(args.wav, args.hangover_ms, output_latency_ms=args.output_latency_ms)
+        live, info = live_run(args.wav, args.hangover_ms, output_latency_ms=args.output_latency_ms,
+                              input_latency_ms=args.input_latency_ms, device_block_ms=args.device_block_ms,
+                              input_block_ms=args.input_block_ms)
         lives.append(live)
         print(f"run {run + 1}: io=file {1000 * files[-1]:.1f} ms, io=live {1000 * live:.1f} ms "
               f"(device {info['rate']} Hz, reported latency in {info['input_latency_ms']:.0f} / "

@@ -188,7 +188,9 @@ class PlayedChunk:
     """One ``play()``: where it sits on the speaker and how much of it was really played.
 
     ``played_samples`` (at the caller's ``sample_rate``) grows as the device takes the audio; it is final once
-    ``done`` (fully played, or cut by ``stop()``). ``heard_at`` is the session time of its first sample."""
+    ``done`` (fully played, or cut by ``stop()``). ``heard_at`` is the session time of its first sample as predicted
+    at ``play()``; ``started_at`` and ``segments`` are measured as the device takes the audio, so they stay right
+    when the device underruns (it then plays the rest of the chunk later than predicted)."""
 
     seq: int
     sample_rate: int
@@ -201,6 +203,8 @@ class PlayedChunk:
     stopped: bool = False
     device_rate: int = 0
     started_at: float | None = None  # session time its first sample was heard, measured when the device took it
+    # (offset in the chunk, device samples, session time the first of them is heard): one per audio callback
+    segments: list[tuple[int, int, float]] = field(default_factory=list, repr=False)
 
     @property
     def done(self) -> bool:
@@ -208,15 +212,29 @@ class PlayedChunk:
 
     @property
     def played_samples(self) -> int:
+        return self._at_caller_rate(self.played_device)
+
+    def _at_caller_rate(self, device_samples: float) -> int:
         if self.n_device == 0:
             return 0
-        return min(self.n_samples, int(round(self.played_device * self.n_samples / self.n_device)))
+        return min(self.n_samples, int(round(device_samples * self.n_samples / self.n_device)))
 
     @property
     def heard_until(self) -> float:
         """Session time the last played sample of this chunk is heard (== the start if none was played)."""
+        if self.segments:
+            _, n, t0 = self.segments[-1]
+            return t0 + n / (self.device_rate or self.sample_rate)
         start = self.started_at if self.started_at is not None else self.heard_at
         return start + self.played_samples / self.sample_rate
+
+    @property
+    def ends_at(self) -> float:
+        """When the whole chunk will have been heard: measured where the device has taken it, the rest at its pace
+        after that (the time it was cut, for a stopped chunk)."""
+        if self.stopped or not self.segments:
+            return self.heard_until if self.stopped else self.heard_at + self.n_samples / self.sample_rate
+        return self.heard_until + (self.n_device - self.played_device) / (self.device_rate or self.sample_rate)
 
 
 @dataclass
@@ -237,9 +255,11 @@ class LiveAudio:
 
     def __init__(self, *, input_device: int | str | None = None, output_device: int | str | None = None,
                  device_rate: int | None = None, sample_rate: int = 16000, output_rate: int = 24000,
-                 block_ms: int = 20, device_block_ms: float = 10.0, input_latency_ms: float | None = None,
+                 block_ms: int = 20, device_block_ms: float = 5.0, input_block_ms: float | None = 10.0,
+                 input_latency_ms: float | None = None,
                  output_latency_ms: float | None = None,
-                 echo: str = "aec", echo_reference_lead_ms: float = 10.0, half_duplex: bool = False,
+                 echo: str = "aec", echo_reference_lead_ms: float = 10.0,
+                 echo_bypass_margin_db: float | None = 10.0, half_duplex: bool = False,
                  half_duplex_tail_ms: float = 250.0, max_duration_s: float | None = None, clock: Any = None) -> None:
         if block_ms <= 0 or (sample_rate * block_ms) % 1000:
             raise ConfigValueError(f"io.block_ms={block_ms} must be a positive whole number of samples at "
@@ -247,6 +267,7 @@ class LiveAudio:
         if max_duration_s is not None and max_duration_s <= 0:
             raise ConfigValueError(f"io.max_duration_s={max_duration_s} must be positive (or null: until Ctrl-C)")
         from fern.echo import make_echo_canceller
+        from fern.echo.gate import NearEndGate
 
         self.sample_rate, self.output_rate, self.block_ms = sample_rate, output_rate, block_ms
         self.block = sample_rate * block_ms // 1000
@@ -270,9 +291,14 @@ class LiveAudio:
         self._in_latency = "low" if input_latency_ms is None else input_latency_ms / 1000
         self._out_latency = "low" if output_latency_ms is None else output_latency_ms / 1000
         self.aec = make_echo_canceller(echo, sample_rate)  # fails now if the canceller is not installed
+        # the raw microphone where the echo is negligible: the canceller's double-talk suppression eats speech onsets
+        self._gate = (NearEndGate(sample_rate, block_ms, echo_bypass_margin_db)
+                      if echo != "none" and echo_bypass_margin_db is not None else None)
         self._origin = time.perf_counter()  # perf_counter of session time 0 (see use_clock)
         # the device's own period: shorter than the stage block, so PortAudio's "low" latency is lower (2 periods)
-        self._in_blocks = max(1, round(self.in_rate * device_block_ms / 1000))
+        # the microphone's period may be shorter: its callback only queues, and a late one loses nothing (ALSA keeps
+        # capturing into its buffer), while a late speaker callback is an audible gap
+        self._in_blocks = max(1, round(self.in_rate * (input_block_ms or device_block_ms) / 1000))
         self._out_blocks = max(1, round(self.out_rate * device_block_ms / 1000))
         self._lock = threading.Lock()
         self._started = False
@@ -299,8 +325,11 @@ class LiveAudio:
         self._fade_chunks: list[tuple[PlayedChunk, int]] = []
         self._chunks: list[PlayedChunk] = []
         self._resamplers: dict[int, StreamResampler] = {}
-        self.output_underflows = 0
+        self.output_underflows = 0  # callbacks flagged by the device
+        self.underflow_events: list[float] = []  # when bursts of them began (flagged callbacks < 100 ms apart)
         self.underflow_times: list[float] = []
+        self.held_blocks = 0  # callbacks off the device's pace: given silence, the agent's audio waited
+        self._last_callback: tuple[float | None, float, int] = (None, 0.0, 0)
         self.last_stop: StopReport | None = None
         ring_s = 10
         self._far_ring = np.zeros(ring_s * self.out_rate, np.float32)  # what was written, by device position
@@ -387,8 +416,11 @@ class LiveAudio:
         if self._started and not self._closed.is_set():
             # the health of the session's audio: underflows are gaps the listener heard (and moved the echo path)
             times = self.underflow_times
-            log.info("live audio closed: %d output underflows%s, %d input overflows", self.output_underflows,
-                     f" (from {times[0]:.1f} s to {times[-1]:.1f} s)" if times else "", self.input_overflows)
+            events = ", ".join(f"{t:.1f}" for t in self.underflow_events[:12])
+            log.info("live audio closed: %d output underflows in %d events%s, %d blocks held off pace, "
+                     "%d input overflows", self.output_underflows, len(self.underflow_events),
+                     f" (at {events}{' ...' if len(self.underflow_events) > 12 else ''} s)" if times else "",
+                     self.held_blocks, self.input_overflows)
         self._closed.set()
         for stream in (self._in_stream, self._out_stream):
             if stream is not None:
@@ -411,6 +443,8 @@ class LiveAudio:
         now = time.perf_counter()
         if status.output_underflow:  # the device ran dry: its timeline moved on without us
             self.output_underflows += 1
+            if not self.underflow_times or now - self._origin - self.underflow_times[-1] > 0.1:
+                self.underflow_events.append(now - self._origin)  # a burst of flagged callbacks is one event
             self.underflow_times.append(now - self._origin)
             self._out_clock.reset()
         self._callback_times.append(now)
@@ -424,12 +458,24 @@ class LiveAudio:
         latency = time_info.outputBufferDacTime - time_info.currentTime
         if not 0.0 <= latency < 2.0:  # some host APIs report 0 or garbage
             latency = self._out_stream.latency if self._out_stream is not None else 0.0
+        dac = now + latency  # perf_counter time the first sample of this block is heard
+        # Off pace: after an underrun, PulseAudio's ALSA plugin can call back every ~1 ms for a while, each time
+        # reporting a DAC time only ~1 ms after the previous block's although that block was 10 ms long; what is
+        # written then is dropped (measured: 1.8 s of a reply lost in one such burst). Such blocks get silence and the
+        # queue waits: the reply is heard late, but whole.
+        prev_dac, prev_now, prev_frames = self._last_callback
+        self._last_callback = (dac, now, frames)
+        off_pace = (prev_dac is not None and dac < prev_dac + prev_frames / self.out_rate - 0.003
+                    and now - prev_now < 0.5 * frames / self.out_rate)
+        if off_pace:
+            self.held_blocks += 1
         out = outdata[:, 0]
         out.fill(0.0)
         with self._lock:
-            self._out_clock.observe(now + latency, self._written)
-            filled = 0
-            if self._fade.size:  # the ramp-down after a stop
+            if not off_pace:
+                self._out_clock.observe(dac, self._written)
+            filled = frames if off_pace else 0
+            if self._fade.size and not off_pace:  # the ramp-down after a stop
                 n = min(frames, self._fade.size)
                 out[:n] = self._fade[:n]
                 self._fade = self._fade[n:]
@@ -437,6 +483,7 @@ class LiveAudio:
                 while self._fade_chunks and taken:
                     chunk, left = self._fade_chunks[0]
                     k = min(left, taken)
+                    chunk.segments.append((chunk.played_device, k, dac + (n - taken) / self.out_rate - self._origin))
                     chunk.played_device += k
                     taken -= k
                     if left - k:
@@ -448,8 +495,10 @@ class LiveAudio:
                 entry = self._queue[0]
                 chunk, samples, offset = entry
                 n = min(frames - filled, samples.size - offset)
+                t_heard = dac + filled / self.out_rate - self._origin
                 if offset == 0:  # measured, not predicted: an underrun since play() moves it later
-                    chunk.started_at = now + latency + filled / self.out_rate - self._origin
+                    chunk.started_at = t_heard
+                chunk.segments.append((offset, n, t_heard))
                 out[filled:filled + n] = samples[offset:offset + n]
                 chunk.played_device += n
                 filled += n
@@ -529,8 +578,13 @@ class LiveAudio:
             if not chunks:
                 return 0.0
             last = chunks[-1]
-            end = last.start + (last.n_device if not last.stopped else last.played_device)
-        return self._heard_time(end)
+            if last.stopped or last.done:
+                return last.heard_until
+            queued = self._fade.size + sum(samples.size - offset for _, samples, offset in self._queue)
+            written = self._written
+        # what is still queued plays right after what the device holds, at its pace (from the clock as it is now:
+        # positions given at play() move when the device underruns or blocks are held)
+        return self._heard_time(written) + queued / self.out_rate
 
     def agent_audible(self, t0: float, t1: float | None = None, tail_s: float = 0.0) -> bool:
         """Whether agent audio is heard at some time in [t0, t1] (session times), counting ``tail_s`` of room echo
@@ -538,14 +592,19 @@ class LiveAudio:
         t1 = t0 if t1 is None else t1
         with self._lock:
             recent = self._chunks[-64:]
+        queue_end: float | None = None
         for c in reversed(recent):
-            n = c.n_samples if not c.stopped else c.played_samples
-            if n == 0:
+            if c.stopped and c.played_device == 0:
                 continue
-            end = c.heard_at + n / c.sample_rate + tail_s
-            if c.heard_at <= t1 and end >= t0:
+            start = c.started_at if c.started_at is not None else c.heard_at  # measured once the device took it
+            if c.done:
+                end = c.heard_until + tail_s
+            else:  # still playing or queued: until the queue has played out
+                queue_end = self.played_until() if queue_end is None else queue_end
+                end = max(c.ends_at, queue_end) + tail_s
+            if start <= t1 and end >= t0:
                 return True
-            if end < t0 and not c.stopped and c.heard_at < t0 - 30:  # far in the past: older ones too
+            if end < t0 and not c.stopped and start < t0 - 30:  # far in the past: older ones too
                 break
         return False
 
@@ -623,7 +682,8 @@ class LiveAudio:
                     if self.keep_reference:
                         self._far_track.mix(far, self.sample_rate, j0 / self.sample_rate)
                     if self.echo_mode != "none":
-                        block = self.aec.process(block, far)
+                        cleaned = self.aec.process(block, far)
+                        block = cleaned if self._gate is None else self._gate.choose(block, far, cleaned)
                 if self.half_duplex and self.agent_audible(t_start, t_end, self.half_duplex_tail_s):
                     block = np.zeros_like(block)
                 self._mic_out.mix(block, self.sample_rate, j0 / self.sample_rate)
@@ -650,10 +710,10 @@ class LiveAudio:
                 out.mix(audio, self.sample_rate, self._mic_offset())
         elif name == "agent":
             for c in self.playback_log():
-                n = c.played_samples
-                if n:
-                    t = c.started_at if c.started_at is not None else self._heard_time(c.start)
-                    out.mix(c.samples[:n], c.sample_rate, t)
+                for offset, n, t in list(c.segments):  # each piece where the device played it
+                    lo, hi = c._at_caller_rate(offset), c._at_caller_rate(offset + n)
+                    if hi > lo:
+                        out.mix(c.samples[lo:hi], c.sample_rate, t)
         else:
             raise KeyError(f"no track {name!r}: user, user_processed, reference, agent")
         return out.audio(rate)
@@ -780,10 +840,12 @@ class LiveSettings:
     output_rate: int = 24000
     block_ms: int = "${..block_ms}"  # type: ignore[assignment]
     device_block_ms: float = "${..device_block_ms}"  # type: ignore[assignment]
+    input_block_ms: Optional[float] = "${..input_block_ms}"  # type: ignore[assignment]
     input_latency_ms: Optional[float] = "${..input_latency_ms}"  # type: ignore[assignment]
     output_latency_ms: Optional[float] = "${..output_latency_ms}"  # type: ignore[assignment]
     echo: str = "${..echo}"
     echo_reference_lead_ms: float = "${..echo_reference_lead_ms}"  # type: ignore[assignment]
+    echo_bypass_margin_db: Optional[float] = "${..echo_bypass_margin_db}"  # type: ignore[assignment]
     half_duplex: bool = "${..half_duplex}"  # type: ignore[assignment]
     half_duplex_tail_ms: float = "${..half_duplex_tail_ms}"  # type: ignore[assignment]
     max_duration_s: Optional[float] = "${..max_duration_s}"  # type: ignore[assignment]
@@ -805,11 +867,15 @@ class LiveIOConfig:
     output_device: Optional[str] = None
     device_rate: Optional[int] = None  # null: each device's default rate (audio is resampled to/from the stages)
     block_ms: int = 20  # blocks the pipeline gets (at 16 kHz)
-    device_block_ms: float = 10.0  # the audio callbacks' period (PortAudio's low latency is about two of them)
+    device_block_ms: float = 5.0  # the speaker callback's period (PortAudio's low latency is about two of them)
+    input_block_ms: Optional[float] = 10.0  # the microphone callback's period; null: device_block_ms
     input_latency_ms: Optional[float] = None  # null: PortAudio's low-latency default for the device
     output_latency_ms: Optional[float] = None
     echo: str = "aec"  # aec (WebRTC AEC3) | speex | none
     echo_reference_lead_ms: float = 10.0
+    # the raw microphone passes where the echo predicted from the reference is this far below it (AEC3's double-talk
+    # suppression hides speech onsets: fern/echo/gate.py); null: always the canceller's output
+    echo_bypass_margin_db: Optional[float] = 10.0
     half_duplex: bool = False  # mic ignored (silence) while the agent is heard, plus half_duplex_tail_ms
     half_duplex_tail_ms: float = 250.0
     max_duration_s: Optional[float] = None  # null: until Ctrl-C

@@ -185,9 +185,21 @@ def test_two_turn_conversation_through_the_audio_server(session, file_replay, ti
         assert -20 < io_ms < 120, rows
 
 
-@pytest.mark.xfail(strict=False, reason="io.echo=aec (AEC3) suppresses the first ~100 ms of the user's speech over the "
-                   "agent and parts of the double talk after it: the barge-in came late (427 ms) or not at all in 2 "
-                   "of 4 runs here; see README 'Live agent'")
+def _words_into(reply: str, transcript: str) -> int:
+    """How many words of ``reply`` a recording of it got through: where the transcript's last word sits in the reply
+    (tiny.en on a cut recording may mishear or add a word at its start, e.g. "and its message" for "This message";
+    where it stops is what counts)."""
+    import re
+
+    norm = lambda w: re.sub(r"[^a-z0-9']", "", w.lower())  # noqa: E731
+    words = [norm(w) for w in reply.split()]
+    heard = [w for w in map(norm, transcript.split()) if w]
+    if not heard:
+        return 0
+    hits = [i for i, w in enumerate(words[:len(heard) + 2]) if w == heard[-1]]
+    return hits[-1] + 1 if hits else len(heard)
+
+
 def test_talking_over_the_reply_stops_it_and_history_keeps_what_was_heard(session, tiny_en):
     assert session["rc"] == 0, session["agent"].log()
     turns = _turns(session)
@@ -201,11 +213,11 @@ def test_talking_over_the_reply_stops_it_and_history_keeps_what_was_heard(sessio
     stop_ms = 1000 * (spoken[-1] - said.t_start)
     lat = _latency_line(session["agent"])
     # Tolerance: min_speech_ms (200) + 2 blocks of 20 ms + the speaker's reported output latency (audio the device
-    # already holds) + one 20 ms VAD frame; plus, with io.echo=aec (the default, used here), AEC3's double-talk onset:
-    # it suppresses the first 80-120 ms of the user's speech while the agent talks (measured offline on this
-    # recording: first voiced frame 112 ms after the onset; speex 12 ms), so the VAD hears the user that much later.
-    aec3_onset_ms = 200
-    bound = 200 + 2 * 20 + lat["out_ms"] + 20 + aec3_onset_ms
+    # already holds) + one 20 ms VAD frame, + 60 ms for blocks that reach the listener late on a loaded 2-core machine.
+    # io.echo=aec (the default, used here) adds nothing: there is no echo in this session, so the NearEndGate passes
+    # the raw microphone (AEC3's own output hid up to 0.4 s of such onsets and missed 5 of 27: python -m
+    # fern.bench.aec --barge-in).
+    bound = 200 + 2 * 20 + lat["out_ms"] + 20 + 60
     m = story["metrics"]
     print(f"\nbarge-in: user onset on userA -> agent silent on agentB {stop_ms:.0f} ms (bound {bound:.0f}); the "
           f"agent's own barge_in_ms (its detected onset -> silent) {m['barge_in_ms']:.0f}, so the onset was heard "
@@ -217,10 +229,14 @@ def test_talking_over_the_reply_stops_it_and_history_keeps_what_was_heard(sessio
     audio = ears[int((session["reply_onset"] - t0) * rate):int((spoken[-1] - t0) * rate) + rate // 50]
     played = tiny_en.transcribe(resample(audio, rate, RATE))
     kept = story["agent_text"]
-    print(f"words kept {len(kept.split())}: {kept!r}; heard on agentB {len(played.split())}: {played!r}; "
-          f"the LLM wrote {story['llm_text']!r}")
+    print(f"words kept {len(kept.split())}: {kept!r}; heard on agentB {_words_into(story['llm_text'], played)}: "
+          f"{played!r}; the LLM wrote {story['llm_text']!r}")
     assert story["llm_text"].startswith(kept) and len(kept.split()) < len(story["llm_text"].split())
-    assert abs(len(kept.split()) - len(played.split())) <= 1, (kept, played)
+    # never a word the user did not hear; at most two fewer: the cut is proportional within the clause (espeak's pacing
+    # is uneven: in 'This message should be sent to the "FERN" folder.' the first five words take 49 % of the audio,
+    # so the cut lags by up to a word), and tiny.en completes a word the recording caught only the start of
+    heard = _words_into(story["llm_text"], played)
+    assert 0 <= heard - len(kept.split()) <= 2, (kept, played)
 
 
 def test_ctrl_c_mid_reply_ends_cleanly_with_everything_written(session):

@@ -278,3 +278,94 @@ def test_bad_device_from_the_command_line_exits_2_with_one_line(pulse, tmp_path)
     errors = [line for line in out.stderr.splitlines() if line.startswith("fern: error:")]
     assert errors == [e for e in errors if "matches no input device; input devices: 0 'pulse', 1 'default'" in e]
     assert len(errors) == 1
+
+
+# ---- what the user heard, when the speaker underruns -------------------------------------------------------------
+def _hold_the_gil(seconds: float) -> None:
+    """Block every Python thread, the audio callbacks included, for ``seconds`` (a C sleep that keeps the GIL): the
+    speaker underruns as it does when a model's thread starves the callbacks on a loaded machine."""
+    import ctypes
+
+    ctypes.PyDLL(None).usleep(int(seconds * 1e6))
+
+
+def _tone_seconds(recorded: np.ndarray, rate: int, level: float = 0.05) -> float:
+    """Seconds of tone in a recording, counted in 5 ms frames (gaps between pieces are not counted)."""
+    frame = rate // 200
+    frames = recorded[:recorded.size // frame * frame].reshape(-1, frame)
+    return float(np.count_nonzero(np.sqrt(np.mean(frames ** 2, axis=1)) > level)) * frame / rate
+
+
+def _words_in(clauses: list[str], seconds: float, seconds_per_word: float) -> int:
+    """Words heard in ``seconds`` of ScriptedTTS audio: whole clauses, then the share of the one being played."""
+    words = 0
+    for clause in clauses:
+        n = len(clause.split())
+        duration = max(1, n) * seconds_per_word
+        if seconds >= duration:
+            words, seconds = words + n, seconds - duration
+            continue
+        return words + int(n * seconds / duration)
+    return words
+
+
+def test_history_keeps_what_the_speaker_played_when_it_underran(pulse, live_audio):
+    """play() predicts when each chunk will be heard; an underrun makes the speaker play the rest later. Cut after
+    one, the reply must keep the words agentB really played, not the ones the prediction says were due by then."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import suppress
+
+    from fern.chunker.clause import ClauseChunker
+    from fern.clock import SessionClock
+    from fern.events import Clause, UserTurn
+    from fern.llm.history import ChatHistory
+    from fern.responder import Responder
+    from fern.testing import EventLog, ScriptedASR, ScriptedLLM, ScriptedTTS
+
+    story = "Once upon a time, a cat lived in a tall house. It liked the sun. It slept all day long, and dreamed."
+    per_word, stall_s = 0.25, 0.75
+    audio = live_audio()
+    clock = SessionClock()
+    audio.use_clock(clock)
+    ears = pulse.record("agentB.monitor").wait_ready()
+    log, history = EventLog(), ChatHistory("You are FERN.", 1024)
+    executor = ThreadPoolExecutor(4)
+    responder = Responder(asr=ScriptedASR(["Tell me a story."]), llm=ScriptedLLM([story]),
+                          chunker=ClauseChunker(first_min_words=2),
+                          tts=ScriptedTTS(sample_rate=CLICK_RATE, seconds_per_word=per_word, rtf=0.05),
+                          sink=audio.sink, history=history, clock=clock, emit=log.on_event, executor=executor)
+
+    async def conversation() -> float:
+        turn = UserTurn(t=clock.now(), turn_id=0, audio=np.zeros(1600, np.float32), sample_rate=16000,
+                        t_speech_start=0.0, t_last_voiced=0.0)
+        reply = responder.start(turn)
+        while not audio.playback_log() or audio.playback_log()[0].started_at is None:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(max(0.0, audio.playback_log()[0].started_at + 1.0 - clock.now()))
+        _hold_the_gil(stall_s)  # 1 s into the reply (4 words): the speaker runs dry for ~0.75 s
+        await asyncio.sleep(1.0)
+        reply.cancel()
+        with suppress(asyncio.CancelledError):
+            await reply.task
+        return reply.t_silent
+
+    try:
+        t_silent = asyncio.run(conversation())
+    finally:
+        executor.shutdown()
+    time.sleep(0.4)
+    recorded = ears.stop()
+    heard_s = _tone_seconds(recorded, ears.rate)
+    clauses = [e.text for e in log.of(Clause)]
+    kept = history.messages()[-1]["content"]
+    expected = _words_in(clauses, heard_s, per_word)
+    predicted = _words_in(clauses, t_silent - audio.playback_log()[0].heard_at, per_word)  # what play() foresaw
+    print(f"underrun: {audio.output_underflows} underflows in {len(audio.underflow_events)} events, "
+          f"{audio.held_blocks} blocks held; agentB played {heard_s:.2f} s = {expected} words; "
+          f"kept {len(kept.split())}: {kept!r}; "
+          f"play()'s predictions would say {predicted} words")
+    assert audio.output_underflows >= 1  # the stall did underrun the speaker
+    assert predicted >= expected + 2  # ...by enough that the predicted times are words off
+    assert story.startswith(kept)
+    assert abs(len(kept.split()) - expected) <= 1, (kept, heard_s)
