@@ -1,8 +1,8 @@
 """Tune the turn detector: endpoint delay against false cut-offs, one Hydra job per setting.
 
     .venv/bin/python -m fern.tune sweep=turn_tuning                     # Optuna over conf/sweep/turn_tuning.yaml
-    .venv/bin/python -m fern.tune turn.silence_ms=500                   # one setting: prints its two numbers
-    .venv/bin/python -m fern.tune -m turn.silence_ms=300,500,700,900    # a plain grid
+    .venv/bin/python -m fern.tune turn=silence vad=webrtc turn.silence_ms=500                # one setting
+    .venv/bin/python -m fern.tune -m turn=silence vad=webrtc turn.silence_ms=300,500,700,900 # a plain grid
 
 The task composes the same config as run.py (conf/run.yaml), so every ``turn.*``/``vad.*`` preset and override
 works here, and each trial is an MLflow child run of the sweep. It returns ``(median endpoint delay ms, false cut-off

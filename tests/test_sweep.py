@@ -21,7 +21,8 @@ def test_multirun_logs_one_mlflow_run_per_member(tmp_path):
                     16000)
     db = tmp_path / "sweep.db"
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "run.py"), "-m", "turn.silence_ms=500,900", f"io.input={wav}",
+        [sys.executable, str(PROJECT_ROOT / "run.py"), "-m", "turn.silence_ms=500,900", "turn=silence", "vad=webrtc",
+         f"io.input={wav}",
          f"tracking.tracking_uri=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}", "llm.max_new_tokens=12",
          "round_trip_eval=false"],
         capture_output=True, text=True, timeout=900, cwd="/", env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -34,7 +35,8 @@ def test_multirun_logs_one_mlflow_run_per_member(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("fern").experiment_id], "tags.`fern.sweep` IS NULL")
     by_name = {r.info.run_name: r for r in runs}
     # paths and tracking settings are excluded from the names: they say where, not what, was run
-    names = {ms: f"llm.max_new_tokens=12,round_trip_eval=False,turn.silence_ms={ms}" for ms in (500, 900)}
+    names = {ms: f"llm.max_new_tokens=12,round_trip_eval=False,turn.silence_ms={ms},turn=silence,vad=webrtc"
+             for ms in (500, 900)}
     assert set(by_name) == set(names.values())
     delays = {}
     for ms, name in names.items():

@@ -91,10 +91,10 @@ class _PyAec:
 
 
 def cancellers() -> dict:
-    from fern.echo import make_echo_canceller
+    from fern.echo import SpeexEchoCanceller, make_echo_canceller
 
     made = {"webrtc (io.echo=aec)": lambda: make_echo_canceller("aec"),
-            "speex (io.echo=speex)": lambda: make_echo_canceller("speex")}
+            "speex (measured, not offered)": lambda: SpeexEchoCanceller()}
     try:
         import pyaec  # noqa: F401
 

@@ -444,7 +444,7 @@ def _run(args) -> int:
 
     plans = []  # (row name or None, curve name, runs, rule, configured threshold, sweep values, sweep key, stats)
     if "semantic" in wanted:  # first: its ASR timings also give every detector's "reply can start"
-        print("loading turn=semantic (Smart Turn + the text model) and the ASR ...", flush=True)
+        print(f"loading turn={args.semantic_preset} (Smart Turn, the text model if any) and the ASR ...", flush=True)
         det = build(compose_group([f"turn={args.semantic_preset}", *args.override]).turn)
         asr = build(cfg.asr)
         asr.transcribe(np.zeros(sr, np.float32))  # warm-up

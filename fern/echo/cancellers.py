@@ -105,7 +105,7 @@ def _load_speexdsp() -> ctypes.CDLL:
         if hasattr(lib, "speex_echo_state_init"):
             break
     else:
-        raise EchoCancellerError("io.echo=speex needs libspeexdsp (Debian: apt-get install libspeexdsp1)")
+        raise EchoCancellerError("SpeexDSP needs libspeexdsp (Debian: apt-get install libspeexdsp1)")
     vp = ctypes.c_void_p
     i16p = ctypes.POINTER(ctypes.c_int16)
     lib.speex_echo_state_init.restype = vp
@@ -179,17 +179,19 @@ def _to_i16(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16))
 
 
-ECHO_MODES = ("none", "aec", "webrtc", "speex")
+ECHO_MODES = ("none", "aec", "webrtc")
 
 
 def make_echo_canceller(mode: str, sample_rate: int = 16000, **options) -> EchoCanceller:
-    """``io.echo``: none | aec (= webrtc) | webrtc | speex."""
+    """``io.echo``: none | aec (= webrtc) | webrtc. SpeexDSP is measured (fern.bench.aec), not offered."""
     if mode == "none":
         return NoEchoCanceller(sample_rate)
     if mode in ("aec", "webrtc"):
         return WebRtcEchoCanceller(sample_rate, **options)
     if mode == "speex":
-        return SpeexEchoCanceller(sample_rate, **options)
+        raise ConfigValueError("io.echo=speex is not offered: measured here it removed 15.6 dB of echo (AEC3: 59 dB) "
+                               "and the agent interrupted or answered its own echo; use io.echo=aec, or "
+                               "io.half_duplex=true")
     raise ConfigValueError(f"io.echo={mode!r} is not an echo mode; choose one of {', '.join(ECHO_MODES)}")
 
 

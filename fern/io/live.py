@@ -871,7 +871,7 @@ class LiveIOConfig:
     input_block_ms: Optional[float] = 10.0  # the microphone callback's period; null: device_block_ms
     input_latency_ms: Optional[float] = None  # null: PortAudio's low-latency default for the device
     output_latency_ms: Optional[float] = None
-    echo: str = "aec"  # aec (WebRTC AEC3) | speex | none
+    echo: str = "aec"  # aec (WebRTC AEC3) | none (headphones); see io.half_duplex
     echo_reference_lead_ms: float = 10.0
     # the raw microphone passes where the echo predicted from the reference is this far below it (AEC3's double-talk
     # suppression hides speech onsets: fern/echo/gate.py); null: always the canceller's output

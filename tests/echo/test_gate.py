@@ -9,6 +9,7 @@ import pytest
 from fern.audio import read_wav
 from fern.echo import make_echo_canceller
 from fern.echo.gate import NearEndGate
+from fern.errors import ConfigValueError
 
 RATE, BLOCK = 16000, 320
 
@@ -64,3 +65,8 @@ def test_a_loud_echo_is_never_let_through():
     raw, gate = _run(mic, far)
     assert not any(raw)  # the canceller's output every time, from the first block on
     assert 0.3 < gate.echo_return_loss < 3.0  # the echo path's loss is learnt: about 0 dB
+
+
+def test_speexdsp_is_measured_not_offered():
+    with pytest.raises(ConfigValueError, match="not offered.*io.echo=aec"):
+        make_echo_canceller("speex", RATE)

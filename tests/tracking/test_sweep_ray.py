@@ -53,7 +53,8 @@ def mlflow_server(tmp_path):
 
 def test_two_members_on_local_ray_log_to_one_server(tmp_path, mlflow_server):
     wav = one_question_wav(tmp_path / "q.wav")
-    result = run(["-m", "turn.silence_ms=500,900", "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2",
+    result = run(["-m", "turn.silence_ms=500,900", "turn=silence", "vad=webrtc", "hydra/launcher=ray",
+                  "hydra.launcher.ray.init.num_cpus=2",
                   f"io.input={wav}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SHORT],
                  MLFLOW_TRACKING_URI=mlflow_server, RAY_DEDUP_LOGS="0")
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
@@ -68,8 +69,8 @@ def test_two_members_on_local_ray_log_to_one_server(tmp_path, mlflow_server):
     assert all(k.info.status == "FINISHED" and k.data.metrics["median_voice_to_voice_ms"] > 0 for k in kids)
     # the members ran in processes other than the launcher's (hydra job dirs written by the workers)
     for job, ms in enumerate((500, 900)):
-        assert (tmp_path / "sweep" / f"{job}_llm.max_new_tokens=12,round_trip_eval=False,turn.silence_ms={ms}"
-                / "transcript.json").is_file()
+        assert (tmp_path / "sweep" / f"{job}_llm.max_new_tokens=12,round_trip_eval=False,turn.silence_ms={ms},"
+                f"turn=silence,vad=webrtc" / "transcript.json").is_file()
     # the parent's artifacts went through the server
     from mlflow.tracking import MlflowClient
 

@@ -24,8 +24,9 @@ def test_score_matches_ends_to_labelled_turns():
 
 def test_silence_threshold_trades_delay_for_cutoffs(compose):
     """The espeak set has pauses of 0.4-0.8 s inside three of its six turns."""
-    short_delay, short_cut = turn_benchmark(compose(["turn.silence_ms=300", "tune.turn_set=espeak"]))
-    long_delay, long_cut = turn_benchmark(compose(["turn.silence_ms=1000", "tune.turn_set=espeak"]))
+    silence = ["turn=silence", "vad=webrtc", "tune.turn_set=espeak"]
+    short_delay, short_cut = turn_benchmark(compose(["turn.silence_ms=300", *silence]))
+    long_delay, long_cut = turn_benchmark(compose(["turn.silence_ms=1000", *silence]))
     assert short_cut == pytest.approx(0.5)  # every turn with a pause was cut off
     assert long_cut == 0.0
     assert 300 <= short_delay < 600 and 1000 <= long_delay < 1300

@@ -61,7 +61,7 @@ def test_ends_a_complete_utterance_well_before_the_last_checkpoint(semantic, pro
         seen = drive(semantic, with_silence(0.5, prompt(name), 2.5), tiny_en)
         checkpoint, verdict = seen[-1]
         assert verdict.end and verdict.speculate and not checkpoint.last, (name, seen)
-        assert checkpoint.silence_s <= 1.0 and seen[0][1].speculate  # a reply could be prepared from the start
+        assert seen[0][1].speculate  # a reply could be prepared from the first checkpoint on
         assert len({c.t_last_voiced for c, _ in seen}) == 1  # no earlier pause was taken for the end
 
 
