@@ -20,7 +20,8 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     wav = one_question_wav(tmp / "one_question.wav")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    result = run(["-m", "turn.silence_ms=500,900", f"io.input={wav}", f"tracking.tracking_uri={uri}",
+    result = run(["-m", "turn.silence_ms=500,900", "turn=silence", "vad=webrtc", f"io.input={wav}",
+                  f"tracking.tracking_uri={uri}",
                   f"hydra.sweep.dir={tmp / 'sweep'}", *SHORT])
     assert result.returncode == 0, result.stderr[-3000:]
     return {"uri": uri, "dir": tmp / "sweep", "result": result, "tmp": tmp}
