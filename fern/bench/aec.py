@@ -26,17 +26,18 @@ import argparse
 import statistics
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
 
-def record_loop(agent_s: float = 7.0, loop_gain: float = 1.0) -> dict:
-    from fern.audio import read_wav
+@contextmanager
+def agent_speaking(far: np.ndarray, loop_gain: float = 1.0):
+    """A private PulseAudio whose agent speaker loops back into its microphone at ``loop_gain``: ``far`` (24 kHz)
+    goes to the speaker, the microphone is read in a thread until the block ends. Yields (pulse, audio, t0)."""
     from fern.io.live import LiveAudio
     from fern.io.pulse import PrivatePulse
 
-    far = read_wav("/usr/share/asterisk/sounds/en/demo-congrats.wav", 24000)[:int(agent_s * 24000)]
-    near = read_wav("/usr/share/asterisk/sounds/en/tt-weasels.wav", 16000)
     with PrivatePulse() as pa:
         pa.route_agent()
         pa.loopback("agentB.monitor", "userA", latency_ms=20, gain=loop_gain)
@@ -52,10 +53,24 @@ def record_loop(agent_s: float = 7.0, loop_gain: float = 1.0) -> dict:
 
         reader = threading.Thread(target=read)
         reader.start()
-        time.sleep(0.3)
-        t0 = audio.now()
-        for i in range(0, far.size, 4800):
-            audio.sink.play(far[i:i + 4800], 24000, audio.now())
+        try:
+            time.sleep(0.3)
+            t0 = audio.now()
+            for i in range(0, far.size, 4800):
+                audio.sink.play(far[i:i + 4800], 24000, audio.now())
+            yield pa, audio, t0
+        finally:
+            stop.set()
+            reader.join()
+            audio.close()
+
+
+def record_loop(agent_s: float = 7.0, loop_gain: float = 1.0) -> dict:
+    from fern.audio import read_wav
+
+    far = read_wav("/usr/share/asterisk/sounds/en/demo-congrats.wav", 24000)[:int(agent_s * 24000)]
+    near = read_wav("/usr/share/asterisk/sounds/en/tt-weasels.wav", 16000)
+    with agent_speaking(far, loop_gain) as (pa, audio, t0):
         time.sleep(4.5)
         t_talk = audio.now()
         pa.play(near, 16000, "userA")
@@ -63,11 +78,8 @@ def record_loop(agent_s: float = 7.0, loop_gain: float = 1.0) -> dict:
         t_alone = audio.now()
         pa.play(near, 16000, "userA")
         time.sleep(0.3)
-        stop.set()
-        reader.join()
         out = {"mic": audio.track("user", 16000), "ref": audio.track("reference", 16000), "t0": t0,
                "t_talk": t_talk, "t_alone": t_alone, "near_s": near.size / 16000}
-        audio.close()
     n = min(out["mic"].size, out["ref"].size)
     out["mic"], out["ref"] = out["mic"][:n], out["ref"][:n]
     return out
@@ -138,37 +150,14 @@ BLOCK = 320  # 20 ms at 16 kHz
 def record_reply_echo() -> dict:
     """The agent's espeak reply played and looped back into its microphone at unity gain: mic (echo only) + ref."""
     from fern.audio import resample
-    from fern.io.live import LiveAudio
-    from fern.io.pulse import PrivatePulse
     from fern.tts.espeak import EspeakSynthesizer
 
     synth = EspeakSynthesizer(words_per_minute=160)
     far = resample(synth.synthesize(REPLY), synth.sample_rate, 24000)
-    with PrivatePulse() as pa:
-        pa.route_agent()
-        pa.loopback("agentB.monitor", "userA", latency_ms=20)
-        audio = LiveAudio(echo="none")
-        audio.keep_reference = True
-        audio.start()
-        stop = threading.Event()
-
-        def read() -> None:
-            for _ in audio.timed_blocks():
-                if stop.is_set():
-                    return
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        time.sleep(0.3)
-        t0 = audio.now()
-        for i in range(0, far.size, 4800):
-            audio.sink.play(far[i:i + 4800], 24000, audio.now())
+    with agent_speaking(far) as (_, audio, t0):
         time.sleep(far.size / 24000 + 1.0)
-        stop.set()
-        reader.join()
         mic, ref = audio.track("user", 16000), audio.track("reference", 16000)
         underflows = audio.output_underflows
-        audio.close()
     n = min(mic.size, ref.size)
     return {"mic": mic[:n], "ref": ref[:n], "t0": t0, "t_end": t0 + far.size / 24000, "underflows": underflows}
 
