@@ -70,7 +70,7 @@ def _run(cfg: DictConfig) -> float:
     t_start = time.perf_counter()
     # the turn detector's text model waits for the reply LLM when both are the same weights (built once, below)
     text_from_llm = text_model_shares_llm(cfg)
-    turn = build(cfg.turn, "turn", text=None) if text_from_llm else build(cfg.turn, "turn")
+    turn = build(cfg.turn, "turn", text=None, reads_text=True) if text_from_llm else build(cfg.turn, "turn")
     cheap = {"source": build(cfg.io.source, "audio source"), "sink": build(cfg.io.sink, "audio sink"),
              "vad": build(cfg.vad, "vad"), "turn": turn, "chunker": build(cfg.chunker, "chunker")}
     from fern.llm.history import ChatHistory

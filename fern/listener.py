@@ -3,8 +3,9 @@
 It keeps a ring buffer of recent frames (a turn's audio is cut from it, with pre- and post-roll), records the user's
 side on the recording sink, and reports speech starts (the barge-in cue). Pauses are judged by the turn detector at
 its checkpoints, off the event loop (a model may take tens of milliseconds); speech that resumes before a verdict
-voids it. A detector that reads words gets a transcript of the turn so far through ``transcribe`` (the responder's
-ASR), started at the first checkpoint of a pause.
+voids it. The turn so far is recognised through ``transcribe`` (the responder's ASR) from the first checkpoint of a
+pause, so that a reply starts from words that are already there; a detector that reads them (``needs_transcript``)
+gets them as soon as they exist.
 """
 
 from __future__ import annotations
@@ -125,10 +126,13 @@ class Listener:
     def _judge(self, index: int, silence_s: float, t: float) -> None:
         pause = self._pause
         audio = self._audio(self.segmenter.t_start - self.preroll_s, t)
-        if self.turn.needs_transcript and self.transcribe is not None and self._transcript is None:
+        if self.transcribe is not None and self._transcript is None:
+            # recognised during the pause whether or not the detector reads the words: the reply then starts
+            # from them (overlap, not add)
             self._transcript = asyncio.ensure_future(self._recognise(audio))
-            # the words arrive after the first verdict: judge again then, at whatever silence it is by then
-            self._transcript.add_done_callback(lambda task, pause=pause: self._rejudge(pause, task))
+            if self.turn.needs_transcript:
+                # the words arrive after the first verdict: judge again then, at whatever silence it is by then
+                self._transcript.add_done_callback(lambda task, pause=pause: self._rejudge(pause, task))
         self._track(self._verdict(pause, silence_s, audio))
 
     def _track(self, coro) -> None:
@@ -151,7 +155,7 @@ class Listener:
 
     async def _verdict(self, pause: int, silence_s: float, audio: np.ndarray) -> None:
         transcript, logprob = None, float("nan")
-        task = self._transcript
+        task = self._transcript if self.turn.needs_transcript else None
         if task is not None and task.done() and not task.cancelled() and task.exception() is None:
             transcript, logprob = task.result().text, task.result().asr_logprob
         state = PauseState(audio=audio, sample_rate=self.rate, silence_s=silence_s, transcript=transcript,

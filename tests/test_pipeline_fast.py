@@ -247,6 +247,17 @@ def test_a_likely_end_starts_the_reply_early_and_the_confirmed_turn_keeps_it():
     assert 500 <= record.metrics()["endpoint_delay_ms"] < 900
 
 
+def test_the_pause_is_recognised_for_the_reply_even_when_the_detector_reads_no_words():
+    asr = ScriptedASR(["What time is it."], delay_s=0.1)
+    detector = ScriptedTurnDetector(checkpoints_s=(0.15, 0.5, 1.0), verdicts=lambda state: state.silence_s >= 0.5)
+    pipeline, log, sink = make([("speech", 0.6), ("silence", 1.2)], asr=asr, turn=detector)
+    record, = pipeline.run_sync()
+    assert asr.calls == 1 and record.user_text == "What time is it."
+    assert all(state.transcript is None for state in detector.asked)  # it was not handed the words...
+    transcript, = log.of(Transcript)
+    assert transcript.t_start < record.t_end  # ...but they were recognised from the first checkpoint on (overlap)
+
+
 def test_speech_that_resumes_drops_the_speculative_reply_and_the_turn_is_answered_whole():
     asr = ScriptedASR(["I would like to", "I would like to book a table."], delay_s=0.05)
     llm = ScriptedLLM(["To what?", "For how many people?"])

@@ -64,6 +64,31 @@ def hub_repo_for(model: str) -> str:
     return _MODELS.get(model, model)
 
 
+def load_whisper(model: str, device: str, compute_type: str, cpu_threads: int, model_class=None,
+                 name: str = "asr.model"):
+    """(faster-whisper WhisperModel, device, compute type) for ``model`` (see ``resolve_model``), or a
+    MissingWeightsError that says how to get the weights; ``name`` is the config key named in errors."""
+    if model_class is None:
+        from faster_whisper import WhisperModel as model_class
+    device = resolve_ctranslate2_device(device)
+    path = resolve_model(model)
+    if device == "cpu" and "float16" in compute_type:
+        compute_type = "int8" if compute_type.startswith("int8") else "float32"  # CPUs lack fp16 kernels
+    try:
+        loaded = model_class(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+    except Exception as exc:  # the hub client raises several unrelated types when offline
+        if Path(path).is_dir():
+            raise MissingWeightsError(f"{name}={model}: could not load the model in {path}: {exc}") from exc
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        repo = hub_repo_for(path)
+        raise MissingWeightsError(
+            f"{name}={model}: weights for hub repo '{repo}' are not in the Hugging Face cache ({HF_HUB_CACHE}) "
+            f"and could not be downloaded ({type(exc).__name__}). Run `hf download {repo}` on a connected "
+            f"machine and copy the cache, or set {name} to a local CTranslate2 model directory") from exc
+    return loaded, device, compute_type
+
+
 WHISPER_FRAMES = 3000  # log-mel frames in Whisper's 30 s context (100 per second)
 
 
@@ -109,30 +134,14 @@ class FasterWhisperRecognizer:
             raise ConfigValueError(f"asr.encoder_window_s={encoder_window_s} must be null or within [1, 30] seconds")
         if no_repeat_ngram_size < 0:
             raise ConfigValueError(f"asr.no_repeat_ngram_size={no_repeat_ngram_size} must be >= 0 (0: off)")
-        WhisperModel = _windowed_model_class()
         self.encoder_window_s = encoder_window_s
         self.no_repeat_ngram_size = no_repeat_ngram_size
 
         self.sample_rate = sample_rate
         self.beam_size = beam_size
         self.language = language
-        self.device = resolve_ctranslate2_device(device)
-        path = resolve_model(model)
-        if self.device == "cpu" and "float16" in compute_type:
-            compute_type = "int8" if compute_type.startswith("int8") else "float32"  # CPUs lack fp16 kernels
-        self.compute_type = compute_type
-        try:
-            self._model = WhisperModel(path, device=self.device, compute_type=compute_type, cpu_threads=cpu_threads)
-        except Exception as exc:  # the hub client raises several unrelated types when offline
-            if Path(path).is_dir():
-                raise MissingWeightsError(f"asr.model={model}: could not load the model in {path}: {exc}") from exc
-            from huggingface_hub.constants import HF_HUB_CACHE
-
-            repo = hub_repo_for(path)
-            raise MissingWeightsError(
-                f"asr.model={model}: weights for hub repo '{repo}' are not in the Hugging Face cache ({HF_HUB_CACHE}) "
-                f"and could not be downloaded ({type(exc).__name__}). Run `hf download {repo}` on a connected "
-                f"machine and copy the cache, or set asr.model to a local CTranslate2 model directory") from exc
+        self._model, self.device, self.compute_type = load_whisper(
+            model, device, compute_type, cpu_threads, _windowed_model_class(), "asr.model")
 
     def transcribe(self, audio: np.ndarray) -> str:
         return self.transcribe_scored(audio)[0]

@@ -75,6 +75,7 @@ class CaseRun:
     transcripts: dict[int, str] = field(default_factory=dict)
     pause_text_scores: dict[int, float] = field(default_factory=dict)
     pause_asr_logprob: dict[int, float] = field(default_factory=dict)
+    resumed_at: dict[int, float] = field(default_factory=dict)  # pause -> when the user spoke again
 
 
 def vad_decisions(vad, audio: np.ndarray) -> list[bool]:
@@ -102,7 +103,7 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
     delivered = False
     in_pause = False
     t_start = 0.0
-    wants_text = asr is not None and getattr(detector, "needs_transcript", False)
+    wants_text = asr is not None and getattr(detector, "needs_transcript", False)  # the detector reads the words
     scorer = getattr(detector, "score", None)
 
     def decide_at(t: float, silence_s: float, t_last_voiced: float, last: bool, asr_s: float = float("nan")):
@@ -125,13 +126,14 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
         if isinstance(event, SpeechStart):
             t_start = event.t
         elif isinstance(event, Resume):
+            run.resumed_at[pause] = t
             in_pause, transcript, ready_at, delivered = False, None, math.inf, False
         elif isinstance(event, Checkpoint):
             asr_s = float("nan")
             if event.index == 0:
                 pause += 1
                 in_pause = True
-                if wants_text:
+                if asr is not None:  # recognised at the first checkpoint, as the listener does, for the reply
                     a = int(max(0.0, t_start - PRE_ROLL_S) * sample_rate)
                     c0 = time.perf_counter()
                     transcript, logprob = transcribe_scored(asr, audio[a:int(round(t * sample_rate))])
@@ -158,6 +160,8 @@ def transcribe_scored(asr, audio: np.ndarray) -> tuple[str, float]:
 def first_end(run: CaseRun, rule, threshold: float | None) -> Decision | None:
     """The decision that ends the turn under ``rule`` at ``threshold`` (None: only the last checkpoint ends it)."""
     for d in run.decisions:
+        if d.done > run.resumed_at.get(d.pause, math.inf) + 1e-9:
+            continue  # its verdict came after the user spoke again: the listener voids it
         if d.last or (rule is not None and rule(d.scores, d.silence_s, threshold).end):
             return d
     return None
@@ -228,8 +232,14 @@ def compute_stats(runs: list[CaseRun]) -> dict[str, float]:
     comp = [d.compute_s * 1000 for r in runs for d in r.decisions if d.scores]
     asr = [d.asr_s * 1000 for r in runs for d in r.decisions if d.asr_s == d.asr_s]
     text_first = [d.compute_s * 1000 for r in runs for d in r.decisions if d.has_transcript and "text" in d.scores]
+    first = {}  # the first decision of each pause: where the models run (later ones reuse their scores)
+    for n, r in enumerate(runs):
+        for d in r.decisions:
+            if d.scores:
+                first.setdefault((n, d.pause), d.compute_s * 1000)
     out = {"compute_median_ms": float(np.median(comp)) if comp else 0.0,
-           "compute_p95_ms": float(np.percentile(comp, 95)) if comp else 0.0}
+           "compute_p95_ms": float(np.percentile(comp, 95)) if comp else 0.0,
+           "first_decision_median_ms": float(np.median(list(first.values()))) if first else 0.0}
     if asr:
         out["asr_median_ms"] = float(np.median(asr))
     if text_first:
@@ -260,18 +270,6 @@ def build(node):
 
 
 # ---- calibration ------------------------------------------------------------------------------------------------
-def features(d: Decision, words: tuple[float | None, float, float] | None = None):
-    """[logit P_audio, silence_s], with the words (P_text or None, ellipsis, ASR log-probability) inserted before
-    the silence: the order of CombinerWeights' text, ellipsis, asr."""
-    from fern.turn.semantic import log10_clamped, logit
-
-    f = [logit(d.scores["audio"]), d.silence_s]
-    if words is not None:
-        p_text, ellipsis, asr_logprob = words
-        f[1:1] = [log10_clamped(p_text) if p_text is not None else 0.0, ellipsis, asr_logprob]
-    return f
-
-
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> np.ndarray:
     """Newton's method on the L2-regularised log-loss; returns [bias, w...]."""
     xb = np.hstack([np.ones((x.shape[0], 1)), x])
@@ -290,46 +288,46 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50
 
 
 def calibrate(runs: list[CaseRun], detector, target_cutoff: float = 0.02) -> dict[str, Any]:
+    """Fit the combiner's weights (the inputs its configured weights name) by logistic regression on every
+    decision of ``runs`` (label: the user had finished), then the lowest threshold at <= ``target_cutoff``."""
+    from fern.turn.semantic import AUDIO_FEATURES, CombinerWeights, feature_values
+
+    names = detector.weights.features
     xs_t, xs_a, ys_t, ys_a = [], [], [], []
-    for run in runs:
+    for run in with_instant_transcripts(runs):  # each pause's words weigh on all its decisions
         for d in run.decisions:
             if "audio" not in d.scores:
                 continue
             y = float(d.t_last_voiced >= run.t_final - 1e-6)
-            xs_a.append(features(d))
+            values = feature_values(d.scores, d.silence_s)
+            xs_a.append([values[n] for n in AUDIO_FEATURES])
             ys_a.append(y)
-            text = run.transcripts.get(d.pause)
-            logprob = run.pause_asr_logprob.get(d.pause, math.nan)
-            if text is not None and math.isfinite(logprob):
-                ellipsis = float(text.rstrip().endswith(("...", "\u2026")))
-                xs_t.append(features(d, (run.pause_text_scores.get(d.pause), ellipsis, logprob)))
+            if all(n in values for n in names):
+                xs_t.append([values[n] for n in names])
                 ys_t.append(y)
     wt = fit_logistic(np.array(xs_t), np.array(ys_t))
     wa = fit_logistic(np.array(xs_a), np.array(ys_a))
-    if detector.text_model is None:
-        wt[2] = 0.0  # its column was all zeros
-    detector.weights = type(detector.weights)(bias=wt[0], audio=wt[1], text=wt[2], ellipsis=wt[3], asr=wt[4],
-                                              silence=wt[5])
-    detector.audio_only_weights = type(detector.audio_only_weights)(bias=wa[0], audio=wa[1], silence=wa[2])
+    detector.weights = CombinerWeights(float(wt[0]), dict(zip(names, map(float, wt[1:]))))
+    detector.audio_only_weights = CombinerWeights(float(wa[0]), dict(zip(AUDIO_FEATURES, map(float, wa[1:]))))
     sweep = {th: evaluate(runs, detector.rule, th) for th in THRESHOLD_SWEEP + tuple(np.linspace(0.5, 0.99, 50))}
     ok = {th: m for th, m in sweep.items()
           if m["cutoff_pause"] <= target_cutoff and m["cutoff_complete"] <= target_cutoff}
     best = min(ok, key=lambda th: (ok[th]["delay_median_ms"], -th)) if ok else max(sweep)
-    return {"weights": {"bias": round(wt[0], 4), "audio": round(wt[1], 4), "text": round(wt[2], 4),
-                        "ellipsis": round(wt[3], 4), "asr": round(wt[4], 4), "silence": round(wt[5], 4)},
-            "audio_only_weights": {"bias": round(wa[0], 4), "audio": round(wa[1], 4), "silence": round(wa[2], 4)},
+    rounded = lambda w: {k: round(v, 4) for k, v in w.as_dict().items()}  # noqa: E731
+    return {"weights": rounded(detector.weights), "audio_only_weights": rounded(detector.audio_only_weights),
             "end_threshold": round(float(best), 3), "train": sweep[best], "n_decisions": len(ys_a),
             "n_decisions_with_text": len(ys_t)}
 
 
 # ---- the report -------------------------------------------------------------------------------------------------
 ROW_KEYS = ("cutoff_pause", "cutoff_complete", "delay_median_ms", "delay_p95_ms", "reply_start_median_ms",
-            "compute_median_ms", "compute_p95_ms", "asr_median_ms", "speculated_kept", "speculated_dropped")
+            "compute_median_ms", "compute_p95_ms", "first_decision_median_ms", "asr_median_ms", "speculated_kept",
+            "speculated_dropped")
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     head = ("| detector | false cut-offs (pauses) | early ends (complete) | median delay | p95 delay | "
-            "reply can start (median) | compute / decision (median, p95) | ASR (own lane) |\n"
+            "reply can start (median) | compute / decision (median, p95; a pause's first) | ASR (own lane) |\n"
             "|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name, m in rows.items():
@@ -338,7 +336,8 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {name} | {100 * m['cutoff_pause']:.1f} % ({m['n_pause']}) | "
                      f"{100 * m['cutoff_complete']:.1f} % ({m['n_complete']}) | {m['delay_median_ms']:.0f} ms | "
                      f"{m['delay_p95_ms']:.0f} ms | {reply} | "
-                     f"{m['compute_median_ms']:.1f}, {m['compute_p95_ms']:.1f} ms"
+                     f"{m['compute_median_ms']:.1f}, {m['compute_p95_ms']:.1f}; "
+                     f"{m.get('first_decision_median_ms', 0.0):.1f} ms"
                      f" | {asr} |")
     return "\n".join(lines)
 
@@ -446,11 +445,15 @@ def _run(args) -> int:
     if "semantic" in wanted:  # first: its ASR timings also give every detector's "reply can start"
         print(f"loading turn={args.semantic_preset} (Smart Turn, the text model if any) and the ASR ...", flush=True)
         det = build(compose_group([f"turn={args.semantic_preset}", *args.override]).turn)
-        asr = build(cfg.asr)
-        asr.transcribe(np.zeros(sr, np.float32))  # warm-up
+        # the reply's ASR: read by a detector that needs the words, else run only for "reply can start"
+        asr = build(cfg.asr) if det.needs_transcript or not args.calibrate else None
+        if asr is not None:
+            asr.transcribe(np.zeros(sr, np.float32))  # warm-up
         det.audio_model.probability(np.zeros(sr, np.float32))
         if det.text_model is not None:
             det.text_model.probability("hello there")
+        if det.words_model is not None:
+            det.words_model.cues(np.zeros(sr, np.float32), sr)
         runs = run_all("semantic", det, asr)
         if args.calibrate:
             (out / "turns_decisions.json").write_text(json.dumps(raw))
@@ -461,12 +464,12 @@ def _run(args) -> int:
         stats = compute_stats(runs)
         plans.append((f"semantic (p>={det.end_threshold})", "semantic", runs, det.rule, None, THRESHOLD_SWEEP,
                       "threshold", stats))
-        if det.needs_transcript:  # ablation: the same detector never given the transcript
-            def audio_only(scores, silence_s, threshold=None, rule=det.rule):  # bound now: det is reused below
-                return rule({"audio": scores["audio"]}, silence_s, threshold)
+        def audio_only(scores, silence_s, threshold=None, rule=det.rule):  # bound now: det is reused below
+            return rule({"audio": scores["audio"]}, silence_s, threshold)  # ablation: no words at all
 
-            plans.append(("semantic, audio only (ablation)", "semantic audio only", runs, audio_only, None,
-                          THRESHOLD_SWEEP, "threshold", stats))
+        plans.append(("semantic, audio only (ablation)", "semantic audio only", runs, audio_only, None,
+                      THRESHOLD_SWEEP, "threshold", stats))
+        if det.needs_transcript:
             plans.append(("semantic if ASR took 0 ms (what-if, not this CPU)", "semantic, ASR at 0 ms (what-if)",
                           with_instant_transcripts(runs), det.rule, None, THRESHOLD_SWEEP, "threshold", stats))
         for run in runs:

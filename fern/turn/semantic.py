@@ -1,22 +1,23 @@
-"""``turn=semantic``: end the turn at the first short silence when audio and words agree it is over, otherwise keep
-listening and re-score as the silence grows.
+"""``turn=semantic``: end the turn at the first short silence when the sound and the words agree it is over,
+otherwise keep listening and re-score as the silence grows.
 
 At every checkpoint (``min_silence_ms``, then every ``step_ms`` up to ``max_silence_ms``, where the turn ends
-whatever) the detector scores the turn so far:
-- audio: Smart Turn v3.2's P(complete) on the audio up to ``min_silence_ms`` into the pause (~25-45 ms on one CPU
-  thread), computed at the first checkpoint and reused at the later ones of the same pause (with more trailing
-  silence the model gets less accurate; the silence is a separate input);
-- words: once the transcript of the turn so far is there (the listener starts ASR at the first checkpoint), the
-  recogniser's confidence (mean log-probability per token: Whisper tends to finish a fragment it hears, "Press 7 to"
-  -> "Press 7 to the", but less surely), whether it ended the words with "..." (its mark of a fragment that trails
-  off), and, with a ``text`` model, P(end of message | words) from a causal LM (fern.turn.text_eot), computed once
-  per pause and cached.
-A learned combiner turns them into P(turn over): logistic regression on [logit P_audio, log10 P_text, ellipsis,
-ASR log-probability, silence_s], with a second set of weights for checkpoints before the transcript exists (and for
-recognisers that give no confidence): [logit P_audio, silence_s]. Both were
-fitted on the training split of fern.bench.turns (``python -m fern.bench.turns --calibrate``), never on the held-out
-third; the weights are config values. The turn ends when P(turn over) >= ``end_threshold``; ``speculate`` is set from
-``speculate_threshold`` (a reply may be prepared, never played, until the end is confirmed).
+whatever) the detector scores the turn so far. Each pause is judged once, on the turn up to ``min_silence_ms`` into
+it (more trailing silence makes the models less accurate; the silence is a separate input), and cached:
+- audio: Smart Turn v3.2's P(complete) (~25-45 ms on one CPU thread);
+- ``words`` (turn=semantic_fast): Whisper's own reading of the pause (fern.turn.whisper_eot): how surely it would end
+  the words it hears with a full stop, how flat its next-token distribution is, how sure it is of the words
+  (~90 ms on one CPU thread with the 8 s window). The detector runs it itself, so it does not wait for the reply's
+  ASR, which can be any preset;
+- without ``words``: the reply ASR's transcript of the pause, once it is there (the listener starts it at the first
+  checkpoint): its confidence (mean log-probability per token) and whether it ends with Whisper's "...";
+- ``text`` (turn=semantic_lm): P(end of message | words) from a causal LM (fern.turn.text_eot).
+A learned combiner turns them into P(turn over): logistic regression over the inputs its ``weights`` name (any of
+logit P_audio, the words' cues, log10 P_text, silence_s), with a second set of weights for checkpoints before a
+transcript the weights need exists: [logit P_audio, silence_s]. Both were fitted on the training split of
+fern.bench.turns (``python -m fern.bench.turns --calibrate``), never on the held-out third; the weights are config
+values. The turn ends when P(turn over) >= ``end_threshold``; ``speculate`` is set from ``speculate_threshold`` (a
+reply may be prepared, never played, until the end is confirmed).
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
+import numpy as np
+
 from fern.errors import ConfigValueError
 from fern.turn.base import PauseState, Verdict
 from fern.turn.smart_turn import SmartTurnModel, SmartTurnModelConfig, silence_checkpoints
 from fern.turn.text_eot import TextEndOfTurnConfig, TextEndOfTurnModel
+from fern.turn.whisper_eot import WhisperEndOfTurnConfig, WhisperEndOfTurnModel
 
 _EPS = 1e-6
 
@@ -42,41 +46,58 @@ def log10_clamped(p: float, floor: float = -8.0) -> float:
     return max(math.log10(max(p, 1e-30)), floor)
 
 
+# Where each of the combiner's inputs comes from, and how a score becomes that input.
+AUDIO_FEATURES = ("audio", "silence")  # Smart Turn's logit(P_audio), and seconds of silence so far
+WORDS_CUES = ("punct", "entropy", "logprob", "last")  # turn.words: Whisper's own reading of the pause
+TRANSCRIPT_CUES = ("ellipsis", "asr")  # the reply ASR's words: a trailing "..." and its mean log-probability
+TEXT_FEATURES = ("text",)  # turn.text: log10 P(end of message | words) from a causal LM
+FEATURES = AUDIO_FEATURES + WORDS_CUES + TRANSCRIPT_CUES + TEXT_FEATURES
+
+
+def feature_values(scores: dict[str, float], silence_s: float) -> dict[str, float]:
+    """The combiner's inputs from a detector's raw scores: probabilities become log-odds (audio) or log10 (text)."""
+    values = {"silence": silence_s}
+    for name, score in scores.items():
+        values[name] = logit(score) if name == "audio" else log10_clamped(score) if name == "text" else score
+    return values
+
+
 @dataclass
 class CombinerWeights:
+    """A logistic model: P(turn over) = sigmoid(bias + sum of weight * input) over the inputs it names."""
+
     bias: float
-    audio: float  # on logit(P_audio)
-    silence: float  # per second of silence
-    text: float = 0.0  # on log10(P_text)
-    ellipsis: float = 0.0  # the recogniser ended the words with "..." (Whisper's mark of a trailing-off fragment)
-    asr: float = 0.0  # on the recogniser's mean log-probability per token of the words
+    weights: dict[str, float]
 
-    def probability(self, p_audio: float, silence_s: float, p_text: float | None = None, ellipsis: float = 0.0,
-                    asr_logprob: float = 0.0) -> float:
-        z = self.bias + self.audio * logit(p_audio) + self.silence * silence_s
-        z += self.ellipsis * ellipsis + self.asr * asr_logprob
-        if p_text is not None:
-            z += self.text * log10_clamped(p_text)
-        return 1.0 / (1.0 + math.exp(-z))
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(name for name in FEATURES if name in self.weights)
+
+    def probability_of(self, values: dict[str, float]) -> float:
+        z = self.bias + sum(w * values[name] for name, w in self.weights.items())
+        return 1.0 / (1.0 + math.exp(-min(max(z, -60.0), 60.0)))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"bias": self.bias, **self.weights}
 
 
-# Fitted by `python -m fern.bench.turns --calibrate --sample 240` on the training split (240 seeded cases, ~5000
-# decisions, target <= 2 % cut-offs on train) with asr=whisper_tiny_en_offline: 1.96 % at 640 ms median on train.
-DEFAULT_WEIGHTS = {"bias": 2.1502, "audio": 0.5691, "text": 0.0, "ellipsis": -0.8786, "asr": 8.7307,
-                   "silence": 1.8801}
+# Fitted by `python -m fern.bench.turns --calibrate` on the training split (never on the held-out third).
+# turn=semantic: the reply ASR's words (its confidence, a trailing "..."), asr=whisper_tiny_en_offline (240 cases)
+DEFAULT_WEIGHTS = {"bias": 2.1502, "audio": 0.5691, "ellipsis": -0.8786, "asr": 8.7307, "silence": 1.8801}
+# turn=semantic_fast (turn.words: Whisper's own reading of the pause; conf/turn/semantic_fast.yaml)
+WORDS_WEIGHTS = {"bias": 1.0027, "audio": 0.4361, "punct": 0.4547, "entropy": -0.5013, "logprob": 2.2659,
+                 "last": 0.6325, "silence": 2.1556}
 DEFAULT_AUDIO_ONLY_WEIGHTS = {"bias": -0.4788, "audio": 0.6213, "silence": 1.8831}
 # (turn=semantic_lm's weights are in conf/turn/semantic_lm.yaml)
 
 
-
 class SemanticTurnDetector:
-    needs_transcript = True
-
-    def __init__(self, audio: SmartTurnModel, text: TextEndOfTurnModel | None, min_silence_ms: int = 160,
+    def __init__(self, audio: SmartTurnModel, text: TextEndOfTurnModel | None = None,
+                 words: WhisperEndOfTurnModel | None = None, min_silence_ms: int = 160,
                  step_ms: int = 96, max_silence_ms: int = 1600, end_threshold: float = 0.98,
                  speculate_threshold: float = 0.3, weights: dict | None = None,
                  audio_only_weights: dict | None = None, min_speech_ms: int = 200,
-                 speech_start_ms: int = 60) -> None:
+                 speech_start_ms: int = 60, reads_text: bool | None = None) -> None:
         for name, value in (("end_threshold", end_threshold), ("speculate_threshold", speculate_threshold)):
             if not 0.0 < value < 1.0:
                 raise ConfigValueError(f"turn.{name}={value} must be in (0, 1)")
@@ -84,17 +105,34 @@ class SemanticTurnDetector:
             raise ConfigValueError(f"turn.speculate_threshold={speculate_threshold} must be <= "
                                    f"end_threshold={end_threshold}")
         self.audio_model = audio
-        self.text_model = text
+        self.words_model = words
         self.checkpoints_s = silence_checkpoints(min_silence_ms, step_ms, max_silence_ms)
         self.min_speech_ms, self.speech_start_ms = min_speech_ms, speech_start_ms
         self.end_threshold, self.speculate_threshold = end_threshold, speculate_threshold
-        self.weights = self._weights("weights", DEFAULT_WEIGHTS if weights is None else weights, with_text=True)
+        # a text model may be attached after construction (sharing the reply LLM's weights): reads_text says one
+        # will be, so that weights on "text" are valid now
+        self.text_model = text
+        self._reads_text = text is not None if reads_text is None else reads_text
+        if weights is None:
+            weights = WORDS_WEIGHTS if words is not None else DEFAULT_WEIGHTS
+        self.weights = self._weights("weights", weights, self._available())
         self.audio_only_weights = self._weights(
             "audio_only_weights", DEFAULT_AUDIO_ONLY_WEIGHTS if audio_only_weights is None else audio_only_weights,
-            with_text=False)
-        self.needs_transcript = True  # the words' end, Whisper's "..." and its confidence; the LM only if ``text``
+            set(AUDIO_FEATURES))
+        # the reply ASR's transcript is read only where the weights use it (or the LM reads its words)
+        self.needs_transcript = bool(set(self.weights.features) & set(TRANSCRIPT_CUES)) or (
+            self._reads_text and words is None)
         self._text_cache: tuple[str, float] | None = None
         self._audio_cache: tuple[tuple, float] | None = None
+        self._words_cache: tuple[tuple, tuple[str, dict[str, float]]] | None = None
+
+    def _available(self) -> set[str]:
+        available = set(AUDIO_FEATURES) | set(TRANSCRIPT_CUES)
+        if self.words_model is not None:
+            available |= set(WORDS_CUES)
+        if self._reads_text:
+            available |= set(TEXT_FEATURES)
+        return available
 
     def attach_text_model(self, text: TextEndOfTurnModel) -> None:
         """Score the words with ``text`` from now on (built without it so that it can share the reply LLM's
@@ -103,46 +141,72 @@ class SemanticTurnDetector:
         self._text_cache = None
 
     @staticmethod
-    def _weights(name: str, values: dict, with_text: bool) -> CombinerWeights:
-        keys = {"bias", "audio", "silence"} | ({"text", "ellipsis", "asr"} if with_text else set())
+    def _weights(name: str, values: dict, available: set[str]) -> CombinerWeights:
         values = dict(values)
-        if set(values) != keys or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
-            raise ConfigValueError(f"turn.{name} needs finite numbers for exactly {sorted(keys)}, got {values}")
-        return CombinerWeights(**{k: float(v) for k, v in values.items()})
+        unknown = set(values) - {"bias"} - set(FEATURES)
+        unavailable = (set(values) & set(FEATURES)) - available
+        missing = {"bias", "audio", "silence"} - set(values)
+        if unknown or missing or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
+            raise ConfigValueError(f"turn.{name} needs finite numbers for bias, audio, silence and any of "
+                                   f"{sorted(set(FEATURES) - set(AUDIO_FEATURES))}, got {values}")
+        if unavailable:
+            raise ConfigValueError(f"turn.{name} weighs {sorted(unavailable)}, which this detector does not compute "
+                                   f"(turn.words gives {list(WORDS_CUES)}, turn.text gives 'text')")
+        bias = float(values.pop("bias"))
+        return CombinerWeights(bias, {k: float(v) for k, v in values.items()})
 
     def text_probability(self, transcript: str) -> float:
         if self._text_cache is None or self._text_cache[0] != transcript:
             self._text_cache = (transcript, self.text_model.probability(transcript))
         return self._text_cache[1]
 
-    def audio_probability(self, state: PauseState) -> float:
-        """Smart Turn on the turn up to ``min_silence`` into this pause, computed once per pause: more trailing
-        silence makes it less accurate, not more (the silence itself is a separate input of the combiner)."""
+    def _first_checkpoint_clip(self, state: PauseState) -> np.ndarray:
+        """The turn up to ``min_silence`` into this pause: the audio models judge each pause once, there (more
+        trailing silence makes them less accurate, not more; the silence is a separate input of the combiner)."""
         voiced_end = max(0, state.audio.size - int(round(state.silence_s * state.sample_rate)))
-        clip = state.audio[:min(state.audio.size, voiced_end + int(round(self.checkpoints_s[0] * state.sample_rate)))]
-        key = (clip.size, state.sample_rate, hash(clip[-4000:].tobytes()))
+        return state.audio[:min(state.audio.size, voiced_end + int(round(self.checkpoints_s[0] * state.sample_rate)))]
+
+    @staticmethod
+    def _key(clip: np.ndarray, sample_rate: int) -> tuple:
+        return clip.size, sample_rate, hash(clip[-4000:].tobytes())
+
+    def audio_probability(self, state: PauseState) -> float:
+        clip = self._first_checkpoint_clip(state)
+        key = self._key(clip, state.sample_rate)
         if self._audio_cache is None or self._audio_cache[0] != key:
             self._audio_cache = (key, self.audio_model.probability(clip, state.sample_rate))
         return self._audio_cache[1]
 
+    def words_cues(self, state: PauseState) -> tuple[str, dict[str, float]]:
+        """Whisper's words and cues on the same clip as the audio model, once per pause."""
+        clip = self._first_checkpoint_clip(state)
+        key = self._key(clip, state.sample_rate)
+        if self._words_cache is None or self._words_cache[0] != key:
+            self._words_cache = (key, self.words_model.cues(clip, state.sample_rate))
+        return self._words_cache[1]
+
     def score(self, state: PauseState) -> dict[str, float]:
         scores = {"audio": self.audio_probability(state)}
+        words = None
+        if self.words_model is not None:
+            words, cues = self.words_cues(state)
+            scores.update(cues)
         if state.transcript is not None:
             scores["ellipsis"] = float(state.transcript.rstrip().endswith(("...", "\u2026")))
             if math.isfinite(state.transcript_logprob):
                 scores["asr"] = state.transcript_logprob
-            if self.text_model is not None:
-                scores["text"] = self.text_probability(state.transcript)
+            words = state.transcript if words is None else words
+        if self.text_model is not None and words is not None:
+            scores["text"] = self.text_probability(words)
         return scores
 
     def probability(self, scores: dict[str, float], silence_s: float) -> float:
-        """The word-aware weights once the transcript is there (and, where they weigh it, the recogniser's
-        confidence: a recogniser that gives none leaves the audio-only weights in charge), else audio + silence."""
-        words = "ellipsis" in scores and (self.weights.asr == 0.0 or "asr" in scores)
-        if words and (self.text_model is None or "text" in scores):
-            return self.weights.probability(scores["audio"], silence_s, scores.get("text"), scores["ellipsis"],
-                                            scores.get("asr", 0.0))
-        return self.audio_only_weights.probability(scores["audio"], silence_s)
+        """The word-aware weights once every input they weigh is there (a recogniser that gives no confidence, or
+        a transcript not yet ready, leaves the audio-only weights in charge), else audio + silence."""
+        values = feature_values(scores, silence_s)
+        if all(name in values for name in self.weights.features):
+            return self.weights.probability_of(values)
+        return self.audio_only_weights.probability_of(values)
 
     def rule(self, scores: dict[str, float], silence_s: float, threshold: float | None = None) -> Verdict:
         p = self.probability(scores, silence_s)
@@ -158,12 +222,15 @@ class SemanticTurnConfig:
     _target_: str = "fern.turn.semantic.SemanticTurnDetector"
     audio: SmartTurnModelConfig = field(default_factory=SmartTurnModelConfig)
     text: Optional[TextEndOfTurnConfig] = None  # a causal LM's P(end of message | words); turn=semantic_lm sets it
+    words: Optional[WhisperEndOfTurnConfig] = None  # Whisper's own reading of the pause (fern.turn.whisper_eot)
     min_silence_ms: int = 160  # first checkpoint (the listener starts ASR here)
     step_ms: int = 96  # re-score every step_ms of further silence
     max_silence_ms: int = 1600  # the turn ends here whatever
     end_threshold: float = 0.98  # P(turn over) that ends the turn (calibrated: <= 2 % cut-offs on train)
     speculate_threshold: float = 0.3  # P(turn over) from which a reply may be prepared (never played)
-    weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    # the combiner's weights, over the inputs it uses: bias, audio, silence and any of the words' cues (each preset
+    # sets all of its own; null: DEFAULT_WEIGHTS)
+    weights: Optional[Dict[str, float]] = None
     audio_only_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_AUDIO_ONLY_WEIGHTS))
     min_speech_ms: int = 200
     speech_start_ms: int = 60

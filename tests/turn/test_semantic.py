@@ -7,7 +7,7 @@ import pytest
 
 from fern.errors import ConfigValueError
 from fern.turn.base import PauseState, TurnDetector
-from fern.turn.semantic import SemanticTurnConfig, SemanticTurnDetector
+from fern.turn.semantic import SemanticTurnConfig, SemanticTurnDetector, logit
 
 from .conftest import CUTS, SILERO, with_silence
 
@@ -101,6 +101,9 @@ def test_scores_are_computed_once_per_pause(semantic, prompt):
     {"end_threshold": 1.2}, {"speculate_threshold": 0.0}, {"end_threshold": 0.4, "speculate_threshold": 0.6},
     {"min_silence_ms": 0}, {"min_silence_ms": 800, "max_silence_ms": 600}, {"step_ms": -5},
     {"weights": {"bias": 1.0, "audio": 1.0}}, {"audio_only_weights": {"bias": 0, "audio": float("nan"), "silence": 1}},
+    {"weights": {"bias": 1.0, "audio": 1.0, "silence": 1.0, "punct": 1.0}},  # no turn.words to give the cue
+    {"weights": {"bias": 1.0, "audio": 1.0, "silence": 1.0, "text": 1.0}},  # no turn.text
+    {"weights": {"bias": 1.0, "audio": 1.0, "silence": 1.0, "volume": 1.0}},
 ])
 def test_bad_config_values_are_rejected(smart_turn_model, kwargs):
     SemanticTurnDetector(smart_turn_model, None)  # the defaults are valid: each case below fails on its own value
@@ -118,12 +121,17 @@ def test_preset_composes(compose):
     assert node["min_silence_ms"] < node["max_silence_ms"]
     with_lm = OmegaConf.to_container(compose(["turn=semantic_lm", "io.input=x.wav"]).turn, resolve=True)
     assert with_lm["text"]["gguf_file"].endswith(".gguf") and with_lm["weights"]["text"] > 0
+    fast = OmegaConf.to_container(compose(["turn=semantic_fast", "io.input=x.wav"]).turn, resolve=True)
+    assert fast["words"]["model"].startswith("package:") and fast["weights"]["punct"] > 0
+    assert "asr" not in fast["weights"] and fast["min_silence_ms"] < node["min_silence_ms"]
+    assert node["words"] is None
 
 
 def test_a_recogniser_without_confidence_leaves_the_audio_weights_in_charge(semantic):
     scores = {"audio": 0.9, "text": 0.2, "ellipsis": 0.0}
-    assert semantic.weights.asr != 0.0  # the calibrated combiner weighs the recogniser's confidence
-    assert semantic.probability(scores, 0.3) == semantic.audio_only_weights.probability(0.9, 0.3)
+    assert semantic.weights.weights["asr"] != 0.0  # the calibrated combiner weighs the recogniser's confidence
+    assert semantic.probability(scores, 0.3) == semantic.audio_only_weights.probability_of(
+        {"audio": logit(0.9), "silence": 0.3})
     sure, unsure = (semantic.probability(scores | {"asr": lp}, 0.3) for lp in (-0.1, -1.5))
     assert sure > unsure  # a recogniser that had to guess the words is a sign the sentence goes on
 
@@ -140,7 +148,7 @@ def test_semantic_lm_reads_words_with_the_reply_llms_weights(compose, smollm2):
 
     cfg = compose(["turn=semantic_lm", "io.input=x.wav"])
     assert text_model_shares_llm(cfg)
-    turn = build(cfg.turn, "turn", text=None)  # what run.py builds before the LLM is loaded
+    turn = build(cfg.turn, "turn", text=None, reads_text=True)  # what run.py builds before the LLM is loaded
     attach_text_model(cfg, turn, smollm2)
     assert turn.text_model.model is smollm2.model  # one copy of the weights
     assert turn.text_model.probability("what time is it") > turn.text_model.probability("what time is the")
