@@ -142,9 +142,9 @@ class Listener:
 
     async def _recognise(self, audio: np.ndarray) -> Transcript:
         assert self.transcribe is not None
-        t_start = self.clock.now()
+        t_start, turn_id = self.clock.now(), self._turn_id  # the turn may end (and the id move on) while it runs
         text, logprob = await self.transcribe(audio)
-        return Transcript(t=self.clock.now(), turn_id=self._turn_id, text=text, t_start=t_start, asr_logprob=logprob)
+        return Transcript(t=self.clock.now(), turn_id=turn_id, text=text, t_start=t_start, asr_logprob=logprob)
 
     def _rejudge(self, pause: int, task: asyncio.Future) -> None:
         if pause != self._pause or task.cancelled() or task.exception() is not None or not self.segmenter.paused:

@@ -258,6 +258,16 @@ def test_the_pause_is_recognised_for_the_reply_even_when_the_detector_reads_no_w
     assert transcript.t_start < record.t_end  # ...but they were recognised from the first checkpoint on (overlap)
 
 
+def test_words_still_being_recognised_when_the_turn_ends_belong_to_that_turn():
+    asr = ScriptedASR(["What time is it.", "And the date?"], delay_s=0.4)
+    detector = ScriptedTurnDetector(checkpoints_s=(0.1, 1.0), verdicts=lambda state: True)  # ends before the words
+    pipeline, log, sink = make([("speech", 0.6), ("silence", 1.5), ("speech", 0.6), ("silence", 1.5)], asr=asr,
+                               turn=detector)
+    first, second = pipeline.run_sync()
+    assert [first.user_text, second.user_text] == ["What time is it.", "And the date?"]
+    assert first.t_asr_end > first.t_end  # the turn ended at 0.1 s of silence, the words came 0.4 s later
+
+
 def test_speech_that_resumes_drops_the_speculative_reply_and_the_turn_is_answered_whole():
     asr = ScriptedASR(["I would like to", "I would like to book a table."], delay_s=0.05)
     llm = ScriptedLLM(["To what?", "For how many people?"])
