@@ -287,36 +287,50 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50
     return w
 
 
+EARLY_THRESHOLDS = (None, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998)  # None: the end threshold
+
+
 def calibrate(runs: list[CaseRun], detector, target_cutoff: float = 0.02) -> dict[str, Any]:
     """Fit the combiner's weights (the inputs its configured weights name) by logistic regression on every
-    decision of ``runs`` (label: the user had finished), then the lowest threshold at <= ``target_cutoff``."""
-    from fern.turn.semantic import AUDIO_FEATURES, CombinerWeights, feature_values
+    decision of ``runs`` (label: the user had finished): ``weights`` as if each pause's words were there from its
+    first checkpoint, ``early_weights`` on what each decision really had. Then the lowest median delay at
+    <= ``target_cutoff`` over end thresholds and, where the two stages differ, early thresholds."""
+    from fern.turn.semantic import CombinerWeights, feature_values
 
-    names = detector.weights.features
+    names, early_names = detector.weights.features, detector.early_weights.features
     xs_t, xs_a, ys_t, ys_a = [], [], [], []
-    for run in with_instant_transcripts(runs):  # each pause's words weigh on all its decisions
-        for d in run.decisions:
+    for run, instant in zip(runs, with_instant_transcripts(runs)):  # each pause's words weigh on all its decisions
+        for d, di in zip(run.decisions, instant.decisions):
             if "audio" not in d.scores:
                 continue
             y = float(d.t_last_voiced >= run.t_final - 1e-6)
             values = feature_values(d.scores, d.silence_s)
-            xs_a.append([values[n] for n in AUDIO_FEATURES])
-            ys_a.append(y)
+            if all(n in values for n in early_names):
+                xs_a.append([values[n] for n in early_names])
+                ys_a.append(y)
+            values = feature_values(di.scores, di.silence_s)
             if all(n in values for n in names):
                 xs_t.append([values[n] for n in names])
                 ys_t.append(y)
     wt = fit_logistic(np.array(xs_t), np.array(ys_t))
     wa = fit_logistic(np.array(xs_a), np.array(ys_a))
     detector.weights = CombinerWeights(float(wt[0]), dict(zip(names, map(float, wt[1:]))))
-    detector.audio_only_weights = CombinerWeights(float(wa[0]), dict(zip(AUDIO_FEATURES, map(float, wa[1:]))))
-    sweep = {th: evaluate(runs, detector.rule, th) for th in THRESHOLD_SWEEP + tuple(np.linspace(0.5, 0.99, 50))}
-    ok = {th: m for th, m in sweep.items()
+    detector.early_weights = CombinerWeights(float(wa[0]), dict(zip(early_names, map(float, wa[1:]))))
+    two_stage = set(names) != set(early_names)
+    sweep = {}
+    for early in EARLY_THRESHOLDS if two_stage else (None,):
+        detector.early_threshold = early
+        for th in THRESHOLD_SWEEP + tuple(np.linspace(0.5, 0.99, 50)):
+            sweep[(float(th), early)] = evaluate(runs, detector.rule, th)
+    ok = {key: m for key, m in sweep.items()
           if m["cutoff_pause"] <= target_cutoff and m["cutoff_complete"] <= target_cutoff}
-    best = min(ok, key=lambda th: (ok[th]["delay_median_ms"], -th)) if ok else max(sweep)
+    best = (min(ok, key=lambda key: (ok[key]["delay_median_ms"], -key[0])) if ok
+            else max(sweep, key=lambda key: (key[0], key[1] or 0.0)))
+    detector.early_threshold = best[1]
     rounded = lambda w: {k: round(v, 4) for k, v in w.as_dict().items()}  # noqa: E731
-    return {"weights": rounded(detector.weights), "audio_only_weights": rounded(detector.audio_only_weights),
-            "end_threshold": round(float(best), 3), "train": sweep[best], "n_decisions": len(ys_a),
-            "n_decisions_with_text": len(ys_t)}
+    return {"weights": rounded(detector.weights), "early_weights": rounded(detector.early_weights),
+            "end_threshold": round(best[0], 3), "early_threshold": best[1], "train": sweep[best],
+            "n_decisions": len(ys_a), "n_decisions_with_text": len(ys_t)}
 
 
 # ---- the report -------------------------------------------------------------------------------------------------
@@ -464,11 +478,12 @@ def _run(args) -> int:
         stats = compute_stats(runs)
         plans.append((f"semantic (p>={det.end_threshold})", "semantic", runs, det.rule, None, THRESHOLD_SWEEP,
                       "threshold", stats))
-        def audio_only(scores, silence_s, threshold=None, rule=det.rule):  # bound now: det is reused below
-            return rule({"audio": scores["audio"]}, silence_s, threshold)  # ablation: no words at all
+        if set(det.early_weights.features) <= {"audio", "silence"}:
+            def audio_only(scores, silence_s, threshold=None, rule=det.rule):  # bound now: det is reused below
+                return rule({"audio": scores["audio"]}, silence_s, threshold)  # ablation: no words at all
 
-        plans.append(("semantic, audio only (ablation)", "semantic audio only", runs, audio_only, None,
-                      THRESHOLD_SWEEP, "threshold", stats))
+            plans.append(("semantic, audio only (ablation)", "semantic audio only", runs, audio_only, None,
+                          THRESHOLD_SWEEP, "threshold", stats))
         if det.needs_transcript:
             plans.append(("semantic if ASR took 0 ms (what-if, not this CPU)", "semantic, ASR at 0 ms (what-if)",
                           with_instant_transcripts(runs), det.rule, None, THRESHOLD_SWEEP, "threshold", stats))

@@ -13,8 +13,9 @@ it (more trailing silence makes the models less accurate; the silence is a separ
   checkpoint): its confidence (mean log-probability per token) and whether it ends with Whisper's "...";
 - ``text`` (turn=semantic_lm): P(end of message | words) from a causal LM (fern.turn.text_eot).
 A learned combiner turns them into P(turn over): logistic regression over the inputs its ``weights`` name (any of
-logit P_audio, the words' cues, log10 P_text, silence_s), with a second set of weights for checkpoints before a
-transcript the weights need exists: [logit P_audio, silence_s]. Both were fitted on the training split of
+logit P_audio, the words' cues, log10 P_text, silence_s), with a second set, ``early_weights``, for checkpoints
+before a transcript the weights need exists (audio, silence and what the detector computes itself), which may end
+the turn only at ``early_threshold`` (default: ``end_threshold``). Both were fitted on the training split of
 fern.bench.turns (``python -m fern.bench.turns --calibrate``), never on the held-out third; the weights are config
 values. The turn ends when P(turn over) >= ``end_threshold``; ``speculate`` is set from ``speculate_threshold`` (a
 reply may be prepared, never played, until the end is confirmed).
@@ -87,7 +88,7 @@ DEFAULT_WEIGHTS = {"bias": 2.1502, "audio": 0.5691, "ellipsis": -0.8786, "asr": 
 # turn=semantic_fast (turn.words: Whisper's own reading of the pause; conf/turn/semantic_fast.yaml)
 WORDS_WEIGHTS = {"bias": 1.0027, "audio": 0.4361, "punct": 0.4547, "entropy": -0.5013, "logprob": 2.2659,
                  "last": 0.6325, "silence": 2.1556}
-DEFAULT_AUDIO_ONLY_WEIGHTS = {"bias": -0.4788, "audio": 0.6213, "silence": 1.8831}
+DEFAULT_EARLY_WEIGHTS = {"bias": -0.4788, "audio": 0.6213, "silence": 1.8831}
 # (turn=semantic_lm's weights are in conf/turn/semantic_lm.yaml)
 
 
@@ -96,9 +97,10 @@ class SemanticTurnDetector:
                  words: WhisperEndOfTurnModel | None = None, min_silence_ms: int = 160,
                  step_ms: int = 96, max_silence_ms: int = 1600, end_threshold: float = 0.98,
                  speculate_threshold: float = 0.3, weights: dict | None = None,
-                 audio_only_weights: dict | None = None, min_speech_ms: int = 200,
-                 speech_start_ms: int = 60, reads_text: bool | None = None) -> None:
-        for name, value in (("end_threshold", end_threshold), ("speculate_threshold", speculate_threshold)):
+                 early_weights: dict | None = None, early_threshold: float | None = None,
+                 min_speech_ms: int = 200, speech_start_ms: int = 60, reads_text: bool | None = None) -> None:
+        for name, value in (("end_threshold", end_threshold), ("speculate_threshold", speculate_threshold),
+                            ("early_threshold", 0.5 if early_threshold is None else early_threshold)):
             if not 0.0 < value < 1.0:
                 raise ConfigValueError(f"turn.{name}={value} must be in (0, 1)")
         if speculate_threshold > end_threshold:
@@ -116,9 +118,11 @@ class SemanticTurnDetector:
         if weights is None:
             weights = WORDS_WEIGHTS if words is not None else DEFAULT_WEIGHTS
         self.weights = self._weights("weights", weights, self._available())
-        self.audio_only_weights = self._weights(
-            "audio_only_weights", DEFAULT_AUDIO_ONLY_WEIGHTS if audio_only_weights is None else audio_only_weights,
-            set(AUDIO_FEATURES))
+        # before the reply ASR's words exist: audio, silence and what the detector computes itself
+        self.early_weights = self._weights(
+            "early_weights", DEFAULT_EARLY_WEIGHTS if early_weights is None else early_weights,
+            self._available() - set(TRANSCRIPT_CUES) - (set(TEXT_FEATURES) if words is None else set()))
+        self.early_threshold = early_threshold
         # the reply ASR's transcript is read only where the weights use it (or the LM reads its words)
         self.needs_transcript = bool(set(self.weights.features) & set(TRANSCRIPT_CUES)) or (
             self._reads_text and words is None)
@@ -200,17 +204,24 @@ class SemanticTurnDetector:
             scores["text"] = self.text_probability(words)
         return scores
 
-    def probability(self, scores: dict[str, float], silence_s: float) -> float:
-        """The word-aware weights once every input they weigh is there (a recogniser that gives no confidence, or
-        a transcript not yet ready, leaves the audio-only weights in charge), else audio + silence."""
+    def stage(self, scores: dict[str, float], silence_s: float, threshold: float | None = None):
+        """(weights, threshold, inputs): ``weights`` once every input they weigh is there, else ``early_weights``
+        (a transcript not yet ready, or a recogniser that gives no confidence) with ``early_threshold`` (default:
+        the same threshold). ``threshold`` overrides end_threshold (the benchmark's sweeps)."""
         values = feature_values(scores, silence_s)
+        limit = self.end_threshold if threshold is None else threshold
         if all(name in values for name in self.weights.features):
-            return self.weights.probability_of(values)
-        return self.audio_only_weights.probability_of(values)
+            return self.weights, limit, values
+        return self.early_weights, limit if self.early_threshold is None else self.early_threshold, values
+
+    def probability(self, scores: dict[str, float], silence_s: float) -> float:
+        weights, _, values = self.stage(scores, silence_s)
+        return weights.probability_of(values)
 
     def rule(self, scores: dict[str, float], silence_s: float, threshold: float | None = None) -> Verdict:
-        p = self.probability(scores, silence_s)
-        end = p >= (self.end_threshold if threshold is None else threshold)
+        weights, limit, values = self.stage(scores, silence_s, threshold)
+        p = weights.probability_of(values)
+        end = p >= limit
         return Verdict(end=end, probability=p, speculate=end or p >= self.speculate_threshold)
 
     def decide(self, state: PauseState) -> Verdict:
@@ -231,7 +242,9 @@ class SemanticTurnConfig:
     # the combiner's weights, over the inputs it uses: bias, audio, silence and any of the words' cues (each preset
     # sets all of its own; null: DEFAULT_WEIGHTS)
     weights: Optional[Dict[str, float]] = None
-    audio_only_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_AUDIO_ONLY_WEIGHTS))
+    # before the reply ASR's transcript exists: audio, silence and (with turn.words) Whisper's own cues
+    early_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EARLY_WEIGHTS))
+    early_threshold: Optional[float] = None  # null: end_threshold
     min_speech_ms: int = 200
     speech_start_ms: int = 60
 

@@ -24,7 +24,7 @@ def semantic(smart_turn_model):
     return SemanticTurnDetector(smart_turn_model, None, min_silence_ms=cfg.min_silence_ms,
                                 step_ms=cfg.step_ms, max_silence_ms=cfg.max_silence_ms,
                                 end_threshold=OPERATING_POINT, speculate_threshold=cfg.speculate_threshold,
-                                weights=cfg.weights, audio_only_weights=cfg.audio_only_weights)
+                                weights=cfg.weights, early_weights=cfg.early_weights)
 
 
 def drive(det, audio: np.ndarray, asr) -> list[tuple]:
@@ -100,10 +100,12 @@ def test_scores_are_computed_once_per_pause(semantic, prompt):
 @pytest.mark.parametrize("kwargs", [
     {"end_threshold": 1.2}, {"speculate_threshold": 0.0}, {"end_threshold": 0.4, "speculate_threshold": 0.6},
     {"min_silence_ms": 0}, {"min_silence_ms": 800, "max_silence_ms": 600}, {"step_ms": -5},
-    {"weights": {"bias": 1.0, "audio": 1.0}}, {"audio_only_weights": {"bias": 0, "audio": float("nan"), "silence": 1}},
+    {"weights": {"bias": 1.0, "audio": 1.0}}, {"early_weights": {"bias": 0, "audio": float("nan"), "silence": 1}},
     {"weights": {"bias": 1.0, "audio": 1.0, "silence": 1.0, "punct": 1.0}},  # no turn.words to give the cue
     {"weights": {"bias": 1.0, "audio": 1.0, "silence": 1.0, "text": 1.0}},  # no turn.text
     {"weights": {"bias": 1.0, "audio": 1.0, "silence": 1.0, "volume": 1.0}},
+    {"early_weights": {"bias": 1.0, "audio": 1.0, "silence": 1.0, "asr": 1.0}},  # the words are not there early
+    {"early_threshold": 1.0},
 ])
 def test_bad_config_values_are_rejected(smart_turn_model, kwargs):
     SemanticTurnDetector(smart_turn_model, None)  # the defaults are valid: each case below fails on its own value
@@ -130,10 +132,20 @@ def test_preset_composes(compose):
 def test_a_recogniser_without_confidence_leaves_the_audio_weights_in_charge(semantic):
     scores = {"audio": 0.9, "text": 0.2, "ellipsis": 0.0}
     assert semantic.weights.weights["asr"] != 0.0  # the calibrated combiner weighs the recogniser's confidence
-    assert semantic.probability(scores, 0.3) == semantic.audio_only_weights.probability_of(
+    assert semantic.probability(scores, 0.3) == semantic.early_weights.probability_of(
         {"audio": logit(0.9), "silence": 0.3})
     sure, unsure = (semantic.probability(scores | {"asr": lp}, 0.3) for lp in (-0.1, -1.5))
     assert sure > unsure  # a recogniser that had to guess the words is a sign the sentence goes on
+
+
+def test_an_early_threshold_holds_ends_back_until_the_words_are_there(smart_turn_model):
+    detector = SemanticTurnDetector(smart_turn_model, None, end_threshold=0.9, early_threshold=0.999)
+    audio_only = {"audio": 0.99}
+    early = detector.rule(audio_only, 1.0)
+    assert early.probability >= 0.9 and not early.end  # sure enough for end_threshold, not for early_threshold
+    assert detector.stage(audio_only, 1.0)[0] is detector.early_weights
+    words = detector.rule(audio_only | {"ellipsis": 0.0, "asr": -0.1}, 1.0)
+    assert words.end and detector.stage(audio_only | {"ellipsis": 0.0, "asr": -0.1}, 1.0)[0] is detector.weights
 
 
 def test_whisper_is_less_sure_of_fragments_than_of_whole_prompts(prompt, cut_prompt, tiny_en):
