@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import sys
 import time
 
@@ -94,17 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {beam} | {r['median_ms']:.0f} | {r['p95_ms']:.0f} | {100 * wer_complete:.1f} % | "
                   f"{100 * wer_partial:.1f} % |", flush=True)
     if not args.no_mlflow:
-        from fern.tracking.mlflow_tracker import MlflowTracker
+        from fern.tracking.mlflow_tracker import bench_run
 
-        tracker = MlflowTracker(experiment="fern-bench-asr", run_name=f"asr-{args.asr}",
-                                tags={"bench": "asr", "host": socket.gethostname()})
-        try:
+        with bench_run("asr", f"asr-{args.asr}") as tracker:
             tracker.log_params({"asr": args.asr, "split": args.split, "clips": sum(map(len, data.values())),
                                 "machine": machine})
             tracker.log_metrics({f"{key}.{name}": value for key, r in results.items() for name, value in r.items()})
-        finally:
-            tracker.close()
-        print(f"logged to MLflow run {tracker.run_id} ({tracker.display_uri})")
     return 0
 
 

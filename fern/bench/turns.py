@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -524,11 +523,9 @@ def _run(args) -> int:
     (out / "turns_decisions.json").write_text(json.dumps(raw))
     print(f"wrote {png}, {out / 'turns_table.md'}")
     if not args.no_mlflow:
-        from fern.tracking.mlflow_tracker import MlflowTracker
+        from fern.tracking.mlflow_tracker import bench_run
 
-        tracker = MlflowTracker(experiment="fern-bench-turns", run_name=f"turns-{split}",
-                                tags={"bench": "turns", "host": socket.gethostname()})
-        try:
+        with bench_run("turns", f"turns-{split}") as tracker:
             tracker.log_params({"split": split, "cases": len(cases), "vad": args.vad, "asr": args.asr,
                                 "detectors": ",".join(wanted), "machine": machine,
                                 "overrides": " ".join(args.override)})
@@ -536,9 +533,6 @@ def _run(args) -> int:
                 key = name.split(" (")[0].replace(" ", "_").replace(",", "")
                 tracker.log_metrics({f"{key}.{k}": float(m[k]) for k in ROW_KEYS if k in m})
             tracker.log_files([png, out / "turns_table.md", out / "turns_results.json"])
-        finally:
-            tracker.close()
-        print(f"logged to MLflow run {tracker.run_id} ({tracker.display_uri})")
     return 0
 
 

@@ -6,7 +6,8 @@ import os
 import re
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,15 @@ class MlflowTracker:
 
     def close(self, status: str = "FINISHED") -> None:
         self._mlflow.end_run(status=status)
+
+
+@contextmanager
+def bench_run(bench: str, run_name: str) -> Iterator[MlflowTracker]:
+    """The MLflow run of ``python -m fern.bench.<bench>`` (experiment ``fern-bench-<bench>``), closed whatever
+    happens inside; then says where it went."""
+    tracker = MlflowTracker(experiment=f"fern-bench-{bench}", run_name=run_name, tags={"bench": bench})
+    try:
+        yield tracker
+    finally:
+        tracker.close()
+    print(f"logged to MLflow run {tracker.run_id} ({tracker.display_uri})")
