@@ -332,6 +332,15 @@ def calibrate(runs: list[CaseRun], detector, target_cutoff: float = 0.02) -> dic
             "n_decisions": len(ys_a), "n_decisions_with_text": len(ys_t)}
 
 
+def redacted_override(override: str) -> str:
+    """``key=value`` as logged: the value hidden where the key names a secret (an API key passed on the command line
+    must not reach MLflow)."""
+    from fern.tracking.mlflow_tracker import redact_value
+
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{redact_value(key.lstrip('+~'), value)}" if sep else override
+
+
 # ---- the report -------------------------------------------------------------------------------------------------
 ROW_KEYS = ("cutoff_pause", "cutoff_complete", "delay_median_ms", "delay_p95_ms", "reply_start_median_ms",
             "compute_median_ms", "compute_p95_ms", "first_decision_median_ms", "asr_median_ms", "speculated_kept",
@@ -528,7 +537,7 @@ def _run(args) -> int:
         with bench_run("turns", f"turns-{split}") as tracker:
             tracker.log_params({"split": split, "cases": len(cases), "vad": args.vad, "asr": args.asr,
                                 "detectors": ",".join(wanted), "machine": machine,
-                                "overrides": " ".join(args.override)})
+                                "overrides": " ".join(redacted_override(o) for o in args.override)})
             for name, m in rows.items():
                 key = name.split(" (")[0].replace(" ", "_").replace(",", "")
                 tracker.log_metrics({f"{key}.{k}": float(m[k]) for k in ROW_KEYS if k in m})

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from fern.errors import ConfigValueError
+from fern.errors import AudioInputError, ConfigValueError
 
 CUES = ("punct", "entropy", "logprob", "last")
 _FLOOR = -30.0  # log-probability of a class with no mass (suppressed tokens)
@@ -115,6 +115,8 @@ class WhisperEndOfTurnModel:
         from fern.asr.faster_whisper import WHISPER_FRAMES, encoder_frames
 
         audio = np.asarray(audio, np.float32).reshape(-1)
+        if audio.size == 0:
+            raise AudioInputError("Whisper end-of-turn cues need the turn's audio, got an empty clip")
         mel = self._whisper.feature_extractor(audio)[:, :WHISPER_FRAMES]
         frames = encoder_frames(audio.size, self.window_s, sample_rate)
         if mel.shape[-1] < frames:  # padded in log-mel space, as faster-whisper pads every segment

@@ -43,7 +43,8 @@ def test_bench_runs_and_logs_to_mlflow(mini_set, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = tmp_path / "out"
-    assert main(["--cache", str(cache), "--split", "all", "--detectors", "silence,smart_turn", "--out", str(out)]) == 0
+    assert main(["--cache", str(cache), "--split", "all", "--detectors", "silence,smart_turn", "--out", str(out),
+                 "--override", "++llm.api_key=sk-not-for-mlflow"]) == 0
     assert (out / "turns_curve.png").stat().st_size > 10_000
     table = (out / "turns_table.md").read_text()
     assert "silence 700 ms" in table and "smart_turn" in table
@@ -54,6 +55,7 @@ def test_bench_runs_and_logs_to_mlflow(mini_set, tmp_path, monkeypatch):
     assert metrics["silence_700_ms.delay_median_ms"] == pytest.approx(704, abs=1)
     assert metrics["silence_300_ms.cutoff_pause"] == 1.0  # every inserted pause is >= 0.4 s
     assert 0 < metrics["smart_turn.compute_median_ms"] < 2000
+    assert run.data.params["overrides"] == "++llm.api_key=***"  # a secret on the command line stays out of MLflow
     artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"turns_curve.png", "turns_table.md", "turns_results.json"} <= artifacts
 

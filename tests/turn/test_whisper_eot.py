@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fern.errors import ConfigValueError, MissingWeightsError
+from fern.errors import AudioInputError, ConfigValueError, MissingWeightsError
 from fern.turn.whisper_eot import CUES, WhisperEndOfTurnModel
 
 from .conftest import CUTS, with_silence
@@ -43,6 +43,8 @@ def test_the_full_context_gives_the_same_reading(words, prompt, cut_prompt):
 def test_wrong_rate_and_bad_settings_are_named(words, prompt):
     with pytest.raises(ConfigValueError, match="16000 Hz"):
         words.cues(prompt("conf-getpin")[::2], 8000)
+    with pytest.raises(AudioInputError, match="empty"):
+        words.cues(np.zeros(0, np.float32))
     with pytest.raises(ConfigValueError, match="window_s"):
         WhisperEndOfTurnModel(window_s=0.5)
     with pytest.raises(MissingWeightsError, match="turn.words.model"):
