@@ -17,16 +17,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fern.audio import read_wav, write_wav  # noqa: E402
+from fern.bench.turn_data import MID_SENTENCE_CUTS, cut_between_words  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en")
 PROMPTS = ["conf-onlyperson", "conf-placeintoconf", "conf-waitforleader", "conf-invalid", "agent-newlocation",
            "conf-onlyone", "conf-kicked", "confbridge-lock-no-join"]
-# Prompts with a word boundary (seconds, from tiny.en word timestamps) after a word that needs more, for
-# --pause-s: a mid-sentence pause where the sentence clearly goes on.
-PAUSED = {"conf-getconfno": 2.62,  # "Please enter your conference number followed by the | pound key."
-          "vm-enter-num-to-call": 1.68,  # "Please enter the number you wish to | call."
-          "vm-reenterpassword": 1.40,  # "Please re-enter your | password followed by the pound key."
-          "conf-getpin": 1.04}  # "Please enter the | conference PIN number."
 
 
 def main() -> None:
@@ -35,14 +30,14 @@ def main() -> None:
     parser.add_argument("--gap-s", type=float, default=7.0, help="silence after each prompt")
     parser.add_argument("--turns", type=int, default=len(PROMPTS))
     parser.add_argument("--pause-s", type=float, default=None,
-                        help="instead: the PAUSED prompts, each with a mid-sentence pause this long")
+                        help="instead: the MID_SENTENCE_CUTS prompts, each with a mid-sentence pause this long")
     args = parser.parse_args()
     parts = [np.zeros(8000, np.float32)]
-    names = list(PAUSED) if args.pause_s else PROMPTS[:args.turns]
+    names = list(MID_SENTENCE_CUTS) if args.pause_s else PROMPTS[:args.turns]
     for name in names:
         speech = read_wav(SOUNDS / f"{name}.wav", 16000)
         if args.pause_s:
-            cut = int(PAUSED[name] * 16000)
+            cut = cut_between_words(speech, *MID_SENTENCE_CUTS[name])
             speech = np.concatenate([speech[:cut], np.zeros(int(args.pause_s * 16000), np.float32), speech[cut:]])
         parts += [speech, np.zeros(int(args.gap_s * 16000), np.float32)]
     audio = np.concatenate(parts)

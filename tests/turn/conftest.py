@@ -7,20 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fern.bench.turn_data import MID_SENTENCE_CUTS as CUTS
+from fern.bench.turn_data import cut_between_words
 from fern.paths import models_dir
 
 ASTERISK = Path("/usr/share/asterisk/sounds/en")
 SMART_TURN = models_dir() / "smart_turn" / "smart-turn-v3.2-cpu.onnx"
 SILERO = models_dir() / "silero_vad" / "silero_vad.onnx"
 
-# Word boundaries (seconds into the prompt, from tiny.en word timestamps) right after a word that needs more:
-# cutting there leaves a sentence that clearly goes on.
-CUTS = {
-    "conf-getconfno": 2.62,  # "Please enter your conference number followed by the | pound key."
-    "vm-enter-num-to-call": 1.68,  # "Please enter the number you wish to | call."
-    "vm-reenterpassword": 1.40,  # "Please re-enter your | password followed by the pound key."
-    "conf-getpin": 1.04,  # "Please enter the | conference PIN number."
-}
+
+def cut_index(audio: np.ndarray, name: str) -> int:
+    """Sample index of the CUTS boundary (fern.bench.turn_data.MID_SENTENCE_CUTS) of prompt ``name``."""
+    return cut_between_words(audio, *CUTS[name])
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +37,11 @@ def prompt():
 
 @pytest.fixture(scope="session")
 def cut_prompt(prompt):
-    """cut_prompt(name) -> the prompt up to its CUTS boundary (at the quietest 10 ms near it)."""
-    from fern.bench.turn_data import _quietest_cut
+    """cut_prompt(name) -> the prompt up to its CUTS boundary."""
 
     def _cut(name: str) -> np.ndarray:
         audio = prompt(name)
-        return audio[:_quietest_cut(audio, CUTS[name])]
+        return audio[:cut_index(audio, name)]
 
     return _cut
 

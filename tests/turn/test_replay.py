@@ -15,7 +15,7 @@ from fern.audio import read_wav, write_wav
 from fern.paths import PROJECT_ROOT
 from fern.quality import word_error_rate
 
-from .conftest import CUTS, with_silence
+from .conftest import cut_index, with_silence
 
 pytestmark = pytest.mark.models
 
@@ -26,14 +26,12 @@ PAUSE_S, GAP_S = 1.2, 6.0
 
 @pytest.fixture(scope="module")
 def paused_conversation(tmp_path_factory, prompt):
-    from fern.bench.turn_data import _quietest_cut
-
     parts: list = [0.5]
     spans = []  # (start, end) of each utterance in the replay, pause included
     t = 0.5
     for name in SAID:
         audio = prompt(name)
-        cut = _quietest_cut(audio, CUTS[name])
+        cut = cut_index(audio, name)
         parts += [audio[:cut], PAUSE_S, audio[cut:], GAP_S]
         spans.append((t, t + audio.size / 16000 + PAUSE_S))
         t = spans[-1][1] + GAP_S

@@ -23,12 +23,11 @@ def test_a_finished_prompt_reads_as_finished_and_a_fragment_does_not(words, prom
     fragments = [words.cues(with_silence(0.3, cut_prompt(name), 0.1)) for name in CUTS]
     for text, cues in whole + fragments:
         assert set(cues) == set(CUES) and all(np.isfinite(list(cues.values()))) and text
-    # Whisper finishes a fragment with an invented word ("Please re-enter your | pen."), but less surely: less mass
-    # on the full stop, a flatter distribution after the last word, and a much less likely last word
+    # Whisper ends a fragment with "..." or "-", or finishes it with an invented word it is unsure of ("Please
+    # re-enter your | bed."): less mass on the full stop, a flatter distribution after the last word, less sure words
     for (text, cues), (head, frag) in zip(whole, fragments):
-        assert cues["punct"] > frag["punct"] and cues["logprob"] > frag["logprob"], (text, cues, head, frag)
-        assert cues["last"] > frag["last"] + 0.2, (text, cues, head, frag)
-    assert np.mean([c["entropy"] for _, c in whole]) < np.mean([c["entropy"] for _, c in fragments])
+        assert cues["punct"] > frag["punct"] + 1.0 and cues["entropy"] < frag["entropy"], (text, cues, head, frag)
+        assert cues["logprob"] > frag["logprob"], (text, cues, head, frag)
 
 
 def test_the_full_context_gives_the_same_reading(words, prompt, cut_prompt):
@@ -37,7 +36,8 @@ def test_the_full_context_gives_the_same_reading(words, prompt, cut_prompt):
         clips = with_silence(0.3, prompt(name), 0.1), with_silence(0.3, cut_prompt(name), 0.1)
         (_, whole_w), (_, frag_w) = (words.cues(c) for c in clips)
         (_, whole_f), (_, frag_f) = (full.cues(c) for c in clips)
-        assert whole_w["last"] > frag_w["last"] and whole_f["last"] > frag_f["last"], (whole_w, frag_w, whole_f, frag_f)
+        assert whole_w["punct"] > frag_w["punct"] and whole_f["punct"] > frag_f["punct"], (whole_w, frag_w, whole_f,
+                                                                                              frag_f)
 
 
 def test_wrong_rate_and_bad_settings_are_named(words, prompt):
