@@ -3,9 +3,9 @@
 It keeps a ring buffer of recent frames (a turn's audio is cut from it, with pre- and post-roll), records the user's
 side on the recording sink, and reports speech starts (the barge-in cue). Pauses are judged by the turn detector at
 its checkpoints, off the event loop (a model may take tens of milliseconds); speech that resumes before a verdict
-voids it. The turn so far is recognised through ``transcribe`` (the responder's ASR) from the first checkpoint of a
-pause, so that a reply starts from words that are already there; a detector that reads them (``needs_transcript``)
-gets them as soon as they exist.
+voids it. The turn so far is recognised through ``transcribe`` (the responder's ASR) during a pause, so that a reply
+starts from words that are already there: from the first checkpoint for a detector that reads them
+(``needs_transcript``; it gets them as soon as they exist), else once its first verdict is in.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fern.clock import SessionClock
 from fern.events import Event, SpeechResumed, SpeechStarted, Transcript, TurnLikelyOver, UserTurn
 from fern.protocols import RecordingSink, TurnDetector, VoiceActivityDetector
 from fern.turn.base import PauseState, Verdict
-from fern.turn.segmenter import Checkpoint, Resume, Segmenter, SpeechStart
+from fern.turn.segmenter import Checkpoint, Resume, Segmenter, SpeechStart, squeeze_pauses
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Listener:
     def __init__(self, *, vad: VoiceActivityDetector, turn: TurnDetector, clock: SessionClock,
                  emit: Callable[[Event], None], executor: Executor, recorder: RecordingSink | None = None,
-                 preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0,
+                 preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0, inner_pause_ms: int = 300,
                  transcribe: Callable[[np.ndarray], Awaitable[tuple[str, float]]] | None = None) -> None:
         self.vad, self.turn, self.clock, self.emit = vad, turn, clock, emit
         self.executor, self.recorder, self.transcribe = executor, recorder, transcribe
@@ -39,6 +39,7 @@ class Listener:
         self.frame_len = vad.sample_rate * vad.frame_ms // 1000
         self.frame_s = self.frame_len / self.rate
         self.preroll_s, self.postroll_s = preroll_ms / 1000, postroll_ms / 1000
+        self.inner_pause_s = inner_pause_ms / 1000  # what the models hear of a pause the user spoke after
         self.segmenter = Segmenter(turn.checkpoints_s, turn.speech_start_ms, turn.min_speech_ms)
         # the longest turn kept whole; older frames fall out of the buffer
         self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=max(1, int(max_turn_s / self.frame_s)))
@@ -48,6 +49,8 @@ class Listener:
         self._judging: set[asyncio.Task] = set()
         self._transcript: asyncio.Future | None = None  # recognition of the current pause's audio, if asked for
         self._speculated = False  # a TurnLikelyOver went out for the current pause
+        # the last turn that ended: (turn id, start, last voiced, pauses), for continue_turn
+        self._last_ended: tuple[int, float, float, list[tuple[float, float]]] | None = None
         # verdicts run in worker threads and may overlap (a checkpoint, and the re-judging when the words arrive);
         # detectors hold models and caches that are not thread-safe, so they judge one pause state at a time
         self._deciding = threading.Lock()
@@ -101,6 +104,30 @@ class Listener:
         frames = [f for te, f in self._recent if lo < te <= hi + 1e-9]
         return np.concatenate(frames) if frames else np.zeros(0, np.float32)
 
+    def _turn_audio(self, hi: float) -> np.ndarray:
+        """The turn so far, from its pre-roll up to ``hi``, as the models get it: each pause the user spoke after
+        shortened to ``inner_pause_s`` (fern.turn.segmenter.squeeze_pauses says why)."""
+        lo = self.segmenter.t_start - self.preroll_s
+        frames = [(te, f) for te, f in self._recent if lo < te <= hi + 1e-9]
+        if not frames:
+            return np.zeros(0, np.float32)
+        t0 = frames[0][0] - frames[0][1].size / self.rate
+        return squeeze_pauses(np.concatenate([f for _, f in frames]), self.rate, t0, self.segmenter.pauses,
+                              self.inner_pause_s)
+
+    def continue_turn(self, turn_id: int) -> bool:
+        """The speech in progress continues turn ``turn_id`` (the user went on before hearing its reply): the next
+        UserTurn starts where that one did, its gap a pause like any other. False when ``turn_id`` is not the turn
+        that ended last, or no speech is in progress."""
+        if self._last_ended is None or self._last_ended[0] != turn_id or not self.segmenter.in_turn:
+            return False
+        _, t_start, t_last_voiced, pauses = self._last_ended
+        seg = self.segmenter
+        seg.pauses = [*pauses, (t_last_voiced, seg.t_start), *seg.pauses]
+        seg.t_start = t_start
+        self._last_ended = None
+        return True
+
     def drop_speech(self) -> None:
         """Forget the speech in progress: no turn is made of it (the agent's own voice coming back as echo)."""
         self._void_pause()
@@ -118,27 +145,39 @@ class Listener:
     def _candidate(self, t: float, transcript: asyncio.Future | None) -> UserTurn:
         """The turn as it stands: what UserTurn (or a speculative reply) carries."""
         seg = self.segmenter
-        audio = self._audio(seg.t_start - self.preroll_s, min(t, seg.t_last_voiced + self.postroll_s))
+        audio = self._turn_audio(min(t, seg.t_last_voiced + self.postroll_s))
         return UserTurn(t=t, turn_id=self._turn_id, audio=audio, sample_rate=self.rate, t_speech_start=seg.t_start,
                         t_last_voiced=seg.t_last_voiced, transcript=transcript)
 
     # ---- decisions --------------------------------------------------------------------------------------------
     def _judge(self, index: int, silence_s: float, t: float) -> None:
         pause = self._pause
-        audio = self._audio(self.segmenter.t_start - self.preroll_s, t)
-        if self.transcribe is not None and self._transcript is None:
-            # recognised during the pause whether or not the detector reads the words: the reply then starts
-            # from them (overlap, not add)
-            self._transcript = asyncio.ensure_future(self._recognise(audio))
-            if self.turn.needs_transcript:
-                # the words arrive after the first verdict: judge again then, at whatever silence it is by then
-                self._transcript.add_done_callback(lambda task, pause=pause: self._rejudge(pause, task))
-        self._track(self._verdict(pause, silence_s, audio))
+        audio = self._turn_audio(t)
+        verdict = self._track(self._verdict(pause, silence_s, audio))
+        if self.transcribe is None or self._transcript is not None:
+            return
+        # the pause is recognised whether or not the detector reads the words: the reply then starts from them
+        # (overlap, not add). A detector that reads them waits for them; for one that does not, its verdict is on
+        # the critical path and the words only once the turn is over, so they start when the first verdict is in
+        # (on a busy CPU the two would slow each other down)
+        if self.turn.needs_transcript:
+            self._recognise_pause(pause, audio)
+        else:
+            verdict.add_done_callback(lambda _, pause=pause, audio=audio: self._recognise_pause(pause, audio))
 
-    def _track(self, coro) -> None:
+    def _recognise_pause(self, pause: int, audio: np.ndarray) -> None:
+        if pause != self._pause or self._transcript is not None:
+            return  # the user went on, or the turn ended first (the reply recognises it then)
+        self._transcript = asyncio.ensure_future(self._recognise(audio))
+        if self.turn.needs_transcript:
+            # the words arrive after the first verdict: judge again then, at whatever silence it is by then
+            self._transcript.add_done_callback(lambda task, pause=pause: self._rejudge(pause, task))
+
+    def _track(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._judging.add(task)
         task.add_done_callback(self._judging.discard)
+        return task
 
     async def _recognise(self, audio: np.ndarray) -> Transcript:
         assert self.transcribe is not None
@@ -150,8 +189,7 @@ class Listener:
         if pause != self._pause or task.cancelled() or task.exception() is not None or not self.segmenter.paused:
             return
         now = self.clock.now()
-        self._track(self._verdict(pause, now - self.segmenter.t_last_voiced,
-                                  self._audio(self.segmenter.t_start - self.preroll_s, now)))
+        self._track(self._verdict(pause, now - self.segmenter.t_last_voiced, self._turn_audio(now)))
 
     async def _verdict(self, pause: int, silence_s: float, audio: np.ndarray) -> None:
         transcript, logprob = None, float("nan")
@@ -186,8 +224,11 @@ class Listener:
         if not self.segmenter.in_turn:
             return
         event = self._candidate(t_end, transcript)
-        if self.segmenter.end_turn(t_end) is None:  # too short to be a turn
+        seg = self.segmenter
+        ended = (self._turn_id, seg.t_start, seg.t_last_voiced, list(seg.pauses))
+        if seg.end_turn(t_end) is None:  # too short to be a turn
             return
+        self._last_ended = ended
         self._turn_id += 1
         self.emit(event)
         assert self._turns is not None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -61,8 +62,9 @@ class VoicePipeline:
     def __init__(self, *, source: AudioSource, sink: RecordingSink, vad: VoiceActivityDetector, turn: TurnDetector,
                  asr: SpeechRecognizer, llm: LanguageModel, chunker: Chunker, tts: SpeechSynthesizer,
                  history: ChatHistory, clock: SessionClock | None = None, observers: Iterable[Observer] = (),
-                 preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0, workers: int = 4,
-                 barge_in: bool = True, barge_in_min_speech_ms: int = 200, self_speech_guard: bool = False) -> None:
+                 preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0, inner_pause_ms: int = 300,
+                 workers: int = 4, barge_in: bool = True, barge_in_min_speech_ms: int = 200,
+                 self_speech_guard: bool = False) -> None:
         self.source, self.sink, self.history = source, sink, history
         self.clock = clock or SessionClock()
         for device in (source, sink):
@@ -77,7 +79,7 @@ class VoicePipeline:
         self.recorder.emit = self.bus.emit
         self.listener = Listener(vad=vad, turn=turn, clock=self.clock, emit=self.bus.emit, executor=self._executor,
                                  recorder=sink, preroll_ms=preroll_ms, postroll_ms=postroll_ms, max_turn_s=max_turn_s,
-                                 transcribe=self._transcribe_scored)
+                                 inner_pause_ms=inner_pause_ms, transcribe=self._transcribe_scored)
         self.responder = Responder(asr=asr, llm=llm, chunker=chunker, tts=tts, sink=sink, history=history,
                                    clock=self.clock, emit=self.bus.emit, executor=self._executor)
         self._reply: Reply | None = None
@@ -86,6 +88,7 @@ class VoicePipeline:
         self._audible_until = 0.0  # when the speaker finishes what it has been given
         self._playing_clauses: list[str] = []  # of the reply being heard (the self-speech guard compares with them)
         self._barge_check: asyncio.Task | None = None
+        self._first_heard: dict[int, float] = {}  # turn id -> when the first sample of its reply was heard
 
     @property
     def records(self) -> list[TurnRecord]:
@@ -115,6 +118,7 @@ class VoicePipeline:
     def on_event(self, event: Event) -> None:
         if isinstance(event, AgentAudio):
             self._audible_until = max(self._audible_until, event.heard_at + event.samples.size / event.sample_rate)
+            self._first_heard.setdefault(event.turn_id, event.heard_at)
         elif isinstance(event, Clause):
             self._playing_clauses = [*self._playing_clauses[-1:], event.text]
         elif isinstance(event, SpeechStarted) and self.barge_in and self._agent_heard(event.t):
@@ -161,10 +165,14 @@ class VoicePipeline:
                 self.listener.drop_speech()
             return
         turn_id = reply.turn.turn_id
+        # the user went on before hearing a word of the reply: the turn that ended was not over
+        reply.continued = self._first_heard.get(turn_id, math.inf) > started.t_speech_start
         if reply.cancel():
             log.info("barge-in: the user talked over reply %d", turn_id)
             self._audible_until = reply.t_silent if reply.t_silent is not None else self.clock.now()
             self.bus.emit(BargeIn(t=self.clock.now(), turn_id=turn_id, t_speech_start=started.t_speech_start))
+            if reply.continued and self.listener.continue_turn(turn_id):
+                log.info("turn %d: the user went on before the reply was heard; the turn continues", turn_id)
 
     async def _is_own_voice(self, started: SpeechStarted) -> bool:
         from fern.echo import is_self_speech

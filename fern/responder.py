@@ -59,6 +59,9 @@ class Reply:
     token: CancelToken = field(default_factory=CancelToken)  # the LLM and TTS threads stop at their next step
     may_play: asyncio.Event = field(default_factory=asyncio.Event)  # set: audio may reach the speaker
     held: list[Event] = field(default_factory=list)  # what the reply did before it was released
+    # the user went on before hearing any of it: their turn continues in the next, which carries its words, so the
+    # conversation keeps them there and not here
+    continued: bool = False
 
     def emit(self, event: Event) -> None:
         """Events of an unreleased reply are held: nobody sees a speculation that may still be dropped."""
@@ -216,7 +219,7 @@ class Responder:
             # a failed reply is not stopped: what had reached the speaker plays out (whole clauses)
             heard = progress.heard_text(t_silent) if t_silent is not None else " ".join(
                 text for text, t in zip(progress.clauses, progress.heard_at) if t < t_stop)
-            if progress.user_text and reply.may_play.is_set():
+            if progress.user_text and reply.may_play.is_set() and not reply.continued:
                 # the conversation keeps what the user heard, not what the LLM had already written
                 self.history.add_user(progress.user_text)
                 self.history.add_assistant(heard)

@@ -268,6 +268,42 @@ def test_words_still_being_recognised_when_the_turn_ends_belong_to_that_turn():
     assert first.t_asr_end > first.t_end  # the turn ended at 0.1 s of silence, the words came 0.4 s later
 
 
+def test_the_models_hear_a_pause_the_user_spoke_after_shortened_and_the_recording_keeps_it():
+    detector = ScriptedTurnDetector(checkpoints_s=(0.15, 1.5), verdicts=lambda state: False)
+    pipeline, log, sink = make([("silence", 0.3), ("speech", 0.6), ("silence", 1.2), ("speech", 0.6), ("silence", 2.0)],
+                               turn=detector)
+    record, = pipeline.run_sync()
+    assert pipeline.listener.inner_pause_s == 0.3
+    in_pause, at_the_end = detector.asked
+    assert in_pause.audio.size / RATE == pytest.approx(0.3 + 0.6 + 0.15, abs=0.07)  # pre-roll, speech, silence
+    # the 1.2 s pause is heard as 0.3 s by the detector and by the ASR (the turn's audio)
+    assert at_the_end.audio.size / RATE == pytest.approx(0.3 + 0.6 + 0.3 + 0.6 + 0.15, abs=0.07)
+    turn, = log.of(UserTurn)
+    assert turn.audio.size / RATE == pytest.approx(0.3 + 0.6 + 0.3 + 0.6 + 0.3, abs=0.07)  # + post-roll
+    heard = np.abs(sink.track("user")) > 0.01  # the recording keeps the pause as it was
+    assert heard[int(1.0 * RATE):int(2.0 * RATE)].sum() == 0 and heard[int(2.2 * RATE):int(2.6 * RATE)].mean() > 0.9
+    assert record.user_text == "Hello there."
+
+
+def test_going_on_before_the_reply_is_heard_continues_the_turn_and_loses_no_words():
+    # the turn ends 0.1 s into a 0.4 s pause; the reply is slower than that, so the user goes on unheard
+    asr = ScriptedASR(["Is it open?", "Is it open? And until when?"], delay_s=0.05)
+    llm = ScriptedLLM(["Yes.", "Until nine."], ttft_s=0.6)
+    detector = ScriptedTurnDetector(checkpoints_s=(0.1, 1.0), verdicts=lambda state: True)
+    pipeline, log, sink = make([("silence", 0.3), ("speech", 0.6), ("silence", 0.4), ("speech", 0.6), ("silence", 1.5)],
+                               asr=asr, llm=llm, turn=detector)
+    first, second = pipeline.run_sync()
+    assert first.error == "interrupted" and first.agent_text == "" and len(log.of(BargeIn)) == 1
+    # the second turn carries the first's speech: it starts where the first did, and the reply answers the whole
+    assert second.t_speech_start == first.t_speech_start and second.user_text == "Is it open? And until when?"
+    whole, = [t for t in log.of(UserTurn) if t.turn_id == second.turn_id]
+    # pre-roll, speech, the pause shortened to 0.3 s, speech, and the 0.1 s of silence at which the turn ended
+    assert whole.audio.size / RATE == pytest.approx(0.3 + 0.6 + 0.3 + 0.6 + 0.1, abs=0.08)
+    assert pipeline.history.messages()[1:] == [{"role": "user", "content": "Is it open? And until when?"},
+                                              {"role": "assistant", "content": "Until nine."}]
+    assert not np.any(sink.track("agent")[:int(second.t_end * RATE)])  # nothing was heard before the whole turn
+
+
 def test_speech_that_resumes_drops_the_speculative_reply_and_the_turn_is_answered_whole():
     asr = ScriptedASR(["I would like to", "I would like to book a table."], delay_s=0.05)
     llm = ScriptedLLM(["To what?", "For how many people?"])

@@ -76,9 +76,26 @@ def test_segmenter_reports_checkpoints_and_resumption_in_order():
     assert signals[1].silence_s == pytest.approx(0.2) and not signals[1].last
     assert isinstance(signals[2], Resume) and signals[2].pause_s == pytest.approx(0.3)
     assert signals[4].last and signals[4].t_last_voiced == pytest.approx(0.9)
+    assert segmenter.pauses == [(pytest.approx(0.4), pytest.approx(0.7))]  # the pause the user spoke after
     bounds = segmenter.end_turn(signals[4].t)
     assert (bounds.t_start, bounds.t_last_voiced) == (pytest.approx(0.0, abs=1e-9), pytest.approx(0.9))
-    assert not segmenter.in_turn
+    assert not segmenter.in_turn and segmenter.pauses == []
+
+
+def test_pauses_the_user_spoke_after_are_shortened_for_the_models():
+    from fern.turn.segmenter import squeeze_pauses
+
+    rate = 1000
+    audio = np.concatenate([np.full(400, 1.0), np.zeros(1200), np.full(300, 2.0), np.zeros(200), np.full(100, 3.0)])
+    t0 = 0.5  # the clip starts 0.5 s into the session
+    out = squeeze_pauses(audio, rate, t0, [(0.9, 2.1), (2.4, 2.6)], keep_s=0.3)
+    # the 1.2 s pause keeps 0.15 s at each edge; the 0.2 s one is already short enough
+    expected = np.concatenate([np.full(400, 1.0), np.zeros(300), np.full(300, 2.0), np.zeros(200),
+                               np.full(100, 3.0)])
+    np.testing.assert_array_equal(out, expected)
+    assert squeeze_pauses(audio, rate, t0, [], keep_s=0.3) is audio
+    # a pause reaching past the clip's end (the clip was cut inside it) loses only what the clip has
+    assert squeeze_pauses(audio[:1000], rate, t0, [(0.9, 2.1)], keep_s=0.3).size == 550
 
 
 def test_segmenter_rejects_checkpoints_out_of_order():

@@ -3,7 +3,7 @@ live listener drives it (fern.turn.segmenter over real VAD decisions, decide() a
 
     python -m fern.bench.turns                          # held-out third: silence 300/500/700, smart_turn, semantic
     python -m fern.bench.turns --limit 20 --no-mlflow   # a quick look
-    python -m fern.bench.turns --calibrate              # fit turn=semantic's combiner + thresholds on the train split
+    python -m fern.bench.turns --calibrate              # fit the semantic preset's combiner + thresholds on train
 
 Set-up: the labelled set (fern.bench.turn_data) is built into ``--cache`` on first use. Each case's audio is cut into
 32 ms frames and run through ``vad=silero``; the frames drive a Segmenter with the detector's checkpoints. At a
@@ -41,9 +41,12 @@ from typing import Any
 
 import numpy as np
 
+from fern.config.schema import ListenerConfig
 from fern.paths import PROJECT_ROOT
 
-PRE_ROLL_S = 0.3
+# the turn as the listener hands it to the models: its pre-roll, and pauses the user spoke after, shortened
+PRE_ROLL_S = ListenerConfig.preroll_ms / 1000
+INNER_PAUSE_S = ListenerConfig.inner_pause_ms / 1000
 DEFAULT_CACHE = PROJECT_ROOT / ".cache"
 SILENCE_SWEEP_MS = (160, 224, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 1800)
 THRESHOLD_SWEEP = tuple(round(x, 3) for x in np.concatenate([np.linspace(0.05, 0.9, 18),
@@ -84,11 +87,12 @@ def vad_decisions(vad, audio: np.ndarray) -> list[bool]:
 
 
 def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sample_rate: int, asr=None,
-             case_id: str = "", kind: str = "") -> CaseRun:
+             case_id: str = "", kind: str = "", inner_pause_s: float = INNER_PAUSE_S) -> CaseRun:
     """Drive ``detector`` over one case through a Segmenter without ever ending the turn, recording the scores
-    and timing of every decision (scoring is independent of thresholds, so any threshold can be replayed)."""
+    and timing of every decision (scoring is independent of thresholds, so any threshold can be replayed). The
+    models get the turn as the listener gives it: each pause the user spoke after shortened to ``inner_pause_s``."""
     from fern.turn.base import PauseState
-    from fern.turn.segmenter import Checkpoint, Resume, Segmenter, SpeechStart
+    from fern.turn.segmenter import Checkpoint, Resume, Segmenter, SpeechStart, squeeze_pauses
 
     seg = Segmenter(detector.checkpoints_s, detector.speech_start_ms, detector.min_speech_ms)
     voiced_ends = [(i + 1) * frame_s for i, s in enumerate(speech) if s]
@@ -105,12 +109,16 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
     wants_text = asr is not None and getattr(detector, "needs_transcript", False)  # the detector reads the words
     scorer = getattr(detector, "score", None)
 
+    def turn_audio(t: float) -> np.ndarray:
+        a = int(max(0.0, t_start - PRE_ROLL_S) * sample_rate)
+        return squeeze_pauses(audio[a:int(round(t * sample_rate))], sample_rate, a / sample_rate, seg.pauses,
+                              inner_pause_s)
+
     def decide_at(t: float, silence_s: float, t_last_voiced: float, last: bool, asr_s: float = float("nan")):
         nonlocal lane_a, delivered
         start = max(t, lane_a)
         have = wants_text and transcript is not None and ready_at <= start
-        a = int(max(0.0, t_start - PRE_ROLL_S) * sample_rate)
-        state = PauseState(audio[a:int(round(t * sample_rate))], sample_rate, silence_s, transcript if have else None,
+        state = PauseState(turn_audio(t), sample_rate, silence_s, transcript if have else None,
                            logprob if have else float("nan"))
         c0 = time.perf_counter()
         scores = scorer(state) if scorer else {}
@@ -133,9 +141,8 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
                 pause += 1
                 in_pause = True
                 if asr is not None:  # recognised at the first checkpoint, as the listener does, for the reply
-                    a = int(max(0.0, t_start - PRE_ROLL_S) * sample_rate)
                     c0 = time.perf_counter()
-                    transcript, logprob = transcribe_scored(asr, audio[a:int(round(t * sample_rate))])
+                    transcript, logprob = transcribe_scored(asr, turn_audio(t))
                     asr_s = time.perf_counter() - c0
                     ready_at = max(t, lane_b) + asr_s
                     lane_b = ready_at
@@ -175,7 +182,7 @@ def evaluate(runs: list[CaseRun], rule, threshold: float | None,
     """Cut-off rates, endpoint delays and speculation counts of ``rule`` at ``threshold``. With ``asr_final``
     (case id -> ASR seconds on the utterance at its final pause) also when a reply could start: the turn is over
     and its transcript exists, ASR having been started at the pause's first checkpoint (as the listener does)."""
-    pause_cut, complete_cut, delays, reply = [], [], [], []
+    pause_cut, complete_cut, delays, reply, after_pause = [], [], [], [], []
     spec_kept = spec_dropped = 0
     for run in runs:
         d = first_end(run, rule, threshold)
@@ -183,6 +190,8 @@ def evaluate(runs: list[CaseRun], rule, threshold: float | None,
             continue  # the case never paused long enough (it has no final pause): nothing to judge
         cut = is_cutoff(run, d)
         (pause_cut if run.kind == "pause" else complete_cut).append(cut)
+        if run.kind == "pause" and not cut:
+            after_pause.append(d.done - run.t_final)
         if run.kind == "complete" and not cut:
             delays.append(d.done - run.t_final)
             if asr_final and run.case_id in asr_final:
@@ -199,6 +208,8 @@ def evaluate(runs: list[CaseRun], rule, threshold: float | None,
         "cutoff_complete": float(np.mean(complete_cut)) if complete_cut else float("nan"),
         "delay_median_ms": float(np.median(ms(delays))),
         "delay_p95_ms": float(np.percentile(ms(delays), 95)),
+        # the end of a sentence the user paused inside: the models hear the pause, shortened
+        "delay_after_pause_median_ms": float(np.median(ms(after_pause))),
         "n_pause": len(pause_cut), "n_complete": len(complete_cut),
         "speculated_kept": spec_kept, "speculated_dropped": spec_dropped,
     }
@@ -342,22 +353,24 @@ def redacted_override(override: str) -> str:
 
 
 # ---- the report -------------------------------------------------------------------------------------------------
-ROW_KEYS = ("cutoff_pause", "cutoff_complete", "delay_median_ms", "delay_p95_ms", "reply_start_median_ms",
+ROW_KEYS = ("cutoff_pause", "cutoff_complete", "delay_median_ms", "delay_p95_ms", "delay_after_pause_median_ms",
+            "reply_start_median_ms",
             "compute_median_ms", "compute_p95_ms", "first_decision_median_ms", "asr_median_ms", "speculated_kept",
             "speculated_dropped")
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     head = ("| detector | false cut-offs (pauses) | early ends (complete) | median delay | p95 delay | "
-            "reply can start (median) | compute / decision (median, p95; a pause's first) | ASR (own lane) |\n"
-            "|---|---|---|---|---|---|---|---|")
+            "median delay after a pause | reply can start (median) | compute / decision (median, p95; a pause's "
+            "first) | ASR (own lane) |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name, m in rows.items():
         asr = f"{m['asr_median_ms']:.0f} ms" if "asr_median_ms" in m else "-"
         reply = f"{m['reply_start_median_ms']:.0f} ms" if "reply_start_median_ms" in m else "-"
         lines.append(f"| {name} | {100 * m['cutoff_pause']:.1f} % ({m['n_pause']}) | "
                      f"{100 * m['cutoff_complete']:.1f} % ({m['n_complete']}) | {m['delay_median_ms']:.0f} ms | "
-                     f"{m['delay_p95_ms']:.0f} ms | {reply} | "
+                     f"{m['delay_p95_ms']:.0f} ms | {m.get('delay_after_pause_median_ms', math.nan):.0f} ms | "
+                     f"{reply} | "
                      f"{m['compute_median_ms']:.1f}, {m['compute_p95_ms']:.1f}; "
                      f"{m.get('first_decision_median_ms', 0.0):.1f} ms"
                      f" | {asr} |")
@@ -400,17 +413,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", default="silence,smart_turn,semantic")
     parser.add_argument("--silence-ms", default="300,500,700", help="turn=silence rows of the table")
-    parser.add_argument("--asr", default="whisper_tiny_en_offline", help="asr preset that feeds turn=semantic")
+    parser.add_argument("--asr", default="whisper_tiny_en_offline", help="asr preset of the reply (and of the words "
+                        "turn=semantic_asr reads)")
     parser.add_argument("--vad", default="silero")
-    parser.add_argument("--semantic-preset", default="semantic", help="turn preset of the semantic row: semantic, "
-                        "semantic_lm (+ a causal LM on the words)")
+    parser.add_argument("--semantic-preset", default="semantic", help="turn preset of the semantic row: semantic "
+                        "(Whisper reads the pause), semantic_asr (the reply ASR's confidence), semantic_lm (+ a "
+                        "causal LM on the words)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/bench/turns/<time>")
-    parser.add_argument("--calibrate", action="store_true", help="fit turn=semantic on the train split and print it")
+    parser.add_argument("--calibrate", action="store_true", help="fit --semantic-preset on the train split, print it")
     parser.add_argument("--target-cutoff", type=float, default=0.02, help="--calibrate: max cut-off rate on train")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--override", action="append", default=[],
-                        help="extra config override (repeatable); turn.* ones apply to turn=semantic only")
+                        help="extra config override (repeatable); turn.* ones apply to the semantic row only")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

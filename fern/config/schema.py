@@ -49,6 +49,9 @@ class ListenerConfig:
     preroll_ms: int = 300  # audio kept before the detected speech start (VAD onsets are late by a frame or two)
     postroll_ms: int = 300  # audio kept after the last voiced frame (word endings the VAD calls silence)
     max_turn_s: float = 300.0  # the longest turn kept whole
+    # the models (turn detector, ASR) hear a pause the user spoke after shortened to this: Whisper often stops
+    # reading at a long silence inside a turn
+    inner_pause_ms: int = 300
     workers: int = 4  # threads for blocking work: capture, turn decisions, ASR/LLM, TTS
 
 

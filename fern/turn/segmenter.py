@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from fern.errors import ConfigValueError
 
 
@@ -59,6 +61,7 @@ class Segmenter:
         self.t_last_voiced = 0.0
         self.speech_s = 0.0
         self._next_checkpoint = 0
+        self.pauses: list[tuple[float, float]] = []  # (start, end) of the turn's pauses the user spoke after
 
     @property
     def paused(self) -> bool:
@@ -81,6 +84,8 @@ class Segmenter:
         if is_speech:
             resumed = self._next_checkpoint > 0
             pause_s = t_frame_end - frame_s - self.t_last_voiced
+            if resumed:
+                self.pauses.append((self.t_last_voiced, t_frame_end - frame_s))
             self.speech_s += frame_s
             self.t_last_voiced = t_frame_end
             self._next_checkpoint = 0
@@ -106,3 +111,27 @@ class Segmenter:
         long_enough = self.speech_s + 1e-9 >= self.min_speech_s
         self.reset()
         return bounds if long_enough else None
+
+
+def squeeze_pauses(audio: np.ndarray, sample_rate: int, t0: float, pauses: Sequence[tuple[float, float]],
+                   keep_s: float) -> np.ndarray:
+    """``audio`` (starting at time ``t0``) with each pause in ``pauses`` longer than ``keep_s`` shortened to
+    ``keep_s``, half of it kept at each edge. Whisper, reading a turn with a second of silence inside, often stops at
+    the silence ("... followed by the" for "... followed by the | pound key."): the words model then takes a
+    finished sentence for a fragment, and the reply answers half of it."""
+    keep: list[np.ndarray] = []
+    cursor = 0
+    for start, end in sorted(pauses):
+        if end - start <= keep_s:
+            continue
+        cut_from = int(round((start + keep_s / 2 - t0) * sample_rate))
+        cut_to = int(round((end - keep_s / 2 - t0) * sample_rate))
+        cut_from, cut_to = max(cut_from, cursor), min(cut_to, audio.size)
+        if cut_to <= cut_from:
+            continue
+        keep.append(audio[cursor:cut_from])
+        cursor = cut_to
+    if not keep:
+        return audio
+    keep.append(audio[cursor:])
+    return np.concatenate(keep)
