@@ -1,16 +1,17 @@
-"""``turn=semantic``: end the turn at the first short silence when the sound and the words agree it is over,
-otherwise keep listening and re-score as the silence grows.
+"""``turn=semantic`` (and ``semantic_asr``, ``semantic_lm``): end the turn at the first short silence when the sound
+and the words agree it is over, otherwise keep listening and re-score as the silence grows.
 
 At every checkpoint (``min_silence_ms``, then every ``step_ms`` up to ``max_silence_ms``, where the turn ends
 whatever) the detector scores the turn so far. Each pause is judged once, on the turn up to ``min_silence_ms`` into
 it (more trailing silence makes the models less accurate; the silence is a separate input), and cached:
 - audio: Smart Turn v3.2's P(complete) (~25-45 ms on one CPU thread);
-- ``words`` (turn=semantic_fast): Whisper's own reading of the pause (fern.turn.whisper_eot): how surely it would end
-  the words it hears with a full stop, how flat its next-token distribution is, how sure it is of the words
-  (~90 ms on one CPU thread with the 8 s window). The detector runs it itself, so it does not wait for the reply's
-  ASR, which can be any preset;
-- without ``words``: the reply ASR's transcript of the pause, once it is there (the listener starts it at the first
-  checkpoint): its confidence (mean log-probability per token) and whether it ends with Whisper's "...";
+- ``words`` (turn=semantic, the default): Whisper's own reading of the pause (fern.turn.whisper_eot): how surely it
+  would end the words it hears with a full stop, how flat its next-token distribution is, how sure it is of the
+  words (~90 ms on one CPU thread with the 8 s window). The detector runs it itself, so it does not wait for the
+  reply's ASR, which can be any preset;
+- without ``words`` (turn=semantic_asr): the reply ASR's transcript of the pause, once it is there (the listener
+  starts it at the first checkpoint): its confidence (mean log-probability per token) and whether it ends with
+  Whisper's "...";
 - ``text`` (turn=semantic_lm): P(end of message | words) from a causal LM (fern.turn.text_eot).
 A learned combiner turns them into P(turn over): logistic regression over the inputs its ``weights`` name (any of
 logit P_audio, the words' cues, log10 P_text, silence_s), with a second set, ``early_weights``, for checkpoints
@@ -83,12 +84,12 @@ class CombinerWeights:
 
 
 # Fitted by `python -m fern.bench.turns --calibrate` on the training split (never on the held-out third).
-# turn=semantic: the reply ASR's words (its confidence, a trailing "..."), asr=whisper_tiny_en_offline (240 cases)
-DEFAULT_WEIGHTS = {"bias": 2.1502, "audio": 0.5691, "ellipsis": -0.8786, "asr": 8.7307, "silence": 1.8801}
-# turn=semantic_fast (turn.words: Whisper's own reading of the pause; conf/turn/semantic_fast.yaml)
-WORDS_WEIGHTS = {"bias": 1.0027, "audio": 0.4361, "punct": 0.4547, "entropy": -0.5013, "logprob": 2.2659,
-                 "last": 0.6325, "silence": 2.1556}
-DEFAULT_EARLY_WEIGHTS = {"bias": -0.4788, "audio": 0.6213, "silence": 1.8831}
+# turn=semantic_asr: the reply ASR's words (its confidence, a trailing "..."), asr=whisper_tiny_en_offline
+ASR_WEIGHTS = {"bias": 3.4886, "audio": 0.7725, "ellipsis": -5.4141, "asr": 10.0447, "silence": 1.9119}
+# turn=semantic (turn.words: Whisper's own reading of the pause; conf/turn/semantic.yaml)
+WORDS_WEIGHTS = {"bias": 2.2989, "audio": 0.5406, "punct": 0.8901, "entropy": -0.8654, "logprob": 3.9915,
+                 "last": 0.3967, "silence": 2.0043}
+DEFAULT_EARLY_WEIGHTS = {"bias": -0.311, "audio": 0.7777, "silence": 1.6174}  # turn=semantic_asr's
 # (turn=semantic_lm's weights are in conf/turn/semantic_lm.yaml)
 
 
@@ -116,7 +117,7 @@ class SemanticTurnDetector:
         self.text_model = text
         self._reads_text = text is not None if reads_text is None else reads_text
         if weights is None:
-            weights = WORDS_WEIGHTS if words is not None else DEFAULT_WEIGHTS
+            weights = WORDS_WEIGHTS if words is not None else ASR_WEIGHTS
         self.weights = self._weights("weights", weights, self._available())
         # before the reply ASR's words exist: audio, silence and what the detector computes itself
         self.early_weights = self._weights(
@@ -240,7 +241,7 @@ class SemanticTurnConfig:
     end_threshold: float = 0.98  # P(turn over) that ends the turn (calibrated: <= 2 % cut-offs on train)
     speculate_threshold: float = 0.3  # P(turn over) from which a reply may be prepared (never played)
     # the combiner's weights, over the inputs it uses: bias, audio, silence and any of the words' cues (each preset
-    # sets all of its own; null: DEFAULT_WEIGHTS)
+    # sets all of its own; null: WORDS_WEIGHTS with turn.words, else ASR_WEIGHTS)
     weights: Optional[Dict[str, float]] = None
     # before the reply ASR's transcript exists: audio, silence and (with turn.words) Whisper's own cues
     early_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EARLY_WEIGHTS))

@@ -1,4 +1,5 @@
-"""turn=semantic over real speech, driven through the Segmenter the way the listener drives it."""
+"""turn=semantic_asr (the reply ASR's confidence in the words) over real speech, driven through the Segmenter the way
+the listener drives it; the combiner's config checks for every semantic preset."""
 
 from __future__ import annotations
 
@@ -7,24 +8,23 @@ import pytest
 
 from fern.errors import ConfigValueError
 from fern.turn.base import PauseState, TurnDetector
-from fern.turn.semantic import SemanticTurnConfig, SemanticTurnDetector, logit
+from fern.turn.semantic import SemanticTurnDetector, logit
 
 from .conftest import CUTS, SILERO, with_silence
 
 pytestmark = pytest.mark.models  # real turn-taking models on real speech: the full tier
 
-# The preset's operating point (the calibrated combiner and end_threshold) on clear cases: a finished prompt ends
-# well before max_silence_ms, a pause after "the" / "your" is waited through; fern.bench.turns measures the rates.
-OPERATING_POINT = SemanticTurnConfig.end_threshold
-
-
 @pytest.fixture(scope="module")
 def semantic(smart_turn_model):
-    cfg = SemanticTurnConfig()  # the calibrated weights, as conf/turn/semantic.yaml uses them (no LM on the words)
-    return SemanticTurnDetector(smart_turn_model, None, min_silence_ms=cfg.min_silence_ms,
-                                step_ms=cfg.step_ms, max_silence_ms=cfg.max_silence_ms,
-                                end_threshold=OPERATING_POINT, speculate_threshold=cfg.speculate_threshold,
-                                weights=cfg.weights, early_weights=cfg.early_weights)
+    """turn=semantic_asr at its calibrated operating point, sharing the suite's Smart Turn session."""
+    from omegaconf import OmegaConf
+
+    from fern.bench.turns import compose_group
+
+    cfg = OmegaConf.to_container(compose_group(["turn=semantic_asr"]).turn, resolve=True)
+    keys = ("min_silence_ms", "step_ms", "max_silence_ms", "end_threshold", "speculate_threshold", "weights",
+            "early_weights", "early_threshold")
+    return SemanticTurnDetector(smart_turn_model, None, **{k: cfg[k] for k in keys})
 
 
 def drive(det, audio: np.ndarray, asr) -> list[tuple]:
@@ -113,20 +113,22 @@ def test_bad_config_values_are_rejected(smart_turn_model, kwargs):
         SemanticTurnDetector(smart_turn_model, None, **kwargs)
 
 
-def test_preset_composes(compose):
+def test_presets_compose(compose):
     from omegaconf import OmegaConf
 
-    cfg = compose(["turn=semantic", "io.input=x.wav"])
-    node = OmegaConf.to_container(cfg.turn, resolve=True)
-    assert node["_target_"] == "fern.turn.semantic.SemanticTurnDetector"
-    assert node["text"] is None and node["audio"]["path"].endswith(".onnx") and node["weights"]["asr"] > 0
-    assert node["min_silence_ms"] < node["max_silence_ms"]
-    with_lm = OmegaConf.to_container(compose(["turn=semantic_lm", "io.input=x.wav"]).turn, resolve=True)
+    def turn_node(preset: str) -> dict:
+        return OmegaConf.to_container(compose([f"turn={preset}", "io.input=x.wav"]).turn, resolve=True)
+
+    default = OmegaConf.to_container(compose(["io.input=x.wav"]).turn, resolve=True)
+    assert default == turn_node("semantic")  # the default preset
+    assert default["_target_"] == "fern.turn.semantic.SemanticTurnDetector" and default["text"] is None
+    assert default["words"]["model"].startswith("package:") and default["weights"]["punct"] > 0
+    assert "asr" not in default["weights"] and default["audio"]["path"].endswith(".onnx")
+    asr = turn_node("semantic_asr")
+    assert asr["words"] is None and asr["weights"]["asr"] > 0 and asr["min_silence_ms"] < asr["max_silence_ms"]
+    assert default["min_silence_ms"] < asr["min_silence_ms"]
+    with_lm = turn_node("semantic_lm")
     assert with_lm["text"]["gguf_file"].endswith(".gguf") and with_lm["weights"]["text"] > 0
-    fast = OmegaConf.to_container(compose(["turn=semantic_fast", "io.input=x.wav"]).turn, resolve=True)
-    assert fast["words"]["model"].startswith("package:") and fast["weights"]["punct"] > 0
-    assert "asr" not in fast["weights"] and fast["min_silence_ms"] < node["min_silence_ms"]
-    assert node["words"] is None
 
 
 def test_a_recogniser_without_confidence_leaves_the_audio_weights_in_charge(semantic):

@@ -1,5 +1,5 @@
-"""turn=semantic_fast over real speech: Smart Turn + Whisper's own reading of the pause (turn.words), judged at
-96 ms of silence, driven through the Segmenter the way the listener drives it."""
+"""turn=semantic, the default, over real speech: Smart Turn + Whisper's own reading of the pause (turn.words),
+judged at 96 ms of silence, driven through the Segmenter the way the listener drives it."""
 
 from __future__ import annotations
 
@@ -14,47 +14,44 @@ pytestmark = pytest.mark.models
 
 
 @pytest.fixture(scope="module")
-def semantic_fast():
+def semantic_preset():
     from fern.bench.turns import build, compose_group
 
-    return build(compose_group(["turn=semantic_fast"]).turn)
+    return build(compose_group(["turn=semantic"]).turn)
 
 
-def test_ends_a_complete_utterance_at_the_first_checkpoint(semantic_fast, prompt, tiny_en):
-    assert isinstance(semantic_fast, TurnDetector) and semantic_fast.words_model is not None
-    assert not semantic_fast.needs_transcript  # it reads the pause itself: the reply's ASR can be any preset
+def test_ends_a_complete_utterance_at_the_first_checkpoint(semantic_preset, prompt, tiny_en):
+    assert isinstance(semantic_preset, TurnDetector) and semantic_preset.words_model is not None
+    assert not semantic_preset.needs_transcript  # it reads the pause itself: the reply's ASR can be any preset
     for name in ("vm-reenterpassword", "conf-getconfno"):
-        seen = drive(semantic_fast, with_silence(0.5, prompt(name), 2.5), tiny_en)
+        seen = drive(semantic_preset, with_silence(0.5, prompt(name), 2.5), tiny_en)
         checkpoint, verdict = seen[-1]
         assert verdict.end and checkpoint.index == 0, (name, seen)  # at 96 ms of silence, not later
         assert len({c.t_last_voiced for c, _ in seen}) == 1
 
 
-def test_a_finished_prompt_scores_above_the_same_prompt_paused_mid_sentence(semantic_fast, prompt, cut_prompt,
+def test_a_finished_prompt_scores_above_the_same_prompt_paused_mid_sentence(semantic_preset, prompt, cut_prompt,
                                                                             tiny_en):
     for name in CUTS:
-        finished = drive(semantic_fast, with_silence(0.5, prompt(name), 2.5), tiny_en)[0][1].probability
+        finished = drive(semantic_preset, with_silence(0.5, prompt(name), 2.5), tiny_en)[0][1].probability
         head = cut_prompt(name)
-        paused = drive(semantic_fast, with_silence(0.5, head, 1.2, prompt(name)[head.size:], 2.5), tiny_en)[0][1]
+        paused = drive(semantic_preset, with_silence(0.5, head, 1.2, prompt(name)[head.size:], 2.5), tiny_en)[0][1]
         assert finished > paused.probability, (name, finished, paused)
 
 
-def test_waits_through_a_mid_sentence_pause(semantic_fast, prompt, cut_prompt, tiny_en):
-    # Not the other two cuts: there the cut keeps the onset of the next word, Whisper finishes it ("... followed by
-    # the | pound key" -> "followed by the panel.", "... wish to | call" -> "wish to come.") and the turn ends in the
-    # pause; turn=semantic waits through both (tests/turn/test_replay.py). fern.bench.turns counts such cut-offs.
-    for name in ("vm-reenterpassword", "conf-getpin"):
+def test_waits_through_a_mid_sentence_pause(semantic_preset, prompt, cut_prompt, tiny_en):
+    for name in CUTS:
         head = cut_prompt(name)
-        seen = drive(semantic_fast, with_silence(0.5, head, 1.2, prompt(name)[head.size:], 2.5), tiny_en)
+        seen = drive(semantic_preset, with_silence(0.5, head, 1.2, prompt(name)[head.size:], 2.5), tiny_en)
         final_pause = seen[-1][0].t_last_voiced
         assert final_pause > 0.5 + head.size / 16000 + 1.2, (name, seen)  # the turn ended after the pause
         assert not any(v.end for c, v in seen if c.t_last_voiced < final_pause)
 
 
-def test_the_models_judge_each_pause_once(semantic_fast, prompt):
+def test_the_models_judge_each_pause_once(semantic_preset, prompt):
     audio = with_silence(0.3, prompt("conf-getpin"), 0.1)
-    first = semantic_fast.score(PauseState(audio, 16000, 0.1))
-    cached = semantic_fast._words_cache
-    later = semantic_fast.score(PauseState(with_silence(0.3, prompt("conf-getpin"), 0.7), 16000, 0.7))
-    assert first == later and semantic_fast._words_cache is cached  # same pause, same audio up to min_silence
+    first = semantic_preset.score(PauseState(audio, 16000, 0.1))
+    cached = semantic_preset._words_cache
+    later = semantic_preset.score(PauseState(with_silence(0.3, prompt("conf-getpin"), 0.7), 16000, 0.7))
+    assert first == later and semantic_preset._words_cache is cached  # same pause, same audio up to min_silence
     assert set(first) == {"audio", "punct", "entropy", "logprob", "last"}
