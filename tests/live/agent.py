@@ -25,6 +25,10 @@ from fern.paths import PROJECT_ROOT
 LEVEL = 0.01  # -40 dBFS: "sound" on the recordings (the null sinks are digitally silent otherwise)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Agent:
     """run.py io=live in a subprocess; stderr is collected (and ``listening`` set when the streams are up)."""
 
@@ -34,8 +38,10 @@ class Agent:
                f"tracking.tracking_uri=sqlite:///{self.db}", f"tracking.run_name={name}", *overrides]
         env = pulse.env(PULSE_SOURCE="userA.monitor", PULSE_SINK="agentB", HF_HUB_OFFLINE="1",
                         PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
+        # Ctrl-C as a terminal delivers it: a suite started as a background job (`pytest &` without job control)
+        # has SIGINT ignored, the child would inherit that, and interrupt() would do nothing
         self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, preexec_fn=_default_sigint)
         self.stderr: list[str] = []
         self.stdout: list[str] = []
         self.listening = threading.Event()
