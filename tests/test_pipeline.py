@@ -61,7 +61,9 @@ def test_talking_over_a_long_reply_cuts_it_at_the_heard_words_and_the_next_turn_
     assert heard_s > 1.0, "the question should come while the story is being told"
     heard = first.agent_text.split()
     assert 0 < len(heard) < len(first.llm_text.split()) and first.llm_text.startswith(first.agent_text)
-    assert len(heard) <= heard_s * 4  # espeak at 175 words/min says < 3 words a second: nothing unheard is kept
+    # espeak at 175 words/min says < 3 words a second: nothing unheard is kept (the clause being played when the
+    # speaker fell silent is counted in proportion to its sound, "exact to about a word": one word of slack)
+    assert len(heard) <= heard_s * 4 + 1
     assert first.metrics()["barge_in_ms"] <= 200 + 60 + 60  # min_speech_ms + block jitter + debounce
     agent = sink.track("agent")
     assert not np.any(agent[int((first.t_silent + 0.001) * 24000):int(second.t_first_agent_sample * 24000) - 1])
