@@ -20,6 +20,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from fern.clock import SessionClock
+from fern.errors import ConfigValueError
 from fern.events import Event, SpeechResumed, SpeechStarted, Transcript, TurnLikelyOver, UserTurn
 from fern.protocols import RecordingSink, TurnDetector, VoiceActivityDetector
 from fern.turn.base import PauseState, Verdict
@@ -39,6 +40,8 @@ class Listener:
         self.frame_len = vad.sample_rate * vad.frame_ms // 1000
         self.frame_s = self.frame_len / self.rate
         self.preroll_s, self.postroll_s = preroll_ms / 1000, postroll_ms / 1000
+        if inner_pause_ms < 0:
+            raise ConfigValueError(f"listener.inner_pause_ms={inner_pause_ms} must be >= 0")
         self.inner_pause_s = inner_pause_ms / 1000  # what the models hear of a pause the user spoke after
         self.segmenter = Segmenter(turn.checkpoints_s, turn.speech_start_ms, turn.min_speech_ms)
         # the longest turn kept whole; older frames fall out of the buffer

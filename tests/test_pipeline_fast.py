@@ -386,3 +386,12 @@ def test_barge_in_can_be_switched_off():
     pipeline.barge_in = False
     first, second = pipeline.run_sync()
     assert not log.of(BargeIn) and first.error is None and first.agent_text == STORY
+
+
+def test_a_negative_inner_pause_is_refused_by_name():
+    from fern.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="inner_pause_ms"):
+        VoicePipeline(source=ArraySource(np.zeros(320, np.float32)), sink=TimelineSink(sample_rate=RATE),
+                      vad=EnergyVad(), turn=ScriptedTurnDetector(), asr=ScriptedASR(["x"]), llm=ScriptedLLM(["y"]),
+                      chunker=ClauseChunker(), tts=ScriptedTTS(), history=ChatHistory("s", 64), inner_pause_ms=-1)
