@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -191,8 +192,9 @@ class Listener:
     def _rejudge(self, pause: int, task: asyncio.Future) -> None:
         if pause != self._pause or task.cancelled() or task.exception() is not None or not self.segmenter.paused:
             return
-        now = self.clock.now()
-        self._track(self._verdict(pause, now - self.segmenter.t_last_voiced, self._turn_audio(now)))
+        # the turn as heard so far, its silence counted in frames (the segmenter's): the cached scores of this
+        # pause's first checkpoint are found again only when the two agree to the sample
+        self._track(self._verdict(pause, self.segmenter.silence_s, self._turn_audio(self.heard_until)))
 
     async def _verdict(self, pause: int, silence_s: float, audio: np.ndarray) -> None:
         transcript, logprob = None, float("nan")
@@ -202,11 +204,18 @@ class Listener:
         state = PauseState(audio=audio, sample_rate=self.rate, silence_s=silence_s, transcript=transcript,
                            transcript_logprob=logprob)
         loop = asyncio.get_running_loop()
+        t_asked = self.clock.now()
         try:
-            verdict: Verdict = await loop.run_in_executor(self.executor, self._decide, state)
+            decided = await loop.run_in_executor(self.executor, self._decide, pause, state)
         except Exception:  # noqa: BLE001 - a failing detector falls back to the last checkpoint
             log.exception("turn detector failed; waiting for the last checkpoint")
             return
+        if decided is None:
+            return  # void before it was computed
+        verdict, compute_s = decided
+        log.debug("verdict at %.0f ms of silence: P=%.3f end=%s, in %.0f ms (%.0f computing)%s", 1000 * silence_s,
+                  verdict.probability, verdict.end, 1000 * (self.clock.now() - t_asked), 1000 * compute_s,
+                  "" if pause == self._pause else " (void: the user went on)")
         if pause != self._pause or not self.segmenter.paused:
             return  # the user went on, or the turn already ended
         if verdict.end:
@@ -216,9 +225,14 @@ class Listener:
             now = self.clock.now()
             self.emit(TurnLikelyOver(t=now, turn=self._candidate(now, self._transcript)))
 
-    def _decide(self, state: PauseState) -> Verdict:
+    def _decide(self, pause: int, state: PauseState) -> tuple[Verdict, float] | None:
         with self._deciding:
-            return self.turn.decide(state)
+            if pause != self._pause or not self.segmenter.paused:
+                # the user went on, or the turn ended, while it waited for the lane: computing it would only delay
+                # what runs next (the reply's ASR, the next pause's verdict)
+                return None
+            t0 = time.perf_counter()
+            return self.turn.decide(state), time.perf_counter() - t0
 
     def _end_turn(self, t_end: float) -> None:
         transcript = self._transcript

@@ -180,6 +180,18 @@ def test_speech_that_resumes_voids_a_verdict_still_being_computed():
     assert detector.asked[0].audio.size < detector.asked[1].audio.size
 
 
+def test_a_verdict_voided_while_it_waited_for_the_detector_is_never_computed():
+    # 300 ms per verdict; checkpoints at 100 and 200 ms; the user goes on 250 ms into the first pause: the 200 ms
+    # verdict, still waiting behind the 100 ms one, is void by the time the detector is free, and is skipped
+    detector = ScriptedTurnDetector(checkpoints_s=(0.1, 0.2, 1.0), verdicts=lambda state: False, decide_s=0.3)
+    pipeline, log, _ = make([("speech", 0.5), ("silence", 0.25), ("speech", 0.5), ("silence", 1.2)], turn=detector)
+    record, = pipeline.run_sync()
+    assert len(log.of(UserTurn)) == 1 and record.user_audio_s > 1.2
+    first_pause = [s for s in detector.asked if s.audio.size < RATE]  # asked before the user went on
+    assert [round(s.silence_s, 2) for s in first_pause] == [0.1]
+    assert [round(s.silence_s, 2) for s in detector.asked[1:]] == [0.1, 0.2]  # the last pause: 1 s ends it anyway
+
+
 def test_a_detector_that_says_wait_is_overruled_at_the_last_checkpoint():
     detector = ScriptedTurnDetector(checkpoints_s=(0.2, 0.5, 0.8), verdicts=lambda state: False)
     pipeline, _, _ = make([("speech", 0.5), ("silence", 1.0)], turn=detector)

@@ -101,3 +101,18 @@ def test_pauses_the_user_spoke_after_are_shortened_for_the_models():
 def test_segmenter_rejects_checkpoints_out_of_order():
     with pytest.raises(ConfigValueError):
         Segmenter([0.5, 0.2])
+
+
+def test_silence_is_counted_in_frames_not_arrival_stamps():
+    # frames of 32 ms whose arrival stamps jitter by up to 15 ms (a busy capture thread): the first checkpoint
+    # (96 ms) must come with the third silent frame, whatever the stamps say
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        segmenter = Segmenter([0.096, 0.5], speech_start_ms=60, min_speech_ms=200)
+        pattern = "x" * 10 + "." * 5
+        jitter = rng.uniform(-0.015, 0.015, len(pattern))
+        jitter[9] = 0.015  # the last voiced frame stamped late: by the stamps, the third silent frame is at ~81 ms
+        signals = [segmenter.push((i + 1) * 0.032 + jitter[i], 0.032, ch == "x") for i, ch in enumerate(pattern)]
+        checkpoints = [i for i, s in enumerate(signals) if isinstance(s, Checkpoint)]
+        assert checkpoints == [12]
+        assert signals[12].silence_s == pytest.approx(0.096)

@@ -153,7 +153,7 @@ def run_case(detector, audio: np.ndarray, speech: list[bool], frame_s: float, sa
                 in_pause = False
             continue
         if in_pause and wants_text and not delivered and ready_at <= t:
-            decide_at(t, t - seg.t_last_voiced, seg.t_last_voiced, False)
+            decide_at(t, seg.silence_s, seg.t_last_voiced, False)
     return run
 
 

@@ -60,6 +60,9 @@ class Segmenter:
         self.t_start = 0.0
         self.t_last_voiced = 0.0
         self.speech_s = 0.0
+        # silence since the last voiced frame, counted in frames of audio: arrival stamps jitter with the capture
+        # thread's scheduling (tens of ms on a busy CPU), and a checkpoint missed by a millisecond costs a frame
+        self.silence_s = 0.0
         self._next_checkpoint = 0
         self.pauses: list[tuple[float, float]] = []  # (start, end) of the turn's pauses the user spoke after
 
@@ -83,14 +86,16 @@ class Segmenter:
             return SpeechStart(self.t_start)
         if is_speech:
             resumed = self._next_checkpoint > 0
-            pause_s = t_frame_end - frame_s - self.t_last_voiced
+            pause_s = self.silence_s
             if resumed:
                 self.pauses.append((self.t_last_voiced, t_frame_end - frame_s))
             self.speech_s += frame_s
             self.t_last_voiced = t_frame_end
+            self.silence_s = 0.0
             self._next_checkpoint = 0
             return Resume(t_frame_end, pause_s) if resumed else None
-        silence_s = t_frame_end - self.t_last_voiced
+        self.silence_s += frame_s
+        silence_s = self.silence_s
         if self._next_checkpoint >= len(self.checkpoints_s):
             return None  # the last checkpoint passed and the caller has not ended the turn yet
         if silence_s + 1e-9 < self.checkpoints_s[self._next_checkpoint]:
