@@ -25,6 +25,7 @@ reply may be prepared, never played, until the end is confirmed).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -99,7 +100,8 @@ class SemanticTurnDetector:
                  step_ms: int = 96, max_silence_ms: int = 1600, end_threshold: float = 0.98,
                  speculate_threshold: float = 0.3, weights: dict | None = None,
                  early_weights: dict | None = None, early_threshold: float | None = None,
-                 min_speech_ms: int = 200, speech_start_ms: int = 60, reads_text: bool | None = None) -> None:
+                 min_speech_ms: int = 200, speech_start_ms: int = 60, reads_text: bool | None = None,
+                 parallel: bool = True) -> None:
         for name, value in (("end_threshold", end_threshold), ("speculate_threshold", speculate_threshold),
                             ("early_threshold", 0.5 if early_threshold is None else early_threshold)):
             if not 0.0 < value < 1.0:
@@ -127,6 +129,10 @@ class SemanticTurnDetector:
         # the reply ASR's transcript is read only where the weights use it (or the LM reads its words)
         self.needs_transcript = bool(set(self.weights.features) & set(TRANSCRIPT_CUES)) or (
             self._reads_text and words is None)
+        # Smart Turn in a second thread while Whisper reads the pause: both hold the GIL little (onnxruntime and
+        # CTranslate2 release it), so a pause's first verdict costs the slower of the two, not their sum
+        self._audio_lane: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="fern-smart-turn") if parallel and words else None)
         self._text_cache: tuple[str, float] | None = None
         self._audio_cache: tuple[tuple, float] | None = None
         self._words_cache: tuple[tuple, tuple[str, dict[str, float]]] | None = None
@@ -191,11 +197,9 @@ class SemanticTurnDetector:
         return self._words_cache[1]
 
     def score(self, state: PauseState) -> dict[str, float]:
-        scores = {"audio": self.audio_probability(state)}
-        words = None
-        if self.words_model is not None:
-            words, cues = self.words_cues(state)
-            scores.update(cues)
+        audio = self._audio_lane.submit(self.audio_probability, state) if self._audio_lane is not None else None
+        words, cues = self.words_cues(state) if self.words_model is not None else (None, {})
+        scores = {"audio": audio.result() if audio is not None else self.audio_probability(state), **cues}
         if state.transcript is not None:
             scores["ellipsis"] = float(state.transcript.rstrip().endswith(("...", "\u2026")))
             if math.isfinite(state.transcript_logprob):
@@ -248,6 +252,7 @@ class SemanticTurnConfig:
     early_threshold: Optional[float] = None  # null: end_threshold
     min_speech_ms: int = 200
     speech_start_ms: int = 60
+    parallel: bool = True  # with turn.words: Smart Turn in a second thread while Whisper reads the pause
 
 
 SCHEMAS: dict[str, dict[str, type]] = {"turn": {"semantic": SemanticTurnConfig}}

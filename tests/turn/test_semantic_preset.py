@@ -55,3 +55,15 @@ def test_the_models_judge_each_pause_once(semantic_preset, prompt):
     later = semantic_preset.score(PauseState(with_silence(0.3, prompt("conf-getpin"), 0.7), 16000, 0.7))
     assert first == later and semantic_preset._words_cache is cached  # same pause, same audio up to min_silence
     assert set(first) == {"audio", "punct", "entropy", "logprob", "last"}
+
+
+def test_smart_turn_beside_whisper_scores_what_it_scores_alone(semantic_preset, prompt):
+    from fern.turn.semantic import SemanticTurnDetector
+
+    assert semantic_preset._audio_lane is not None  # the preset scores the two models side by side
+    alone = SemanticTurnDetector(semantic_preset.audio_model, words=semantic_preset.words_model, min_silence_ms=96,
+                                 weights=semantic_preset.weights.as_dict(), parallel=False)
+    assert alone._audio_lane is None
+    for name in ("conf-getpin", "vm-enter-num-to-call"):
+        state = PauseState(with_silence(0.3, prompt(name), 0.1), 16000, 0.1)
+        assert semantic_preset.score(state) == alone.score(state)
