@@ -153,7 +153,7 @@ def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, text
     sink = stages["sink"]
     pipeline = VoicePipeline(asr=asr, llm=llm, tts=tts, history=history, preroll_ms=cfg.listener.preroll_ms,
                              postroll_ms=cfg.listener.postroll_ms, max_turn_s=cfg.listener.max_turn_s,
-                             inner_pause_ms=cfg.listener.inner_pause_ms,
+                             inner_pause_ms=cfg.listener.inner_pause_ms, reply_words=cfg.listener.reply_words.value,
                              workers=cfg.listener.workers, barge_in=cfg.barge_in.enabled,
                              barge_in_min_speech_ms=cfg.barge_in.min_speech_ms,
                              self_speech_guard=cfg.barge_in.self_speech_guard, **stages)

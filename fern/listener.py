@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from fern.clock import SessionClock
+from fern.config.schema import ReplyWords
 from fern.errors import ConfigValueError
 from fern.events import Event, SpeechResumed, SpeechStarted, Transcript, TurnLikelyOver, UserTurn
 from fern.protocols import RecordingSink, TurnDetector, VoiceActivityDetector
@@ -29,12 +30,17 @@ from fern.turn.segmenter import Checkpoint, Resume, Segmenter, SpeechStart, sque
 
 log = logging.getLogger(__name__)
 
+# where the reply's words come from: the reply's ASR on the pause, or (when the turn detector reads the words itself,
+# turn=semantic) the detector's reading, which saves the reply's recognition at some cost in accuracy
+REPLY_WORDS = tuple(choice.value for choice in ReplyWords)
+
 
 class Listener:
     def __init__(self, *, vad: VoiceActivityDetector, turn: TurnDetector, clock: SessionClock,
                  emit: Callable[[Event], None], executor: Executor, recorder: RecordingSink | None = None,
                  preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0, inner_pause_ms: int = 300,
-                 transcribe: Callable[[np.ndarray], Awaitable[tuple[str, float]]] | None = None) -> None:
+                 transcribe: Callable[[np.ndarray], Awaitable[tuple[str, float]]] | None = None,
+                 reply_words: str = "asr") -> None:
         self.vad, self.turn, self.clock, self.emit = vad, turn, clock, emit
         self.executor, self.recorder, self.transcribe = executor, recorder, transcribe
         self.rate = vad.sample_rate
@@ -44,6 +50,9 @@ class Listener:
         if inner_pause_ms < 0:
             raise ConfigValueError(f"listener.inner_pause_ms={inner_pause_ms} must be >= 0")
         self.inner_pause_s = inner_pause_ms / 1000  # what the models hear of a pause the user spoke after
+        if reply_words not in REPLY_WORDS:
+            raise ConfigValueError(f"listener.reply_words={reply_words!r}: choose one of {list(REPLY_WORDS)}")
+        self.reply_words = reply_words
         self.segmenter = Segmenter(turn.checkpoints_s, turn.speech_start_ms, turn.min_speech_ms)
         # the longest turn kept whole; older frames fall out of the buffer
         self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=max(1, int(max_turn_s / self.frame_s)))
@@ -218,6 +227,11 @@ class Listener:
                   "" if pause == self._pause else " (void: the user went on)")
         if pause != self._pause or not self.segmenter.paused:
             return  # the user went on, or the turn already ended
+        if verdict.words is not None and self.reply_words == "detector" and self._transcript is None:
+            # the reply starts from these words; the pause's recognition is not started at all
+            now = self.clock.now()
+            self._transcript = loop.create_future()
+            self._transcript.set_result(Transcript(t=now, turn_id=self._turn_id, text=verdict.words, t_start=now))
         if verdict.end:
             self._end_turn(self.clock.now())
         elif verdict.speculate and not self._speculated:

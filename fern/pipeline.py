@@ -63,7 +63,7 @@ class VoicePipeline:
                  asr: SpeechRecognizer, llm: LanguageModel, chunker: Chunker, tts: SpeechSynthesizer,
                  history: ChatHistory, clock: SessionClock | None = None, observers: Iterable[Observer] = (),
                  preroll_ms: int = 300, postroll_ms: int = 300, max_turn_s: float = 300.0, inner_pause_ms: int = 300,
-                 workers: int = 4, barge_in: bool = True, barge_in_min_speech_ms: int = 200,
+                 reply_words: str = "asr", workers: int = 4, barge_in: bool = True, barge_in_min_speech_ms: int = 200,
                  self_speech_guard: bool = False) -> None:
         self.source, self.sink, self.history = source, sink, history
         self.clock = clock or SessionClock()
@@ -79,7 +79,8 @@ class VoicePipeline:
         self.recorder.emit = self.bus.emit
         self.listener = Listener(vad=vad, turn=turn, clock=self.clock, emit=self.bus.emit, executor=self._executor,
                                  recorder=sink, preroll_ms=preroll_ms, postroll_ms=postroll_ms, max_turn_s=max_turn_s,
-                                 inner_pause_ms=inner_pause_ms, transcribe=self._transcribe_scored)
+                                 inner_pause_ms=inner_pause_ms, transcribe=self._transcribe_scored,
+                                 reply_words=reply_words)
         self.responder = Responder(asr=asr, llm=llm, chunker=chunker, tts=tts, sink=sink, history=history,
                                    clock=self.clock, emit=self.bus.emit, executor=self._executor)
         self._reply: Reply | None = None

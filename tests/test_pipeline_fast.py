@@ -44,7 +44,7 @@ RATE = 16000
 STORY = "Once upon a time, a cat lived in a tall house. It liked the sun. It slept all day long."
 
 
-def make(parts, *, asr=None, llm=None, tts=None, turn=None, observers=(), block_ms=20):
+def make(parts, *, asr=None, llm=None, tts=None, turn=None, observers=(), block_ms=20, **options):
     log = EventLog()
     sink = TimelineSink(sample_rate=RATE)
     pipeline = VoicePipeline(
@@ -52,7 +52,7 @@ def make(parts, *, asr=None, llm=None, tts=None, turn=None, observers=(), block_
         turn=turn or ScriptedTurnDetector(checkpoints_s=(0.2,)), asr=asr or ScriptedASR(["Hello there."]),
         llm=llm or ScriptedLLM(["Hi, how can I help you today?"]), chunker=ClauseChunker(first_min_words=2),
         tts=tts or ScriptedTTS(seconds_per_word=0.1), history=ChatHistory("You are FERN.", 1024),
-        observers=[log, *observers])
+        observers=[log, *observers], **options)
     return pipeline, log, sink
 
 
@@ -268,6 +268,29 @@ def test_the_pause_is_recognised_for_the_reply_even_when_the_detector_reads_no_w
     assert all(state.transcript is None for state in detector.asked)  # it was not handed the words...
     transcript, = log.of(Transcript)
     assert transcript.t_start < record.t_end  # ...but they were recognised from the first checkpoint on (overlap)
+
+
+def test_the_detectors_own_reading_can_be_the_replys_words():
+    heard = "What time is it."
+    detector = ScriptedTurnDetector(checkpoints_s=(0.15, 0.5, 1.0),
+                                    verdicts=lambda state: Verdict(end=state.silence_s >= 0.5, words=heard))
+    asr = ScriptedASR(["(the reply's recogniser)"], delay_s=0.1)
+    pipeline, log, _ = make([("speech", 0.6), ("silence", 1.2)], asr=asr, turn=detector, reply_words="detector")
+    record, = pipeline.run_sync()
+    assert asr.calls == 0 and record.user_text == heard and record.error is None
+    transcript, = log.of(Transcript)
+    assert transcript.t_start == pytest.approx(transcript.t, abs=1e-3) and transcript.t < record.t_end
+    # the default: the reply's recogniser reads the pause, whatever the detector read
+    pipeline, _, _ = make([("speech", 0.6), ("silence", 1.2)], asr=(asr := ScriptedASR(["Hello."])), turn=detector)
+    record, = pipeline.run_sync()
+    assert asr.calls == 1 and record.user_text == "Hello."
+
+
+def test_an_unknown_source_of_the_replys_words_is_refused_by_name():
+    from fern.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="listener.reply_words='turn'"):
+        make([("speech", 0.6)], reply_words="turn")
 
 
 def test_words_still_being_recognised_when_the_turn_ends_belong_to_that_turn():

@@ -9,6 +9,7 @@ differs from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -44,6 +45,13 @@ class DialogueConfig:
     history_max_tokens: int = 1024
 
 
+class ReplyWords(str, Enum):
+    """Where the reply's words come from (fern.listener.REPLY_WORDS)."""
+
+    asr = "asr"
+    detector = "detector"
+
+
 @dataclass
 class ListenerConfig:
     preroll_ms: int = 300  # audio kept before the detected speech start (VAD onsets are late by a frame or two)
@@ -52,6 +60,10 @@ class ListenerConfig:
     # the models (turn detector, ASR) hear a pause the user spoke after shortened to this: Whisper often stops
     # reading at a long silence inside a turn
     inner_pause_ms: int = 300
+    # the reply's words: "asr" (the reply's recogniser, started once the pause's first verdict is in) or "detector"
+    # (a turn detector that reads the words itself, turn=semantic: its reading, no second recognition; README
+    # "Turn-taking" gives the trade)
+    reply_words: ReplyWords = ReplyWords.asr
     workers: int = 4  # threads for blocking work: capture, turn decisions, ASR/LLM, TTS
 
 

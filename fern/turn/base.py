@@ -31,6 +31,7 @@ class Verdict:
     end: bool  # the turn is over: answer now
     probability: float = float("nan")  # P(turn complete) as the detector saw it (nan: it did not score)
     speculate: bool = False  # likely over: a reply may be prepared (never played) before the turn is confirmed
+    words: str | None = None  # the turn so far as the detector's own recogniser read it, for one that reads it
 
 
 @runtime_checkable

@@ -4,11 +4,12 @@ and the words agree it is over, otherwise keep listening and re-score as the sil
 At every checkpoint (``min_silence_ms``, then every ``step_ms`` up to ``max_silence_ms``, where the turn ends
 whatever) the detector scores the turn so far. Each pause is judged once, on the turn up to ``min_silence_ms`` into
 it (more trailing silence makes the models less accurate; the silence is a separate input), and cached:
-- audio: Smart Turn v3.2's P(complete) (~25-45 ms on one CPU thread);
+- audio: Smart Turn v3.2's P(complete) (~50 ms on one CPU thread here);
 - ``words`` (turn=semantic, the default): Whisper's own reading of the pause (fern.turn.whisper_eot): how surely it
   would end the words it hears with a full stop, how flat its next-token distribution is, how sure it is of the
-  words (~90 ms on one CPU thread with the 8 s window). The detector runs it itself, so it does not wait for the
-  reply's ASR, which can be any preset;
+  words (~110 ms on one CPU thread with the 8 s window; Smart Turn runs beside it, ``parallel``). The detector runs
+  it itself, so it does not wait for the reply's ASR, which can be any preset; its verdicts carry the words it read
+  (``listener.reply_words=detector`` answers from them);
 - without ``words`` (turn=semantic_asr): the reply ASR's transcript of the pause, once it is there (the listener
   starts it at the first checkpoint): its confidence (mean log-probability per token) and whether it ends with
   Whisper's "...";
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Optional
 
 import numpy as np
@@ -230,7 +231,10 @@ class SemanticTurnDetector:
         return Verdict(end=end, probability=p, speculate=end or p >= self.speculate_threshold)
 
     def decide(self, state: PauseState) -> Verdict:
-        return self.rule(self.score(state), state.silence_s)
+        verdict = self.rule(self.score(state), state.silence_s)
+        if self.words_model is None:
+            return verdict
+        return replace(verdict, words=self.words_cues(state)[0])  # cached: read once per pause
 
 
 @dataclass

@@ -31,7 +31,7 @@ def members(cfg):
     return grid(parsed) if cfg.hydra.sweeper.strategy == "grid" else one_at_a_time(parsed)
 
 
-@pytest.mark.parametrize("name,count", [("quick_wins", 6), ("gpu_optim", 24)])
+@pytest.mark.parametrize("name,count", [("quick_wins", 7), ("gpu_optim", 24)])
 def test_presets_compose_into_valid_members(name, count):
     cfg = hydra_cfg([f"sweep={name}"])
     assert cfg.hydra.mode.name == "MULTIRUN"

@@ -67,3 +67,10 @@ def test_smart_turn_beside_whisper_scores_what_it_scores_alone(semantic_preset, 
     for name in ("conf-getpin", "vm-enter-num-to-call"):
         state = PauseState(with_silence(0.3, prompt(name), 0.1), 16000, 0.1)
         assert semantic_preset.score(state) == alone.score(state)
+
+
+def test_its_verdict_carries_the_words_it_read(semantic_preset, prompt):
+    from fern.quality import word_error_rate
+
+    verdict = semantic_preset.decide(PauseState(with_silence(0.3, prompt("conf-getpin"), 0.1), 16000, 0.1))
+    assert word_error_rate("Please enter the conference pin number.", verdict.words) <= 0.2, verdict.words
