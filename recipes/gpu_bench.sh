@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call (issue 12), sized for the 10-minute limit on the H200. Carry .whl/ (moshi 0.2.13, transformers
-# 4.57.6, tokenizers 0.22.2, huggingface_hub 0.36.2; ../shared/README.md) and run `bash recipes/gpu_bench.sh`.
+# One device call (issue 12), sized for the 10-minute limit on the H200. Fill .whl/ with `bash recipes/gpu_wheels.sh`
+# (moshi 0.2.13, transformers 4.57.6 and what run.py needs; ../shared/README.md), carry it, and run
+# `bash recipes/gpu_bench.sh`.
 #   1. the current path (torch kernels, 1 740 operators/frame) with --profile, stock `generate` and the module path
 #   2. the fused Triton depth decoder (tts.kernels=triton) with --profile, and int8 / fp8 weights as variants in the
 #      same run: ms/frame, first audio, RTF, x stock, kernels/frame, bandwidth share, start-up, peak VRAM
@@ -89,16 +90,27 @@ V2V=(asr=hf_whisper_turbo asr.random_weights=true asr.max_new_tokens=24 llm=llam
 GPU_V2V=(tts=csm_streaming tts.random_weights=true tts.kernels=triton tts.max_audio_s=2 optim=full device=cuda)
 if ! want 5; then
   echo "not in STEPS"
-elif ! $PY -c "import hydra, omegaconf, webrtcvad" 2>/dev/null; then
-  echo "SKIPPED: run.py needs hydra-core, omegaconf and webrtcvad(-wheels); add their wheels to .whl/" \
+elif MISSING=$($PY -c "import importlib.util as u
+print(' '.join(m for m in ('hydra', 'omegaconf', 'webrtcvad', 'soundfile', 'scipy') if u.find_spec(m) is None))") \
+     && [ -n "$MISSING" ]; then
+  echo "SKIPPED: run.py needs $MISSING here; \`bash recipes/gpu_wheels.sh\` puts their wheels in .whl/" \
     | tee "$OUT/v2v.txt"
 else
+  # turn=semantic's models (CTranslate2 + onnxruntime, 71 MB) exceed the carry limit: without them the replay ends
+  # turns on 300 ms of silence (webrtcvad), and its endpoint figure is that rule's, not turn=semantic's
+  TURN=()
+  if ! $PY -c "import onnxruntime, faster_whisper" 2>/dev/null || [ ! -f models/smart_turn/smart-turn-v3.2-cpu.onnx ] \
+     || [ ! -f models/silero_vad/silero_vad.onnx ]; then
+    TURN=(vad=webrtc turn=silence turn.silence_ms=300)
+    echo "no onnxruntime/faster-whisper/models here: ${TURN[*]} for this replay"
+  fi
   if $PY -c "import mlflow" 2>/dev/null; then TRACK=("tracking.tracking_uri='sqlite:///$OUT/mlflow.db'")
   else TRACK=(tracking.enabled=false); echo "mlflow does not import here: tracking off (config.yaml still has it all)"
   fi
   if [ "$DEV" = cpu ]; then
     # the GPU command must compose here (typos in keys fail now, not on the device)
-    if CFG=$($PY run.py "${V2V[@]}" "${GPU_V2V[@]}" "${TRACK[@]}" --cfg job 2>&1); then
+    if CFG=$($PY run.py "${V2V[@]}" "${GPU_V2V[@]}" "${TRACK[@]}" vad=webrtc turn=silence turn.silence_ms=300 \
+             --cfg job 2>&1) && CFG=$($PY run.py "${V2V[@]}" "${GPU_V2V[@]}" "${TRACK[@]}" --cfg job 2>&1); then
       echo "the GPU command composes: $(grep -c "random_weights: true" <<<"$CFG") stages with random weights," \
            "asr.model $(sed -n "/^asr:/,/^[a-z]/s/^  model: //p" <<<"$CFG")"
     else
@@ -114,7 +126,7 @@ from fern.llm.testing import random_llama, word_tokenizer
 random_llama('$LLM_SIZE', dtype='$LLM_DT', device='$DEV').save_pretrained('$LLM_DIR')
 word_tokenizer().save_pretrained('$LLM_DIR')" || echo "random LLM build failed"
   rm -rf "$OUT/v2v"
-  box 240 $PY run.py "${V2V[@]}" "${RUN[@]}" "${TRACK[@]}" 2>&1 | grep -v "^{" | tail -40 | tee "$OUT/v2v.txt"
+  box 240 $PY run.py "${V2V[@]}" "${RUN[@]}" "${TURN[@]}" "${TRACK[@]}" 2>&1 | grep -v "^{" | tail -40 | tee "$OUT/v2v.txt"
   $PY - "$OUT/v2v/turns.csv" <<'EOF' 2>&1 | tee "$OUT/v2v_medians.txt"
 import csv, statistics, sys
 cols = ("endpoint_delay_ms", "asr_ms", "llm_ttft_ms", "first_clause_ms", "tts_first_audio_ms", "speaker_wait_ms",

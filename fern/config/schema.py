@@ -51,6 +51,9 @@ class ReplyWords(str, Enum):
     asr = "asr"
     detector = "detector"
 
+    def __str__(self) -> str:  # as written in the config ("detector"), in logs, params and sweep directory names
+        return self.value
+
 
 @dataclass
 class ListenerConfig:
