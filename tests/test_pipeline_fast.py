@@ -41,6 +41,9 @@ from fern.testing import (
 from fern.turn.base import Verdict
 
 RATE = 16000
+# checkpoints count silence in frames of audio, endpoint delays run between arrival stamps: a delay may fall short of
+# its checkpoint by the capture thread's scheduling jitter
+JITTER_MS = 40
 STORY = "Once upon a time, a cat lived in a tall house. It liked the sun. It slept all day long."
 
 
@@ -67,7 +70,7 @@ def test_a_turn_flows_through_every_stage_in_order_and_is_recorded():
     assert log.closed  # observers are closed when the session ends
     m = record.metrics()
     assert record.error is None and record.agent_text == "Hi, how can I help you today?"
-    assert 190 <= m["endpoint_delay_ms"] <= 300  # the detector's one checkpoint (+ block stamping jitter under load)
+    assert 200 - JITTER_MS <= m["endpoint_delay_ms"] <= 300  # the detector's one checkpoint
     assert 0.55 <= record.user_audio_s <= 0.6 + 0.3 + 0.2 + 0.06  # speech + pre-roll + the post-roll there was
     assert record.agent_audio_s == pytest.approx(7 * 0.1, abs=0.01)  # 7 words at 0.1 s
     # voice-to-voice is made of its parts; what is left is the orchestration's own cost
@@ -175,7 +178,8 @@ def test_speech_that_resumes_voids_a_verdict_still_being_computed():
     record, = pipeline.run_sync()
     assert len(detector.asked) == 2  # both pauses were judged...
     assert record.user_audio_s > 1.2  # ...but the first verdict came too late to cut the turn
-    assert 480 <= record.metrics()["endpoint_delay_ms"] < 950  # 200 ms + 300 ms of judging, not the 1 s checkpoint
+    # 200 ms + 300 ms of judging, not the 1 s checkpoint
+    assert 500 - JITTER_MS <= record.metrics()["endpoint_delay_ms"] < 950
     assert detector.asked[0].silence_s == pytest.approx(0.2, abs=0.05)
     assert detector.asked[0].audio.size < detector.asked[1].audio.size
 
@@ -196,7 +200,7 @@ def test_a_detector_that_says_wait_is_overruled_at_the_last_checkpoint():
     detector = ScriptedTurnDetector(checkpoints_s=(0.2, 0.5, 0.8), verdicts=lambda state: False)
     pipeline, _, _ = make([("speech", 0.5), ("silence", 1.0)], turn=detector)
     record, = pipeline.run_sync()
-    assert len(detector.asked) == 2 and 790 <= record.metrics()["endpoint_delay_ms"] <= 900
+    assert len(detector.asked) == 2 and 800 - JITTER_MS <= record.metrics()["endpoint_delay_ms"] <= 900
 
 
 def test_a_speculative_reply_works_unseen_until_released_and_leaves_no_trace_when_dropped():
@@ -256,7 +260,7 @@ def test_a_likely_end_starts_the_reply_early_and_the_confirmed_turn_keeps_it():
     # the reply was prepared before the turn was confirmed, but nothing was heard before it
     assert record.t_llm_first_token < record.t_end <= record.t_first_agent_sample
     assert not np.any(sink.track("agent")[:int(record.t_end * RATE)])
-    assert 500 <= record.metrics()["endpoint_delay_ms"] < 900
+    assert 500 - JITTER_MS <= record.metrics()["endpoint_delay_ms"] < 900
 
 
 def test_the_pause_is_recognised_for_the_reply_even_when_the_detector_reads_no_words():
