@@ -198,9 +198,14 @@ class SemanticTurnDetector:
         return self._words_cache[1]
 
     def score(self, state: PauseState) -> dict[str, float]:
+        return self._read(state)[1]
+
+    def _read(self, state: PauseState) -> tuple[str | None, dict[str, float]]:
+        """(the words turn.words read, None without it; the scores)."""
         audio = self._audio_lane.submit(self.audio_probability, state) if self._audio_lane is not None else None
-        words, cues = self.words_cues(state) if self.words_model is not None else (None, {})
+        read, cues = self.words_cues(state) if self.words_model is not None else (None, {})
         scores = {"audio": audio.result() if audio is not None else self.audio_probability(state), **cues}
+        words = read
         if state.transcript is not None:
             scores["ellipsis"] = float(state.transcript.rstrip().endswith(("...", "\u2026")))
             if math.isfinite(state.transcript_logprob):
@@ -208,7 +213,7 @@ class SemanticTurnDetector:
             words = state.transcript if words is None else words
         if self.text_model is not None and words is not None:
             scores["text"] = self.text_probability(words)
-        return scores
+        return read, scores
 
     def stage(self, scores: dict[str, float], silence_s: float, threshold: float | None = None):
         """(weights, threshold, inputs): ``weights`` once every input they weigh is there, else ``early_weights``
@@ -231,10 +236,8 @@ class SemanticTurnDetector:
         return Verdict(end=end, probability=p, speculate=end or p >= self.speculate_threshold)
 
     def decide(self, state: PauseState) -> Verdict:
-        verdict = self.rule(self.score(state), state.silence_s)
-        if self.words_model is None:
-            return verdict
-        return replace(verdict, words=self.words_cues(state)[0])  # cached: read once per pause
+        read, scores = self._read(state)
+        return replace(self.rule(scores, state.silence_s), words=read)
 
 
 @dataclass
