@@ -4,9 +4,12 @@
 # `bash recipes/gpu_bench.sh`.
 #   1. the current path (torch kernels, 1 740 operators/frame) with --profile, stock `generate` and the module path
 #   2. the fused Triton depth decoder (tts.kernels=triton) with --profile, and int8 / fp8 weights as variants in the
-#      same run: ms/frame, first audio, RTF, x stock, kernels/frame, bandwidth share, start-up, peak VRAM
+#      same run: ms/frame, first audio, RTF, x stock, kernels/frame, bandwidth share, start-up, peak VRAM; then the
+#      persistent kernel (tts.kernels=persistent: the whole depth decoder as one launch) in a process of its own, so
+#      that a fault in it cannot cost the step kernels' figures
 #   3. GPU correctness tests (tests/tts/test_csm_gpu.py: graphs, compile, the fused path at CSM-1B shapes)
-#   4. teacher-forced token agreement of bf16 / int8 / fp8 fused with the bf16 torch path (random weights)
+#   4. teacher-forced token agreement of bf16 / int8 / fp8 fused (step kernels and the persistent one) with the bf16
+#      torch path (random weights)
 #   5. voice-to-voice replay of the demo conversation through run.py, benchmark-only RANDOM weights throughout:
 #      Whisper large-v3-turbo through transformers (asr=hf_whisper_turbo: no faster-whisper on the H200 image),
 #      a Llama-3.2-1B-size LLM, CSM-1B streaming (tts.random_weights); the per-turn table and the medians
@@ -22,11 +25,11 @@ T0=$(date +%s)
 DEADLINE_S=${DEADLINE_S:-570}
 if [ "${DRY_RUN:-0}" = 1 ]; then
   PY=${PY:-.venv/bin/python}; SIZE=tiny; DEV=cpu; FRAMES="--frames 1 --runs 1"; BASE="--baseline-frames 1"
-  VARIANTS=triton:int8; AGREE_FRAMES=2; DEADLINE_S=${DEADLINE_S_DRY:-1500}
+  VARIANTS=triton:int8; PVARIANTS=; AGREE_FRAMES=2; DEADLINE_S=${DEADLINE_S_DRY:-1500}
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH=$PWD
 else
   PY=python3; SIZE=full; DEV=cuda; FRAMES="--runs 5"; BASE="--baseline-frames 20"
-  VARIANTS=triton:int8,triton:fp8; AGREE_FRAMES=8
+  VARIANTS=triton:int8,triton:fp8; PVARIANTS=persistent:int8; AGREE_FRAMES=8
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
@@ -61,6 +64,10 @@ echo "== 2. fused Triton depth decoder, + int8 / fp8 at $(elapsed) s"
 box 200 $PY -m fern.bench.tts --size $SIZE --device $DEV $FRAMES $BASE --profile --kernels triton \
   --no-compare-modules --variants "$VARIANTS" --json "$OUT/bench_triton.json" 2>&1 | grep -v "^{" \
   | tee "$OUT/bench_triton.txt"
+echo "== 2b. persistent kernel at $(elapsed) s"
+box 150 $PY -m fern.bench.tts --size $SIZE --device $DEV $FRAMES $BASE --profile --kernels persistent \
+  --no-compare-modules --variants "$PVARIANTS" --json "$OUT/bench_persistent.json" 2>&1 | grep -v "^{" \
+  | tee "$OUT/bench_persistent.txt"
 fi
 
 echo "== 3. GPU tests at $(elapsed) s"
@@ -75,6 +82,7 @@ fi
 if want 4; then
 echo "== 4. token agreement (teacher-forced, random weights) at $(elapsed) s"
 box 90 $PY -m fern.bench.csm_quant --size $SIZE --device $DEV --backend triton --frames $AGREE_FRAMES \
+  --modes steps,frame \
   --json "$OUT/agreement.json" 2>&1 | grep -v "^{" | tee "$OUT/agreement.txt"
 fi
 
@@ -153,7 +161,7 @@ def load(name):
     except (OSError, ValueError):
         return None
 rows = []
-for step, name in (("1", "bench_torch.json"), ("2", "bench_triton.json")):
+for step, name in (("1", "bench_torch.json"), ("2", "bench_triton.json"), ("2", "bench_persistent.json")):
     r = load(name)
     if r is None and step not in os.environ["STEPS"].split():
         continue
@@ -184,7 +192,7 @@ except OSError:
 a = load("agreement.json")
 if a:
     print("token agreement with the bf16 torch path (teacher-forced, random weights): "
-          + ", ".join(f"{k} {a[k]:.4f}" for k in ("bf16", "int8", "fp8") if k in a))
+          + ", ".join(f"{k} {v:.4f}" for k, v in a.items() if isinstance(v, float)))
 print("goals: <= 6 then <= 4 ms/frame (>= 50 % of bandwidth), first audio <= 25 ms, >= 40x stock, start-up <= 15 s,"
       " peak VRAM <= 10 GB")
 EOF

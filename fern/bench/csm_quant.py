@@ -18,9 +18,10 @@ import os
 
 
 def agreement(model, ref_model, frames: int, kinds: list[str], backend: str, text_ids: list[int],
-              ref_fast: bool = True) -> dict:
+              ref_fast: bool = True, modes: tuple[str, ...] = ("steps",)) -> dict:
     """Teacher-forced token agreement of each weight kind's fused depth decoder (``backend``) with the reference
-    engine over ``ref_model`` (``ref_fast=False``: through the transformers modules)."""
+    engine over ``ref_model`` (``ref_fast=False``: through the transformers modules). ``modes``: the fused
+    decoder's step kernels (keys: the kind) and/or its persistent kernel (``frame``; keys: ``frame_<kind>``)."""
     import torch
 
     from fern.tts.csm.engine import CsmEngine, Segment
@@ -28,10 +29,10 @@ def agreement(model, ref_model, frames: int, kinds: list[str], backend: str, tex
 
     ref = CsmEngine(ref_model, fast=ref_fast)
     host = CsmEngine(model)  # owns the variants' weights and tables
-    variants = {k: FusedDepth(host, backend, k) for k in kinds}
+    variants = {(k if m == "steps" else f"{m}_{k}"): FusedDepth(host, backend, k, mode=m) for m in modes for k in kinds}
     seg = Segment(torch.tensor(text_ids))
     ref.prepare([], seg)
-    same = {k: 0 for k in kinds}
+    same = {k: 0 for k in variants}
     total = 0
     with torch.no_grad():
         for _ in range(frames):
@@ -43,7 +44,7 @@ def agreement(model, ref_model, frames: int, kinds: list[str], backend: str, tex
                 got = depth.run(x, c0, None, 0, force=want)[0]
                 same[k] += int((got[1:] == want[1:]).sum())
             total += want.numel() - 1
-    return {k: same[k] / total for k in kinds} | {"codebooks_compared": total}
+    return {k: same[k] / total for k in variants} | {"codebooks_compared": total}
 
 
 def main(argv=None) -> dict:
@@ -55,6 +56,7 @@ def main(argv=None) -> dict:
     p.add_argument("--backend", choices=["torch", "triton"], default="torch",
                    help="variants through the Triton kernels or their torch reference (same math)")
     p.add_argument("--kinds", default="bf16,int8,fp8")
+    p.add_argument("--modes", default="steps", help="comma list: steps (step kernels), frame (the persistent one)")
     p.add_argument("--frames", type=int, default=None, help="default 24 (tiny), 12 (full)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -78,13 +80,15 @@ def main(argv=None) -> dict:
 
         ref_model = copy.deepcopy(model).to(resolve_dtype(args.ref_dtype, args.device))
     kinds = [k for k in args.kinds.split(",") if k]
-    res = agreement(model, ref_model, frames, kinds, args.backend, list(range(1, 25)))
+    modes = tuple(m for m in args.modes.split(",") if m)
+    res = agreement(model, ref_model, frames, kinds, args.backend, list(range(1, 25)), modes=modes)
+    keys = [k for k in res if k != "codebooks_compared"]
     res.update(size=args.size, device=args.device, backend=args.backend, frames=frames,
                dtype=str(next(model.parameters()).dtype), ref_dtype=str(next(ref_model.parameters()).dtype))
     print(f"CSM {args.size} depth decoder, RANDOM weights, {frames} frames teacher-forced, variants through "
           f"{args.backend}, model {res['dtype']}, reference {res['ref_dtype']} torch fast path (greedy)")
-    for k in kinds:
-        print(f"  {k:5s} token agreement {res[k]:.4f}")
+    for k in keys:
+        print(f"  {k:10s} token agreement {res[k]:.4f}")
     print("  real-weight quality is unverified: random weights only")
     print(json.dumps(res))
     if args.json:
@@ -99,7 +103,7 @@ def main(argv=None) -> dict:
             mlflow.set_experiment("fern-bench-tts")
             with mlflow.start_run(run_name=f"csm-quant-{args.size}-{args.device}-{args.backend}"):
                 mlflow.log_params({k: v for k, v in res.items() if isinstance(v, str)} | {"random_weights": True})
-                mlflow.log_metrics({f"agreement_{k}": res[k] for k in kinds})
+                mlflow.log_metrics({f"agreement_{k}": res[k] for k in keys})
         except ImportError:
             print("MLFLOW_TRACKING_URI is set but mlflow is not installed: figures not logged")
     return res

@@ -152,9 +152,10 @@ def csm_kernels_per_frame(temperature: float = 0.9, top_k: int = 50) -> dict[str
     model = CsmForConditionalGeneration(cfg).eval()
     seg = Segment(torch.arange(1, 9))
     out = {}
-    for label, kw in (("modules", dict(fast=False)), ("fast_torch", {}), ("fused_triton", dict(kernels="triton"))):
+    for label, kw in (("modules", dict(fast=False)), ("fast_torch", {}), ("fused_triton", dict(kernels="triton")),
+                      ("persistent", dict(kernels="persistent"))):
         engine = CsmEngine(model, **kw)
-        if label == "fused_triton" and engine.kernels != "triton":
+        if "kernels" in kw and engine.kernels != kw["kernels"]:
             out[label] = {"error": "Triton kernels unusable here (see the log)"}
             continue
         engine.temperature, engine.top_k = temperature, top_k

@@ -212,6 +212,8 @@ def _variant(model, seg, variant: str, main_engine, args) -> dict:
         out = {"kernels": engine.kernels, "weights": engine.weights, "startup_s": time.perf_counter() - t0,
                "graph_capture_s": engine.stats.get("graph_capture_s", 0.0)}
         out["gen_ms_per_frame"] = _frame_loop_ms(engine, seg, args)
+        if engine.depth is not None and engine.depth.barrier_timed_out():
+            raise RuntimeError("the persistent kernel gave up waiting at a grid barrier: its figures are void")
         out.update(_bandwidth(engine, out["gen_ms_per_frame"], args))
         out.update(_kernel_counts(engine, seg))
         if args.profile and args.device.startswith("cuda"):
@@ -326,7 +328,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-compare-modules", dest="compare_modules", action="store_false",
                    help="skip timing the same loop through the transformers modules (CsmEngine(fast=False))")
     p.add_argument("--profile", action="store_true", help="CUDA: kernels per frame, by kind, eager and replayed")
-    p.add_argument("--kernels", default="torch", choices=["torch", "triton", "auto"],
+    p.add_argument("--kernels", default="torch", choices=["torch", "triton", "persistent", "auto"],
                    help="depth decoder kernels of the main figures (tts.kernels)")
     p.add_argument("--weights", default="bf16", choices=["bf16", "int8", "fp8"],
                    help="depth decoder weights of the main figures (optim.tts_weights)")

@@ -79,17 +79,20 @@ def test_full_size_bf16_graph_matches_eager():
 
 # ---- the fused depth decoder (fern.tts.csm.fused / kernels) on the GPU -----------------------------------------
 
-def test_tiny_fused_triton_equals_module_path_fp32():
-    """fp32 on the GPU: the compiled kernels give the module path's greedy tokens, eagerly and as a graph replay."""
+@pytest.mark.parametrize("kernels", ["triton", "persistent"])
+def test_tiny_fused_triton_equals_module_path_fp32(kernels):
+    """fp32 on the GPU: the compiled kernels give the module path's greedy tokens, eagerly and as a graph replay.
+    The persistent kernel runs here with as many programs as its largest phase has blocks (all resident)."""
     from fern.tts.csm.engine import CsmEngine, Segment
 
     model = make_tiny_csm(device="cuda")
     seg = Segment(torch.tensor([1, 40, 41, 42, 9]))
     ref = torch.cat(list(CsmEngine(model, fast=False).generate([], seg, 6)))
     for graphs in (False, True):
-        engine = CsmEngine(model, kernels="triton", cuda_graphs=graphs)
-        assert engine.kernels == "triton"
+        engine = CsmEngine(model, kernels=kernels, cuda_graphs=graphs)
+        assert engine.kernels == kernels
         assert torch.equal(torch.cat(list(engine.generate([], seg, 6))), ref), graphs
+        assert not engine.depth.barrier_timed_out()
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +103,9 @@ def full_bf16():
     return random_csm("cuda", torch.bfloat16)
 
 
+@pytest.mark.parametrize("mode", ["steps", "frame"])
 @pytest.mark.parametrize("kind", ["bf16", "int8", "fp8"])
-def test_full_size_fused_kernels_equal_their_torch_reference(full_bf16, kind):
+def test_full_size_fused_kernels_equal_their_torch_reference(full_bf16, kind, mode):
     """CSM-1B depth-decoder shapes (1024 wide, 8 heads of 128, 8192 MLP, 2051 vocab): the kernels against the same
     math in fp32 torch on the same weights, teacher-forced over 31 codebooks. Tolerance: residual stream within
     1e-3 relative; tokens equal but for near-ties of fp32 summation order (>= 29 of 31)."""
@@ -109,7 +113,9 @@ def test_full_size_fused_kernels_equal_their_torch_reference(full_bf16, kind):
     from fern.tts.csm.engine import CsmEngine
 
     engine = CsmEngine(full_bf16)
-    tri, ref = fused.FusedDepth(engine, "triton", kind), fused.FusedDepth(engine, "torch", kind)
+    tri, ref = fused.FusedDepth(engine, "triton", kind, mode=mode), fused.FusedDepth(engine, "torch", kind, mode=mode)
+    if mode == "frame":
+        print(f"persistent kernel: {tri.grid} programs")
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(1, 2, tri.D, device="cuda", generator=g)
     force = torch.randint(0, tri.V, (tri.n_cb,), device="cuda", generator=g)
@@ -122,6 +128,9 @@ def test_full_size_fused_kernels_equal_their_torch_reference(full_bf16, kind):
     a = tri.run(x, c0, noise, 50, force=force).clone()
     b = ref.run(x, c0, noise, 50, force=force).clone()
     assert int((a == b).sum()) >= 29 + 1, (a, b)
+    assert not tri.barrier_timed_out()
+    if mode == "frame":
+        assert tri.sync.tolist() == [0, 0, 0]  # reset by the last program out: ready for the next launch
 
 
 def test_full_size_fused_path_agrees_with_module_path_and_replays_exactly(full_bf16):
@@ -137,3 +146,20 @@ def test_full_size_fused_path_agrees_with_module_path_and_replays_exactly(full_b
     eager = torch.cat(list(CsmEngine(full_bf16, kernels="triton").generate([], seg, 4)))
     graphed = torch.cat(list(CsmEngine(full_bf16, kernels="triton", cuda_graphs=True).generate([], seg, 4)))
     assert torch.equal(graphed, eager)
+
+
+def test_full_size_persistent_kernel_agrees_with_module_path_and_replays_exactly(full_bf16):
+    """The persistent kernel (one launch per frame, grid barriers) on CSM-1B: teacher-forced agreement with the
+    module path like the step kernels', and the frame as a CUDA graph == eager, with no barrier that gave up."""
+    from fern.bench.csm_quant import agreement
+    from fern.tts.csm.engine import CsmEngine, Segment
+
+    res = agreement(full_bf16, full_bf16, 4, ["bf16"], "triton", list(range(1, 25)), ref_fast=False,
+                    modes=("frame",))
+    print("persistent bf16 vs module path, teacher-forced token agreement:", res["frame_bf16"])
+    assert res["frame_bf16"] >= 0.8, res
+    seg = Segment(torch.tensor([1, 40, 41, 42, 9]))
+    engines = [CsmEngine(full_bf16, kernels="persistent", cuda_graphs=g) for g in (False, True)]
+    eager, graphed = (torch.cat(list(e.generate([], seg, 4))) for e in engines)
+    assert torch.equal(graphed, eager)
+    assert not any(e.depth.barrier_timed_out() for e in engines)

@@ -202,14 +202,24 @@ def tiny():
     return make_tiny_csm(seed=1, device=str(DEV))
 
 
-@pytest.mark.parametrize(("kind", "mode"), [("bf16", "greedy"), ("bf16", "forced"), ("int8", "top_k"),
-                                           ("fp8", "top_k")])
-def test_fused_depth_triton_equals_its_torch_reference(tiny, kind, mode):
+# the persistent kernel in the interpreter runs one program, which walks every block of every phase: small blocks
+# make it walk many (the partition of rows and K), the default ones one block per phase
+FRAME_SMALL_BLOCKS = dict(BP=4, BKA=16, BNO=16, BNG=16, BKG=16, BND=8, BKD=32, BNH=256, BKH=16)
+
+
+@pytest.mark.parametrize(("kind", "mode", "dmode"), [
+    ("bf16", "greedy", "steps"), ("bf16", "forced", "steps"), ("int8", "top_k", "steps"), ("fp8", "top_k", "steps"),
+    ("bf16", "greedy", "frame"), ("bf16", "forced", "frame"), ("int8", "top_k", "frame"), ("fp8", "top_k", "frame"),
+    ("bf16", "top_k", "frame_small_blocks")])
+def test_fused_depth_triton_equals_its_torch_reference(tiny, kind, mode, dmode):
     """A whole frame's depth decoder (31 codebooks, sampling, next-input rows) through the kernels gives the torch
-    reference's tokens: greedy, with sampling noise, and with teacher forcing."""
+    reference's tokens: greedy, with sampling noise, and with teacher forcing; as step kernels and as the one
+    persistent kernel (mode frame)."""
     engine = CsmEngine(tiny)
-    tri = fused.FusedDepth(engine, "triton", kind)
-    ref = fused.FusedDepth(engine, "torch", kind)
+    blocks = FRAME_SMALL_BLOCKS if dmode == "frame_small_blocks" else None
+    dmode = dmode.removesuffix("_small_blocks")
+    tri = fused.FusedDepth(engine, "triton", kind, blocks=blocks, mode=dmode)
+    ref = fused.FusedDepth(engine, "torch", kind, mode=dmode)
     x = torch.randn(1, 2, tri.D, generator=_g(5)).to(DEV)
     c0 = torch.tensor([3], device=DEV)
     noise = -0.9 * torch.empty(tri.n_cb - 1, tri.V).exponential_(1, generator=_g(6)).log().to(DEV)
@@ -219,8 +229,31 @@ def test_fused_depth_triton_equals_its_torch_reference(tiny, kind, mode):
     b = ref.run(x, c0, *args).clone()
     assert torch.equal(a, b)
     assert (tri.h - ref.h).abs().max() <= TOL * ref.h.abs().max()
+    if dmode == "frame":  # every layer's q|k|v rows (rope applied in the kernel) and the counters reset to 0
+        for i, buf in enumerate(ref.buf):
+            assert (tri.buf_all[i] - buf).abs().max() <= TOL * buf.abs().max(), i
+        assert tri.sync.tolist() == [0, 0, 0]
+        assert not tri.barrier_timed_out()
     if mode == "forced":  # the inputs were the forced tokens: the last step's input row is codebook 30's forced one
         assert not torch.equal(a[0, 1:-1], force[1:-1])
+
+
+def test_frame_mode_reference_is_the_steps_math(tiny):
+    """The persistent kernel's reference (per-layer weights, rope on the projected rows) and the step kernels'
+    (rope folded into per-position weights) are the same model: the same greedy tokens, the same final state."""
+    engine = CsmEngine(tiny)
+    frame = fused.FusedDepth(engine, "torch", "bf16", mode="frame")
+    steps = fused.FusedDepth(engine, "torch", "bf16", mode="steps")
+    x = torch.randn(1, 2, frame.D, generator=_g(9)).to(DEV)
+    c0 = torch.tensor([11], device=DEV)
+    assert torch.equal(frame.run(x, c0, None, 0).clone(), steps.run(x, c0, None, 0).clone())
+    assert (frame.h - steps.h).abs().max() <= TOL * steps.h.abs().max()
+    assert frame.weight_bytes_per_frame() == steps.weight_bytes_per_frame()
+
+
+def test_bad_fused_mode_is_refused(tiny):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fused.FusedDepth(CsmEngine(tiny), "triton", "bf16", mode="megakernel")
 
 
 def _frames(engine, n, seed=None):
@@ -230,12 +263,13 @@ def _frames(engine, n, seed=None):
     return torch.cat(list(engine.generate([], seg, n)))
 
 
-def test_engine_triton_greedy_tokens_identical_to_torch_path(tiny):
+@pytest.mark.parametrize("kernels", ["triton", "persistent"])
+def test_engine_triton_greedy_tokens_identical_to_torch_path(tiny, kernels):
     """Greedy through the whole engine (backbone torch, depth decoder Triton) == the torch fast path, which the
     other tests tie to transformers' generate."""
     ref = _frames(CsmEngine(tiny), 2)
-    engine = CsmEngine(tiny, kernels="triton")
-    assert engine.kernels == "triton"
+    engine = CsmEngine(tiny, kernels=kernels)
+    assert engine.kernels == kernels
     assert torch.equal(_frames(engine, 2), ref)
 
 
@@ -265,10 +299,10 @@ def test_quantize_per_channel_error_bounds():
 
 def test_launches_per_frame(tiny):
     """4 Triton kernels per layer and position, 1 per codebook head; together with the torch backbone well under
-    half of the torch path's kernels per frame."""
+    half of the torch path's kernels per frame. The persistent kernel: one launch for the whole depth decoder."""
     seg = Segment(torch.tensor([1, 5, 6]))
     counts = {}
-    for kern in ("torch", "triton"):
+    for kern in ("torch", "triton", "persistent"):
         engine = CsmEngine(tiny, kernels=kern)
         engine.temperature, engine.top_k = 0.9, 50
         engine.prepare([], seg)
@@ -281,6 +315,11 @@ def test_launches_per_frame(tiny):
                         "triton:norm_gateup_swiglu": n_layers * n_cb, "triton:down_residual": n_layers * n_cb,
                         "triton:norm_head_sample": n_cb - 1}
     assert sum(tri.values()) <= 0.5 * sum(counts["torch"].values()), (sum(tri.values()), sum(counts["torch"].values()))
+    per = counts["persistent"]
+    assert {k: v for k, v in per.items() if k.startswith("triton:")} == {"triton:depth_frame": 1}
+    # the rest is the backbone and codebook 0, the step-kernel path's torch operators but its two copies of the
+    # input rows into h (the persistent kernel reads them where they are)
+    assert sum(per.values()) - 1 == sum(tri.values()) - sum(launches.values()) - 2
 
 
 def test_unusable_triton_falls_back_to_torch_and_says_why(tiny, monkeypatch, caplog):
@@ -299,6 +338,8 @@ def test_bad_kernel_or_weight_names_are_config_errors(tiny):
 
     with pytest.raises(ConfigValueError, match="tts.kernels"):
         CsmEngine(tiny, kernels="cuda")
+    with pytest.raises(ConfigValueError, match="tts.kernels"):
+        CsmEngine(tiny, kernels="megakernel")
     with pytest.raises(ConfigValueError, match="optim.tts_weights"):
         CsmEngine(tiny, weights="int4")
 
@@ -334,6 +375,7 @@ def test_weight_bytes_per_frame_rules_agree(tiny):
     rule = csm_weight_bytes_per_frame(tiny)
     assert rule["torch"] == frame_weight_bytes(CsmEngine(tiny))
     for kind in fused.WEIGHT_KINDS:
-        engine = CsmEngine(tiny, kernels="triton", weights=kind)
-        assert rule[f"fused_{kind}"] == frame_weight_bytes(engine), kind
+        for kernels in ("triton", "persistent"):
+            engine = CsmEngine(tiny, kernels=kernels, weights=kind)
+            assert rule[f"fused_{kind}"] == frame_weight_bytes(engine), (kind, kernels)
     assert rule["fused_int8"] == rule["fused_fp8"] < rule["fused_bf16"]

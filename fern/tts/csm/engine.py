@@ -96,9 +96,12 @@ class _Stack:
         # layer, not one for all: torch.compile writes a compiled step's cache row in place only into a whole
         # input tensor (into a view of one it copies the whole tensor)
         self.kv = [torch.zeros(2, 1, nkv, max_len, hd, device=device, dtype=dtype) for _ in range(n)]
-        with torch.no_grad():
-            dummy = torch.zeros(1, 1, 1, device=device, dtype=dtype)
-            cos, sin = rotary(dummy, torch.arange(max_len, device=device)[None])
+        if torch.device(device).type == "meta":  # shapes only (fern.tts.csm.aot); autocast has no meta device
+            cos = sin = torch.zeros(1, max_len, self.head_dim, device=device, dtype=dtype)
+        else:
+            with torch.no_grad():
+                dummy = torch.zeros(1, 1, 1, device=device, dtype=dtype)
+                cos, sin = rotary(dummy, torch.arange(max_len, device=device)[None])
         self.cos, self.sin = cos[0], sin[0]  # (max_len, head_dim), computed like transformers (fp32, then cast)
         self.mask_table = torch.full((max_len, max_len), float("-inf"), device=device, dtype=dtype).triu_(1)
         fusable = hasattr(F, "rms_norm") and config.hidden_act == "silu" and all(
@@ -264,6 +267,9 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rot * sin
 
 
+KERNELS = ("torch", "triton", "persistent", "auto")
+
+
 class CsmEngine:
     """Owns the static caches and the per-frame computation; yields frames of codebook ids."""
 
@@ -272,8 +278,9 @@ class CsmEngine:
         """``fast=False`` runs every layer through the transformers modules (the reference the fast path is tested
         against); it is chosen anyway for layers that are not plain Linear (an unmerged LoRA adapter).
 
-        ``kernels``: ``torch`` | ``triton`` | ``auto`` (triton on CUDA when it works, else torch) for the depth
-        decoder (``fern.tts.csm.fused``); ``weights``: ``bf16`` (the model's own) | ``int8`` | ``fp8`` weight-only
+        ``kernels``: ``torch`` | ``triton`` (fused steps) | ``persistent`` (the whole depth decoder of a frame as
+        one Triton launch) | ``auto`` (triton on CUDA when it works, else torch) for the depth decoder
+        (``fern.tts.csm.fused``); ``weights``: ``bf16`` (the model's own) | ``int8`` | ``fp8`` weight-only
         quantization of the depth decoder. Quantized weights with torch kernels run the fused path's torch reference
         (an emulation for quality checks, not faster). Triton that cannot run here falls back to torch, logged."""
         self.model = model.eval()
@@ -320,7 +327,9 @@ class CsmEngine:
         table = depth.embed_tokens.weight if self._dd_embed_projected is None else self._dd_embed_projected
         self._dd_tables = [table[i * self.vocab : (i + 1) * self.vocab] for i in range(self.n_cb)]
         self.depth = self._fused_depth(kernels, weights)
-        self.kernels = "triton" if self.depth is not None and self.depth.backend == "triton" else "torch"
+        self.kernels = "torch"
+        if self.depth is not None and self.depth.backend == "triton":
+            self.kernels = "persistent" if self.depth.mode == "frame" else "triton"
         self.weights = self.depth.kind if self.depth is not None else "bf16"
         self._bb_step = self._backbone_step
         self._dd_step = self._depth_step
@@ -342,11 +351,11 @@ class CsmEngine:
         from fern.errors import ConfigValueError
         from fern.tts.csm import fused
 
-        if kernels not in ("torch", "triton", "auto"):
-            raise ConfigValueError(f"tts.kernels must be torch, triton or auto, got {kernels!r}")
+        if kernels not in KERNELS:
+            raise ConfigValueError(f"tts.kernels must be one of {KERNELS}, got {kernels!r}")
         if weights not in fused.WEIGHT_KINDS:
             raise ConfigValueError(f"optim.tts_weights must be one of {fused.WEIGHT_KINDS}, got {weights!r}")
-        triton = kernels == "triton" or (kernels == "auto" and self.device.type == "cuda")
+        triton = kernels in ("triton", "persistent") or (kernels == "auto" and self.device.type == "cuda")
         if not (triton or weights != "bf16"):
             return None
         if not self.dd.fused or self._dd_embed_projected is None:
@@ -362,14 +371,16 @@ class CsmEngine:
 
             why = K.usable_on(self.device)
             if why:
-                (log.warning if kernels == "triton" else log.info)(
+                (log.info if kernels == "auto" else log.warning)(
                     "CSM depth decoder: Triton kernels unusable on %s (%s): torch kernels instead", self.device, why)
                 triton = False
         if not triton and weights == "bf16":
             return None
-        depth = fused.FusedDepth(self, "triton" if triton else "torch", weights)
-        log.info("CSM depth decoder: %s kernels, %s weights (%.0f MB read per frame)", depth.backend, weights,
-                 depth.weight_bytes_per_frame() / 1e6)
+        # the persistent kernel only where it runs compiled: its torch reference is no faster than mode "steps"
+        mode = "frame" if triton and kernels == "persistent" else "steps"
+        depth = fused.FusedDepth(self, "triton" if triton else "torch", weights, mode=mode)
+        log.info("CSM depth decoder: %s kernels (%s), %s weights (%.0f MB read per frame)", depth.backend, mode,
+                 weights, depth.weight_bytes_per_frame() / 1e6)
         if not triton:
             log.warning("optim.tts_weights=%s with torch kernels: an fp32 emulation of the quantized weights "
                         "(quality checks), slower than the unquantized path", weights)
@@ -484,6 +495,10 @@ class CsmEngine:
                 self.pos.copy_(saved[1])
                 self._frame()
         torch.cuda.current_stream().wait_stream(s)
+        if self.depth is not None and self.depth.barrier_timed_out():
+            raise RuntimeError("CSM depth decoder: the persistent kernel (tts.kernels=persistent) gave up waiting at a "
+                               "grid barrier, so its programs were not all resident on this GPU; use "
+                               "tts.kernels=triton")
         self.emb_in.copy_(saved[0])
         self.pos.copy_(saved[1])
         graph = torch.cuda.CUDAGraph()

@@ -31,10 +31,11 @@ _QMAX = {"int8": 127.0, "fp8": 448.0}
 
 
 def quantize(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) weight -> (quantized weight, fp32 scale per output row); ``dequantize`` inverts it up to rounding."""
+    """(..., out, in) weight -> (quantized weight, fp32 scale per output row); ``dequantize`` inverts it up to
+    rounding."""
     wf = w.detach().float()
-    scale = (wf.abs().amax(dim=1) / _QMAX[kind]).clamp_min(1e-12)
-    q = wf / scale[:, None]
+    scale = (wf.abs().amax(dim=-1) / _QMAX[kind]).clamp_min(1e-12)
+    q = wf / scale[..., None]
     if kind == "int8":
         q = q.round_().clamp_(-127, 127).to(torch.int8)
     elif kind == "fp8":
@@ -45,7 +46,7 @@ def quantize(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    return q.float() if scale is None else q.float() * scale[:, None]
+    return q.float() if scale is None else q.float() * scale[..., None]
 
 
 def fp8_supported(device) -> str | None:
@@ -68,28 +69,53 @@ class _W:
         else:
             self.w, self.scale = quantize(w, kind)
 
+    def view(self, i: int) -> _W:
+        """Entry ``i`` of a stacked weight (layer, codebook head), sharing its memory."""
+        out = _W.__new__(_W)
+        out.w, out.scale = self.w[i], (None if self.scale is None else self.scale[i])
+        return out
+
     def nbytes(self) -> int:
         return self.w.numel() * self.w.element_size() + (0 if self.scale is None else self.scale.numel() * 4)
 
 
 # launch shapes per device: many programs on a GPU (bandwidth needs them), the fewest in the interpreter (each
 # program costs milliseconds there). Not tuned on a GPU yet.
+# head_maxnreg: the head kernel's last program samples over the whole vocabulary; without the cap ptxas keeps it to
+# 128 registers and spills (fern.bench.ptx: 12 bytes for int8); 65 programs need no second one per SM anyway
 GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8, down_bk=512, head_bn=32, head_bk=128,
-                  num_warps=4)
+                  num_warps=4, head_maxnreg=255)
+# the persistent kernel (mode "frame"): about one block per program per phase at CSM-1B's widths on ~132 SMs
+# (768 q|k|v row pairs / 8, 1024 rows / 8, 8192 gate|up rows / 64, 2051 logits / 16). One program per SM, so it may
+# take the whole register file: without maxnreg ptxas caps it at 128 registers (two programs per SM) and spills
+# 56-116 bytes per thread (fern.bench.ptx, sm_90); with it, none
+FRAME_GPU_BLOCKS = dict(BP=8, BKA=256, BNO=8, BNG=64, BKG=128, BND=8, BKD=512, BNH=16, BKH=128, num_warps=8,
+                        maxnreg=255)
+MODES = ("steps", "frame")
+MAX_SPINS = 1 << 20  # polls of a grid barrier before the persistent kernel gives up (~1 s: it would hang instead)
 
 
 class FusedDepth:
-    """Codebooks 1..n_cb-1 of a frame from the backbone's depth-decoder input rows; see the module docstring."""
+    """Codebooks 1..n_cb-1 of a frame from the backbone's depth-decoder input rows; see the module docstring.
 
-    def __init__(self, engine, backend: str = "triton", weights: str = "bf16", blocks: dict | None = None):
+    ``mode``: ``steps`` launches 4 kernels per layer and step + 1 per head (rope folded into per-position q|k|v
+    weights, the model's own weights otherwise); ``frame`` runs the whole frame as one persistent launch
+    (``kernels._depth_frame``: grid-wide barriers between phases, every program samples), which reads per-layer
+    weights stacked into one tensor each (a copy, ~200 MB in bf16 for CSM-1B) and applies rope in the kernel.
+    The torch backend computes either mode's math (the reference its kernels are tested against)."""
+
+    def __init__(self, engine, backend: str = "triton", weights: str = "bf16", blocks: dict | None = None,
+                 mode: str = "steps"):
         if backend not in ("triton", "torch"):
             raise ValueError(f"backend must be triton or torch, got {backend!r}")
         if weights not in WEIGHT_KINDS:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         dd = engine.dd
         if not dd.fused or engine._dd_embed_projected is None:
             raise ValueError("the fused depth decoder needs plain Linear layers (no unmerged LoRA)")
-        self.backend, self.kind = backend, weights
+        self.backend, self.kind, self.mode = backend, weights, mode
         self.device = engine.device
         self.n_cb, self.V = engine.n_cb, engine.vocab
         self.D, self.NH, self.NKV, self.HD = dd.hidden, dd.n_heads, dd.n_kv, dd.head_dim
@@ -102,22 +128,25 @@ class FusedDepth:
         self.norm1 = [layer.input_layernorm.weight.detach() for layer in layers]
         self.norm2 = [layer.post_attention_layernorm.weight.detach() for layer in layers]
         self.final_norm, self.final_eps = dd.norm.weight.detach(), float(dd.norm.variance_epsilon)
-        with torch.no_grad():
-            # rope-folded q|k|v per position; the engine's torch path already holds positions 2.. (reuse: no copy)
-            folded = {step + 1: engine._dd_rows[step][4] for step in range(1, len(engine._dd_rows))
-                      if engine._dd_rows[step][4] is not None}
-            per_pos = [folded[p] if p in folded else dd.qkv_rotated_at(p) for p in range(self.L)]
-            self.qkv = [[_W(per_pos[p][i], weights) for i in range(len(layers))] for p in range(self.L)]
-            self.o = [_W(layer.self_attn.o_proj.weight, weights) for layer in layers]
-            self.gu = [_W(layer._fern_gu, weights) for layer in layers]
-            self.down = [_W(layer.mlp.down_proj.weight, weights) for layer in layers]
-            # codebook heads are (hidden, vocab): logits = y @ head. Quantized per vocabulary entry, stored (vocab,
-            # hidden); the kernel reads either layout through strides
-            head_w = engine._head_w
-            if weights == "bf16":
-                self.head = [_W(w, "bf16") for w in head_w]
-            else:
-                self.head = [_W(w.t(), weights) for w in head_w]
+        if mode == "frame":
+            self._frame_init(engine, weights)
+        else:
+            with torch.no_grad():
+                # rope-folded q|k|v per position; the engine's torch path already holds positions 2.. (no copy)
+                folded = {step + 1: engine._dd_rows[step][4] for step in range(1, len(engine._dd_rows))
+                          if engine._dd_rows[step][4] is not None}
+                per_pos = [folded[p] if p in folded else dd.qkv_rotated_at(p) for p in range(self.L)]
+                self.qkv = [[_W(per_pos[p][i], weights) for i in range(len(layers))] for p in range(self.L)]
+                self.o = [_W(layer.self_attn.o_proj.weight, weights) for layer in layers]
+                self.gu = [_W(layer._fern_gu, weights) for layer in layers]
+                self.down = [_W(layer.mlp.down_proj.weight, weights) for layer in layers]
+                # codebook heads are (hidden, vocab): logits = y @ head. Quantized per vocabulary entry, stored
+                # (vocab, hidden); the kernel reads either layout through strides
+                head_w = engine._head_w
+                if weights == "bf16":
+                    self.head = [_W(w, "bf16") for w in head_w]
+                else:
+                    self.head = [_W(w.t(), weights) for w in head_w]
         self.tables = engine._dd_tables
         dev = self.device
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)  # the residual stream, fp32
@@ -128,16 +157,65 @@ class FusedDepth:
         self.counter = torch.zeros(1, device=dev, dtype=torch.int32)
         self.codes = torch.zeros(self.n_cb, device=dev, dtype=torch.long)
         self.positions = torch.arange(self.L, device=dev)
-        if dev.type == "cuda":
+        p2 = K.next_pow2
+        if mode == "frame":
+            if dev.type == "cuda":
+                self.blocks = dict(FRAME_GPU_BLOCKS, **(blocks or {}))
+            else:  # interpreter: one program (the barrier cannot wait for programs it runs one after another)
+                self.blocks = dict(BP=p2((self.NH + 2 * self.NKV) * self.HD // 2), BKA=p2(self.D), BNO=p2(self.D),
+                                   BNG=p2(self.FF), BKG=p2(self.D), BND=p2(self.D), BKD=p2(self.FF), BNH=p2(self.V),
+                                   BKH=p2(self.D), num_warps=4)
+                self.blocks.update(blocks or {})
+            self.grid = self._frame_grid()
+        elif dev.type == "cuda":
             self.blocks = dict(GPU_BLOCKS, **(blocks or {}))
         else:  # interpreter: one program per kernel where the shapes allow
-            p2 = K.next_pow2
             self.blocks = dict(qkv_bp=p2((self.NH + 2 * self.NKV) * self.HD // 2), qkv_bk=p2(self.D), o_bn=p2(self.D),
                                gu_bn=p2(self.FF), gu_bk=p2(self.D), down_bn=p2(self.D), down_bk=p2(self.FF),
                                head_bn=p2(self.V), head_bk=p2(self.D), num_warps=4)
             self.blocks.update(blocks or {})
         if backend == "torch":  # the reference computes with the dequantized weights in fp32
             self._deq = {id(w): dequantize(w.w, w.scale) for w in self._all_weights()}
+
+    def _frame_init(self, engine, weights: str) -> None:
+        """Mode ``frame``: per-layer weights stacked (layer, out, in), un-rotated q|k|v, the heads as one tensor."""
+        layers = engine.dd.layers
+        eps = set(self.eps1 + self.eps2)
+        if len(eps) != 1:
+            raise ValueError(f"the persistent kernel takes one rms-norm epsilon for every layer, got {sorted(eps)}")
+        with torch.no_grad():
+            stack = torch.stack
+            self.qkv_all = _W(stack([layer._fern_qkv for layer in layers]), weights)
+            self.o_all = _W(stack([layer.self_attn.o_proj.weight for layer in layers]), weights)
+            self.gu_all = _W(stack([layer._fern_gu for layer in layers]), weights)
+            self.down_all = _W(stack([layer.mlp.down_proj.weight for layer in layers]), weights)
+            head_w = engine.model.depth_decoder.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
+            # bf16: the model's own heads (no copy); quantized per vocabulary entry, stored (n_cb - 1, vocab, hidden)
+            self.head_all = _W(head_w, "bf16") if weights == "bf16" else _W(head_w.transpose(1, 2), weights)
+            self.norm1_all = stack(self.norm1).contiguous()
+            self.norm2_all = stack(self.norm2).contiguous()
+        n = len(layers)
+        self.qkv = [[self.qkv_all.view(i) for i in range(n)]] * self.L  # every position reads the same weights
+        self.o = [self.o_all.view(i) for i in range(n)]
+        self.gu = [self.gu_all.view(i) for i in range(n)]
+        self.down = [self.down_all.view(i) for i in range(n)]
+        self.head = [self.head_all.view(i) for i in range(self.n_cb - 1)]
+        self.cos, self.sin = engine.dd.cos.contiguous(), engine.dd.sin.contiguous()  # (positions, head_dim)
+        self.table_all = engine._dd_embed_projected  # (n_cb * vocab, hidden): codebook p's token c is row p*V + c
+        dev = engine.device
+        self.buf_all = torch.zeros(n, self.NH + 2 * self.NKV, self.L, self.HD, device=dev)
+        # barrier arrivals, programs done, and a flag set when a barrier gave up waiting (see barrier_timed_out)
+        self.sync = torch.zeros(3, device=dev, dtype=torch.int32)
+
+    def _frame_grid(self) -> int:
+        """Programs of the persistent kernel: at most one per SM, so all are resident at once (the barriers wait for
+        every program), and no more than the largest phase has blocks. One in the interpreter."""
+        if self.device.type != "cuda":
+            return 1
+        b, cd = self.blocks, triton_cdiv
+        most = max(cd((self.NH + 2 * self.NKV) * self.HD // 2, b["BP"]), cd(self.D, b["BNO"]), cd(self.FF, b["BNG"]),
+                   cd(self.D, b["BND"]), cd(self.V, b["BNH"]))
+        return max(1, min(most, torch.cuda.get_device_properties(self.device).multi_processor_count))
 
     def _all_weights(self):
         for row in self.qkv:
@@ -162,6 +240,9 @@ class FusedDepth:
         -> codes (1, n_cb), a view of a buffer reused by the next call."""
         k = self.V if not 0 < top_k < self.V else int(top_k)
         self.codes[:1].copy_(c0)
+        if self.mode == "frame" and self.backend == "triton":
+            self._frame_triton(x, noise, k, force)
+            return self.codes.view(1, self.n_cb)
         self.h.copy_(x[0, 0])
         self._step(0, None, noise, k, force)
         self.h.copy_(x[0, 1])
@@ -182,6 +263,30 @@ class FusedDepth:
                 self._head_torch(p, head, noise, k, force)
 
     # ---- Triton ---------------------------------------------------------------------------------------------
+    def _frame_triton(self, x, noise, k: int, force) -> None:
+        b = self.blocks
+        hw = self.head_all
+        # bf16 heads are the model's (n_cb - 1, hidden, vocab); quantized ones are stored (n_cb - 1, vocab, hidden)
+        shh = hw.w.stride(0)
+        shk, shn = (hw.w.stride(1), hw.w.stride(2)) if hw.scale is None else (hw.w.stride(2), hw.w.stride(1))
+        ws = (self.qkv_all, self.o_all, self.gu_all, self.down_all, hw)
+        K.launch("_depth_frame", (self.grid,), x.contiguous(), self.table_all, self.codes,
+                 self.codes if force is None else force, self.logits if noise is None else noise, k,
+                 *[t for w in ws for t in (w.w, _s(w))], shh, shk, shn,
+                 self.norm1_all, self.norm2_all, self.final_norm, self.eps1[0], self.final_eps, self.cos, self.sin,
+                 self.scaling, self.buf_all, self.h, self.act, self.logits, self.sync,
+                 D=self.D, NH=self.NH, NKV=self.NKV, HD=self.HD, FF=self.FF, V=self.V, VP=K.next_pow2(self.V),
+                 NL=len(self.o), L=self.L, BP=b["BP"], BKA=b["BKA"], BNO=b["BNO"], BNG=b["BNG"], BKG=b["BKG"],
+                 BND=b["BND"], BKD=b["BKD"], BNH=b["BNH"], BKH=b["BKH"], BL=K.next_pow2(self.L),
+                 BHD=K.next_pow2(self.HD), BD=K.next_pow2(self.D), HAS_SCALE=hw.scale is not None,
+                 SAMPLE=noise is not None, FORCE=force is not None, MAX_SPINS=MAX_SPINS, num_warps=b["num_warps"],
+                 maxnreg=b.get("maxnreg"))
+
+    def barrier_timed_out(self) -> bool:
+        """Whether a launch of the persistent kernel gave up waiting at a grid barrier (its programs were not all
+        resident at once): its codes are garbage. Reading it syncs with the device; check after warm-up."""
+        return self.mode == "frame" and self.backend == "triton" and bool(self.sync[2].item())
+
     def _layer_triton(self, i: int, p: int) -> None:
         b, D, NH, NKV, HD, L, FF = self.blocks, self.D, self.NH, self.NKV, self.HD, self.L, self.FF
         nw = b["num_warps"]
@@ -215,7 +320,8 @@ class FusedDepth:
                  w.w, swk, swn, _s(w), self.logits, self.counter, noise[head] if noise is not None else self.logits,
                  k, self.codes[p:p + 1], table, self.codes if force is None else force[p:p + 1], D=self.D, V=self.V,
                  VP=K.next_pow2(self.V), BN=b["head_bn"], BK=b["head_bk"], HAS_SCALE=w.scale is not None,
-                 SAMPLE=noise is not None, WRITE_NEXT=not last, FORCE=force is not None, num_warps=b["num_warps"])
+                 SAMPLE=noise is not None, WRITE_NEXT=not last, FORCE=force is not None, num_warps=b["num_warps"],
+                 maxnreg=b.get("head_maxnreg"))
 
     # ---- the same math in torch -------------------------------------------------------------------------------
     def _dq(self, w: _W) -> torch.Tensor:
@@ -226,6 +332,11 @@ class FusedDepth:
         h, buf = self.h, self.buf[i]
         x = F.rms_norm(h, (self.D,), self.norm1[i].float(), self.eps1[i])
         buf[:, p] = (self._dq(self.qkv[p][i]) @ x).view(NH + 2 * NKV, HD)
+        if self.mode == "frame":  # un-rotated weights: rope on the projected q and k rows
+            qk = buf[: NH + NKV, p]
+            half = HD // 2
+            rot = torch.cat((-qk[:, half:], qk[:, :half]), dim=-1)
+            buf[: NH + NKV, p] = qk * self.cos[p].float() + rot * self.sin[p].float()
         q = buf[:NH, p].view(NKV, NH // NKV, 1, HD)
         kc, vc = buf[NH:NH + NKV, : p + 1, None], buf[NH + NKV:, : p + 1, None]  # (NKV, p+1, 1, HD)
         att = torch.softmax((q * kc.transpose(1, 2)).sum(-1) * self.scaling, dim=-1)  # (NKV, rep, p+1)

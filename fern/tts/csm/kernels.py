@@ -7,11 +7,19 @@
     K5 _norm_head_sample   final rms-norm -> codebook head GEMV -> logits; the last program to finish samples the
                            token (greedy, or top-k Gumbel-max), writes it and the next step's input row into h
 
+and the same math as one persistent launch per frame:
+
+    _depth_frame           all 32 steps x (K1..K4 per layer + the head) as phases split over one program per SM,
+                           a grid-wide barrier (atomic counter, bounded wait) after each phase, every program sampling
+                           the same token so the next step's input needs no extra barrier. 1 launch instead of 543.
+
 Why this split: a layer has four points where every output element needs the whole of a vector another program
-computes (q|k|v -> attention, o -> norm, gate|up -> down, down -> next norm). Without a grid-wide barrier (not safe
-in Triton without a cooperative launch) each such point ends a launch. Work that needs only a little shared input
-is recomputed instead of launched: every program redoes the rms statistic of h (D elements) and, in K2, the whole
-attention over <= 32 positions (a few KB of KV from L2) rather than reading it from a separate attention kernel.
+computes (q|k|v -> attention, o -> norm, gate|up -> down, down -> next norm). Without a grid-wide barrier each such
+point ends a launch. The persistent kernel waits at a barrier there instead, which is safe only because its grid is
+no larger than the SM count (every program resident; a bounded wait flags the case where they are not). Work that
+needs only a little shared input is recomputed instead of launched: every program redoes the rms statistic of h
+(D elements) and, in K2, the whole attention over <= 32 positions (a few KB of KV from L2) rather than reading it
+from a separate attention kernel.
 Sampling needs all logits; it runs in the head kernel's last program (atomic counter, acquire/release), which saves
 the 4 sampling launches per step that the torch path spends.
 
@@ -19,8 +27,10 @@ Weights may be the model dtype or int8 / float8_e4m3fn with one fp32 scale per o
 accumulates ``q * x`` in fp32 and scales once per row. The residual stream ``h`` and all scratch vectors are fp32.
 
 Kernels are plain functions wrapped by ``triton.jit`` at first use; Triton is imported lazily, so that tests can set
-``TRITON_INTERPRET=1`` first and run every kernel on CPU tensors in Triton's interpreter. A :class:`LaunchCounter`
-counts launches so ``fern.bench.opcount`` can report kernels per frame for this path without a GPU.
+``TRITON_INTERPRET=1`` first and run every kernel on CPU tensors in Triton's interpreter (the persistent kernel as
+one program: the interpreter runs programs one after another, so a barrier could not wait for a second). A
+:class:`LaunchCounter` counts launches so ``fern.bench.opcount`` can report kernels per frame for this path without a
+GPU; a :class:`LaunchRecorder` records them so ``fern.bench.ptx`` can compile each for sm_90 without one.
 """
 
 from __future__ import annotations
@@ -227,13 +237,14 @@ def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, lo
         acc = acc * tl.load(s_ptr + n, mask=nm, other=0.0)
     tl.store(logits_ptr + n, acc, mask=nm)
     # the barrier orders every thread's stores (and reads of h) before the one thread that counts; acq_rel makes
-    # them visible to the program that counts last, which reads the logits past L1 (.cg, volatile)
+    # them visible to the program that counts last, which reads the logits past L1 (.cg; PTX allows no
+    # .volatile with .cg, and the acquire already orders the loads after the other programs' stores)
     tl.debug_barrier()
     done = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
     if done == tl.num_programs(0) - 1:
         v = tl.arange(0, VP)
         vm = v < V
-        logits = tl.load(logits_ptr + v, mask=vm, other=float("-inf"), cache_modifier=".cg", volatile=True)
+        logits = tl.load(logits_ptr + v, mask=vm, other=float("-inf"), cache_modifier=".cg")
         if SAMPLE:
             # top-k set by bisection on order-preserving int keys (exact, no sort), then Gumbel-max inside the set
             # with one noise value per vocabulary entry: the same distribution as torch.topk + Gumbel-max by rank
@@ -265,17 +276,230 @@ def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, lo
         tl.atomic_xchg(counter_ptr, 0)  # ready for the next launch (and the next graph replay)
 
 
+def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
+                 qkv_ptr, qkv_s, o_ptr, o_s, gu_ptr, gu_s, dn_ptr, dn_s, hw_ptr, hw_s, stride_hh, stride_hk, stride_hn,
+                 n1_ptr, n2_ptr, nf_ptr, eps, eps_f, cos_ptr, sin_ptr, scaling,
+                 buf_ptr, h_ptr, act_ptr, logits_ptr, sync_ptr,
+                 D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, FF: tl.constexpr,
+                 V: tl.constexpr, VP: tl.constexpr, NL: tl.constexpr, L: tl.constexpr,
+                 BP: tl.constexpr, BKA: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr,
+                 BND: tl.constexpr, BKD: tl.constexpr, BNH: tl.constexpr, BKH: tl.constexpr,
+                 BL: tl.constexpr, BHD: tl.constexpr, BD: tl.constexpr,
+                 HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr, FORCE: tl.constexpr, MAX_SPINS: tl.constexpr):
+    # The whole depth decoder of a frame in one launch: L steps x (4 phases per layer + the head), every phase split
+    # over all programs, a grid-wide barrier after each (the programs must all be resident: grid <= SMs). See
+    # FusedDepth (mode "frame") for the layout of the arguments; the phases are the step kernels' math.
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    HALF: tl.constexpr = HD // 2
+    NQ: tl.constexpr = NH + 2 * NKV
+    NP: tl.constexpr = NQ * HALF
+    REP: tl.constexpr = NH // NKV
+    dd = tl.arange(0, BD)
+    dm = dd < D
+    c = tl.load(code_ptr)  # codebook 0, from the backbone
+    failed = pid * 0
+    for p in range(L):
+        # this step's input row: the backbone's two rows at positions 0 and 1, later the embedding (projected) of
+        # the token the previous step sampled. Layer 0 reads it where the other layers read the residual stream h
+        src = tl.where(p < 2, x_ptr + p * D, tab_ptr + ((p - 1) * V + c) * D)
+        for ph in range(4 * NL + 1):
+            layer = ph // 4
+            kind = ph % 4
+            first = layer == 0
+            later = layer > 0
+            # the rms statistic of what the phase's norm reads: layer 0's q|k|v reads the input row, every other norm
+            # the residual stream h. Attention and down have no norm, and must not read h: other programs write it
+            norm = (kind == 0) | (kind == 2) | (ph == 4 * NL)
+            from_src = first & (kind == 0)
+            xr = tl.load(src + dd, mask=dm & from_src, other=0.0).to(tl.float32) \
+                + tl.load(h_ptr + dd, mask=dm & norm & ~from_src, other=0.0, cache_modifier=".cg")
+            rstd = 1.0 / tl.sqrt(tl.sum(xr * xr, axis=0) / D + tl.where(ph == 4 * NL, eps_f, eps))
+            if ph == 4 * NL:
+                if p > 0:  # head p-1: final norm -> logits of codebook p
+                    hw = hw_ptr + (p - 1) * stride_hh
+                    for blk in range(pid, tl.cdiv(V, BNH), G):
+                        n = blk * BNH + tl.arange(0, BNH)
+                        nm = n < V
+                        acc = tl.zeros([BNH], dtype=tl.float32)
+                        for k0 in range(0, D, BKH):
+                            k = k0 + tl.arange(0, BKH)
+                            km = k < D
+                            x = tl.load(h_ptr + k, mask=km, other=0.0, cache_modifier=".cg") * rstd \
+                                * tl.load(nf_ptr + k, mask=km, other=0.0).to(tl.float32)
+                            w = tl.load(hw + k[:, None] * stride_hk + n[None, :] * stride_hn,
+                                        mask=km[:, None] & nm[None, :], other=0.0).to(tl.float32)
+                            acc += tl.sum(w * x[:, None], axis=0)
+                        if HAS_SCALE:
+                            acc = acc * tl.load(hw_s + (p - 1) * V + n, mask=nm, other=0.0)
+                        tl.store(logits_ptr + n, acc, mask=nm)
+            elif kind == 0:  # norm -> q|k|v of position p (rope on q and k) -> this layer's cache rows
+                w_l = qkv_ptr + layer * (NQ * HD * D)
+                for blk in range(pid, tl.cdiv(NP, BP), G):
+                    pp = blk * BP + tl.arange(0, BP)
+                    pm = pp < NP
+                    head = pp // HALF
+                    j = pp % HALF
+                    rows1 = head * HD + j
+                    rows2 = rows1 + HALF
+                    a = tl.zeros([BP], dtype=tl.float32)
+                    b = tl.zeros([BP], dtype=tl.float32)
+                    for k0 in range(0, D, BKA):
+                        k = k0 + tl.arange(0, BKA)
+                        km = k < D
+                        x = (tl.load(src + k, mask=km & first, other=0.0).to(tl.float32)
+                             + tl.load(h_ptr + k, mask=km & later, other=0.0, cache_modifier=".cg")) * rstd \
+                            * tl.load(n1_ptr + layer * D + k, mask=km, other=0.0).to(tl.float32)
+                        m2 = pm[:, None] & km[None, :]
+                        w1 = tl.load(w_l + rows1[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+                        w2 = tl.load(w_l + rows2[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+                        a += tl.sum(w1 * x[None, :], axis=1)
+                        b += tl.sum(w2 * x[None, :], axis=1)
+                    if HAS_SCALE:
+                        a = a * tl.load(qkv_s + layer * (NQ * HD) + rows1, mask=pm, other=0.0)
+                        b = b * tl.load(qkv_s + layer * (NQ * HD) + rows2, mask=pm, other=0.0)
+                    rot = pm & (head < NH + NKV)  # q and k heads; v is not rotated
+                    c1 = tl.load(cos_ptr + p * HD + j, mask=rot, other=1.0).to(tl.float32)
+                    s1 = tl.load(sin_ptr + p * HD + j, mask=rot, other=0.0).to(tl.float32)
+                    c2 = tl.load(cos_ptr + p * HD + HALF + j, mask=rot, other=1.0).to(tl.float32)
+                    s2 = tl.load(sin_ptr + p * HD + HALF + j, mask=rot, other=0.0).to(tl.float32)
+                    a, b = a * c1 - b * s1, b * c2 + a * s2
+                    base = buf_ptr + ((layer * NQ + head) * L + p) * HD + j
+                    tl.store(base, a, mask=pm)
+                    tl.store(base + HALF, b, mask=pm)
+            elif kind == 1:  # attention over positions <= p (recomputed by every program) -> o-proj -> residual
+                w_l = o_ptr + layer * (D * NH * HD)
+                bl = buf_ptr + layer * (NQ * L * HD)
+                t = tl.arange(0, BL)
+                tm = t <= p
+                e = tl.arange(0, BHD)
+                em = e < HD
+                m2 = tm[:, None] & em[None, :]
+                for blk in range(pid, tl.cdiv(D, BNO), G):
+                    rows = blk * BNO + tl.arange(0, BNO)
+                    rm = rows < D
+                    acc = tl.zeros([BNO], dtype=tl.float32)
+                    for g in range(NKV):
+                        kt = tl.load(bl + ((NH + g) * L + t[:, None]) * HD + e[None, :], mask=m2, other=0.0,
+                                     cache_modifier=".cg")
+                        vt = tl.load(bl + ((NH + NKV + g) * L + t[:, None]) * HD + e[None, :], mask=m2, other=0.0,
+                                     cache_modifier=".cg")
+                        for r in range(REP):
+                            hh = g * REP + r
+                            q = tl.load(bl + (hh * L + p) * HD + e, mask=em, other=0.0, cache_modifier=".cg")
+                            s = tl.sum(kt * q[None, :], axis=1) * scaling
+                            s = tl.where(tm, s, float("-inf"))
+                            pr = tl.exp(s - tl.max(s, axis=0))
+                            pr = pr / tl.sum(pr, axis=0)
+                            o = tl.sum(vt * pr[:, None], axis=0)
+                            w = tl.load(w_l + rows[:, None] * (NH * HD) + hh * HD + e[None, :],
+                                        mask=rm[:, None] & em[None, :], other=0.0).to(tl.float32)
+                            acc += tl.sum(w * o[None, :], axis=1)
+                    if HAS_SCALE:
+                        acc = acc * tl.load(o_s + layer * D + rows, mask=rm, other=0.0)
+                    res = tl.load(src + rows, mask=rm & first, other=0.0).to(tl.float32) \
+                        + tl.load(h_ptr + rows, mask=rm & later, other=0.0, cache_modifier=".cg")
+                    tl.store(h_ptr + rows, res + acc, mask=rm)
+            elif kind == 2:  # norm -> gate|up -> silu(g) * u
+                w_l = gu_ptr + layer * (2 * FF * D)
+                for blk in range(pid, tl.cdiv(FF, BNG), G):
+                    rows = blk * BNG + tl.arange(0, BNG)
+                    rm = rows < FF
+                    g_acc = tl.zeros([BNG], dtype=tl.float32)
+                    u_acc = tl.zeros([BNG], dtype=tl.float32)
+                    for k0 in range(0, D, BKG):
+                        k = k0 + tl.arange(0, BKG)
+                        km = k < D
+                        x = tl.load(h_ptr + k, mask=km, other=0.0, cache_modifier=".cg") * rstd \
+                            * tl.load(n2_ptr + layer * D + k, mask=km, other=0.0).to(tl.float32)
+                        m2 = rm[:, None] & km[None, :]
+                        wg = tl.load(w_l + rows[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+                        wu = tl.load(w_l + (FF + rows[:, None]) * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+                        g_acc += tl.sum(wg * x[None, :], axis=1)
+                        u_acc += tl.sum(wu * x[None, :], axis=1)
+                    if HAS_SCALE:
+                        g_acc = g_acc * tl.load(gu_s + layer * (2 * FF) + rows, mask=rm, other=0.0)
+                        u_acc = u_acc * tl.load(gu_s + layer * (2 * FF) + FF + rows, mask=rm, other=0.0)
+                    tl.store(act_ptr + rows, g_acc / (1.0 + tl.exp(-g_acc)) * u_acc, mask=rm)
+            else:  # down -> residual
+                w_l = dn_ptr + layer * (D * FF)
+                for blk in range(pid, tl.cdiv(D, BND), G):
+                    rows = blk * BND + tl.arange(0, BND)
+                    rm = rows < D
+                    acc = tl.zeros([BND], dtype=tl.float32)
+                    for k0 in range(0, FF, BKD):
+                        k = k0 + tl.arange(0, BKD)
+                        km = k < FF
+                        x = tl.load(act_ptr + k, mask=km, other=0.0, cache_modifier=".cg")
+                        w = tl.load(w_l + rows[:, None] * FF + k[None, :], mask=rm[:, None] & km[None, :],
+                                    other=0.0).to(tl.float32)
+                        acc += tl.sum(w * x[None, :], axis=1)
+                    if HAS_SCALE:
+                        acc = acc * tl.load(dn_s + layer * D + rows, mask=rm, other=0.0)
+                    hv = tl.load(h_ptr + rows, mask=rm, other=0.0, cache_modifier=".cg")
+                    tl.store(h_ptr + rows, hv + acc, mask=rm)
+            # grid-wide barrier: this CTA's stores before one thread's release; everyone's after the acquire. A
+            # bounded wait: programs that are not all resident would otherwise hang the GPU; a program that gave up
+            # once waits no more, and the flag tells the host (FusedDepth.barrier_timed_out)
+            tl.debug_barrier()
+            tl.atomic_add(sync_ptr, 1, sem="release")
+            spins = pid * 0
+            while (tl.atomic_add(sync_ptr, 0, sem="acquire") < (p * (4 * NL + 1) + ph + 1) * G) \
+                    & (spins < MAX_SPINS) & (failed == 0):
+                spins += 1
+            failed = failed | (spins >= MAX_SPINS).to(tl.int32)
+            tl.debug_barrier()
+        if p > 0:  # every program samples codebook p from the same logits (identical result: no barrier needed)
+            v = tl.arange(0, VP)
+            vm = v < V
+            logits = tl.load(logits_ptr + v, mask=vm, other=float("-inf"), cache_modifier=".cg")
+            if SAMPLE:  # top-k by bisection on order-preserving int keys, Gumbel-max inside (see _norm_head_sample)
+                bits = logits.to(tl.int32, bitcast=True)
+                key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+                key = tl.where(vm, key, -(2**31) - 1)
+                lo = tl.min(tl.where(vm, key, 2**31), axis=0)
+                hi = tl.max(key, axis=0)
+                for _ in range(33):
+                    mid = lo + (hi - lo + 1) // 2
+                    ok = tl.sum((key >= mid).to(tl.int32), axis=0) >= top_k
+                    lo = tl.where(ok, mid, lo)
+                    hi = tl.where(ok, hi, mid - 1)
+                noise = tl.load(noise_ptr + (p - 1) * V + v, mask=vm, other=0.0)
+                z = tl.where(vm & (key >= lo), logits + noise, float("-inf"))
+                c = tl.argmax(z, axis=0, tie_break_left=True).to(tl.int64)
+            else:
+                c = tl.argmax(logits, axis=0, tie_break_left=True).to(tl.int64)
+            if pid == 0:
+                tl.store(code_ptr + p, c)
+            if FORCE:  # teacher forcing: the next input is the given token
+                c = tl.load(force_ptr + p)
+    if failed != 0:
+        tl.atomic_xchg(sync_ptr + 2, 1)
+    # the last program out resets both counters for the next launch (graph replay): all have left every barrier
+    tl.debug_barrier()
+    done = tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel")
+    if done == G - 1:
+        tl.atomic_xchg(sync_ptr, 0)
+        tl.atomic_xchg(sync_ptr + 1, 0)
+
+
 # ---- launching --------------------------------------------------------------------------------------------------
 
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
-                                    _norm_head_sample)}
+                                    _norm_head_sample, _depth_frame)}
 _BUILT: dict = {}
+# arguments that are views at varying offsets (a position, a code slot, a noise row): Triton would compile the kernel
+# once per 16-byte alignment it sees them at (fern.bench.ptx counted 2-4 builds per kernel, each ~1 s of start-up);
+# they are read or written as scalars or short rows, so alignment buys nothing
+DO_NOT_SPECIALIZE = {"_norm_qkv_cache": ("pos_ptr",), "_attn_o_residual": ("pos_ptr",),
+                     "_norm_head_sample": ("code_ptr", "noise_ptr", "force_ptr")}
 
 
 def _kernel(name: str):
     if name not in _BUILT:
         _import()
-        _BUILT[name] = triton.jit(_SOURCES[name])  # an InterpretedFunction under TRITON_INTERPRET=1
+        # an InterpretedFunction under TRITON_INTERPRET=1
+        _BUILT[name] = triton.jit(_SOURCES[name], do_not_specialize=DO_NOT_SPECIALIZE.get(name, ()))
     return _BUILT[name]
 
 
@@ -295,9 +519,38 @@ class LaunchCounter:
         LaunchCounter.active.remove(self)
 
 
-def launch(name: str, grid: tuple, *args, num_warps: int = 4, **meta) -> None:
+class LaunchRecorder:
+    """Records launches instead of running them while active (``with recorder:``): name, grid, arguments and meta
+    parameters, for compiling them ahead of time for a GPU that is not here (``fern.bench.ptx``)."""
+
+    active: list[LaunchRecorder] = []
+
+    def __init__(self) -> None:
+        self.launches: list[tuple[str, tuple, tuple, dict]] = []
+
+    def __enter__(self):
+        LaunchRecorder.active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        LaunchRecorder.active.remove(self)
+
+
+def source(name: str):
+    """The plain Python function of kernel ``name`` (for ``triton.jit`` outside this module's interpreter choice)."""
+    return _SOURCES[name]
+
+
+def launch(name: str, grid: tuple, *args, num_warps: int = 4, maxnreg: int | None = None, **meta) -> None:
+    """Launch kernel ``name``; ``num_warps`` and ``maxnreg`` (a register cap for ptxas, which otherwise may cap at
+    half the file to fit two programs per SM, and spill) apply to the compiled kernel only."""
     for c in LaunchCounter.active:
         c.launches[f"triton:{name.lstrip('_')}"] += 1
+    options = {"num_warps": num_warps} | ({} if maxnreg is None else {"maxnreg": maxnreg})
+    if LaunchRecorder.active:
+        for r in LaunchRecorder.active:
+            r.launches.append((name, grid, args, dict(meta, **options)))
+        return
     k = _kernel(name)
     if triton.knobs.runtime.interpret:
         # the interpreter copies arguments with torch ops: hidden from operator counting, they are no kernels
@@ -306,7 +559,7 @@ def launch(name: str, grid: tuple, *args, num_warps: int = 4, **meta) -> None:
         with _disable_current_modes():
             k[grid](*args, **meta)
     else:
-        k[grid](*args, num_warps=num_warps, **meta)
+        k[grid](*args, **options, **meta)
 
 
 @contextlib.contextmanager
