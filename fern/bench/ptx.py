@@ -1,0 +1,204 @@
+"""The fused depth decoder's Triton kernels compiled for a GPU that is not here (default sm_90: H100 / H200), exactly
+as the engine launches them at CSM-1B's shapes, with ptxas' resource report per kernel: registers, spilled bytes,
+stack, shared memory. No GPU needed: Triton compiles for a named target and ships ptxas.
+
+    python -m fern.bench.ptx                       # bf16 / int8 / fp8 x step kernels / persistent kernel
+    python -m fern.bench.ptx --modes frame --blocks '{"BNG": 32}'   # try other block shapes
+
+What it proves without a device: every kernel compiles for the target (a compile error would otherwise surface only
+in a scarce GPU session), and which block shapes keep the kernels out of local memory (spills are slow loads and
+stores on the GPU's critical path). What it cannot: speed. The launches are recorded from ``FusedDepth.run`` on a
+CSM-1B built on the meta device (shapes, no weights), so the argument types, the 16-byte alignment that Triton
+specialises on, and the meta-parameters are the engine's own. Must run in a process where Triton is not in its
+interpreter mode (``TRITON_INTERPRET`` unset before Triton is imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+
+def record_launches(kind: str, mode: str, blocks: dict | None = None, temperature: float = 0.9,
+                    top_k: int = 50) -> list[tuple]:
+    """One frame's Triton launches of the fused depth decoder (``mode``: steps | frame) on CSM-1B's shapes, with
+    the GPU launch shapes (``fused.GPU_BLOCKS`` / ``FRAME_GPU_BLOCKS``, updated by ``blocks``)."""
+    import torch
+    from transformers import CsmConfig, CsmForConditionalGeneration
+
+    from fern.tts.csm import fused
+    from fern.tts.csm import kernels as K
+    from fern.tts.csm.engine import CsmEngine
+
+    with torch.device("meta"):
+        model = CsmForConditionalGeneration(CsmConfig()).to(torch.bfloat16)
+    engine = CsmEngine(model)
+    gpu_blocks = dict(fused.FRAME_GPU_BLOCKS if mode == "frame" else fused.GPU_BLOCKS, **(blocks or {}))
+    depth = fused.FusedDepth(engine, "triton", kind, blocks=gpu_blocks, mode=mode)
+    x = torch.zeros(1, 2, depth.D, device="meta", dtype=torch.bfloat16)
+    c0 = torch.zeros(1, device="meta", dtype=torch.long)
+    noise = torch.zeros(depth.n_cb - 1, depth.V, device="meta") if temperature > 0 else None
+    with K.LaunchRecorder() as rec, torch.no_grad():
+        depth.run(x, c0, noise, top_k)
+    return rec.launches
+
+
+def _aligned(arg) -> bool:
+    """Whether Triton's CUDA backend would specialise the argument as divisible by 16 (pointers: the allocation's
+    base is 256-byte aligned on CUDA, so the view's offset decides)."""
+    if isinstance(arg, bool):
+        return False
+    if isinstance(arg, int):
+        return arg % 16 == 0
+    if hasattr(arg, "storage_offset"):
+        return arg.storage_offset() * arg.element_size() % 16 == 0
+    return False
+
+
+def specialise(name: str, args: tuple, meta: dict):
+    """(signature, constexprs, attrs, compile options) for ``triton.compiler.ASTSource``, as Triton's launcher
+    would: ``num_warps`` and ``maxnreg`` are options, not kernel parameters."""
+    import inspect
+
+    from triton.runtime.jit import mangle_type
+
+    from fern.tts.csm import kernels as K
+
+    params = list(inspect.signature(K.source(name)).parameters)
+    plain = set(K.DO_NOT_SPECIALIZE.get(name, ()))
+    meta = dict(meta)
+    options = {"num_warps": meta.pop("num_warps", 4)}
+    if "maxnreg" in meta:
+        options["maxnreg"] = meta.pop("maxnreg")
+    sig, consts, attrs = {}, {}, {}
+    for i, p in enumerate(params):
+        if p in meta:
+            sig[p], consts[(i,)] = "constexpr", meta[p]
+            continue
+        a = args[i]
+        ty = mangle_type(a) if not (p in plain and isinstance(a, int)) else ("i32" if abs(a) < 2**31 else "i64")
+        sig[p] = ty
+        if ty == "constexpr":  # an int equal to 1
+            consts[(i,)] = a
+        elif _aligned(a) and p not in plain:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs, options
+
+
+_PTXAS = re.compile(r"Used (\d+) registers")
+_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_STACK = re.compile(r"(\d+) bytes stack frame")
+
+
+def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dict, arch: int = 90) -> dict:
+    """Compile for ``sm_<arch>`` and read ptxas' report (``-v``) on the generated PTX."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    from fern.tts.csm import kernels as K
+
+    if not K.available():
+        raise RuntimeError("triton is not importable")
+    if K.interpreter_active():
+        raise RuntimeError("Triton is in its interpreter mode here: run without TRITON_INTERPRET")
+    t0 = time.perf_counter()
+    fn = triton.jit(K.source(name), do_not_specialize=K.DO_NOT_SPECIALIZE.get(name, ()))
+    src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    out = {"kernel": name.lstrip("_"), "num_warps": options["num_warps"], "shared_bytes": int(compiled.metadata.shared),
+           "compile_s": time.perf_counter() - t0}
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        suffix = "a" if arch >= 90 else ""
+        log = subprocess.run([get_ptxas().path, f"-arch=sm_{arch}{suffix}", "-v", ptx, "-o", os.path.join(tmp, "k.o")],
+                             capture_output=True, text=True, check=True).stderr
+    out["registers"] = int(_PTXAS.search(log).group(1))
+    spill = _SPILL.search(log)
+    out["spill_store_bytes"], out["spill_load_bytes"] = (int(spill.group(1)), int(spill.group(2))) if spill else (0, 0)
+    stack = _STACK.search(log)
+    out["stack_bytes"] = int(stack.group(1)) if stack else 0
+    return out
+
+
+def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict | None = None, arch: int = 90,
+           temperature: float = 0.9) -> list[dict]:
+    """Per weight kind, mode and kernel: launches per frame, distinct compilations (Triton specialises on argument
+    alignment, so one kernel may compile more than once) and the worst resources among them."""
+    rows = []
+    for mode in modes:
+        for kind in kinds:
+            compiled: dict = {}
+            by_kernel: dict = {}
+            for name, _grid, args, meta in record_launches(kind, mode, blocks, temperature):
+                sig, consts, attrs, options = specialise(name, args, meta)
+                key = (name, tuple(sig.items()), tuple(sorted(consts.items())), tuple(sorted(attrs)),
+                       tuple(sorted(options.items())))
+                if key not in compiled:
+                    try:
+                        compiled[key] = compile_kernel(name, sig, consts, attrs, options, arch)
+                    except Exception as exc:  # noqa: BLE001 - reported per kernel, the others still compile
+                        why = " | ".join(line.strip() for line in str(exc).splitlines() if "error" in line.lower())
+                        compiled[key] = {"error": f"{type(exc).__name__}: {why[:400] or exc}"}
+                row = by_kernel.setdefault(name, {"mode": mode, "weights": kind, "kernel": name.lstrip("_"),
+                                                  "arch": f"sm_{arch}", "launches_per_frame": 0, "compilations": 0,
+                                                  "_keys": set()})
+                row["launches_per_frame"] += 1
+                if key in row["_keys"]:
+                    continue
+                row["_keys"].add(key)
+                row["compilations"] += 1
+                got = compiled[key]
+                if "error" in got:
+                    row["error"] = got["error"]
+                    continue
+                row["num_warps"] = got["num_warps"]
+                for fig in ("registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes"):
+                    row[fig] = max(row.get(fig, 0), got[fig])
+                row["compile_s"] = row.get("compile_s", 0.0) + got["compile_s"]
+            for row in by_kernel.values():
+                del row["_keys"]
+                rows.append(row)
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kinds", default="bf16,int8,fp8")
+    p.add_argument("--modes", default="steps,frame", help="steps (4 kernels per layer + head), frame (persistent)")
+    p.add_argument("--blocks", default=None, help="JSON dict of block shapes to override (the mode's keys)")
+    p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100 / H200)")
+    p.add_argument("--greedy", action="store_true", help="temperature 0 (no sampling code in the head)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET"):
+        raise SystemExit("unset TRITON_INTERPRET: this compiles for the GPU, not for Triton's interpreter")
+    rows = report(tuple(k for k in args.kinds.split(",") if k), tuple(m for m in args.modes.split(",") if m),
+                  json.loads(args.blocks) if args.blocks else None, args.arch, 0.0 if args.greedy else 0.9)
+    print(f"CSM-1B depth decoder kernels compiled for sm_{args.arch} (no GPU: resources from ptxas -v)")
+    print(f"  {'mode':6s} {'weights':7s} {'kernel':20s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
+          f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s}")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['mode']:6s} {r['weights']:7s} {r['kernel']:20s} FAILED {r['error']}")
+            continue
+        print(f"  {r['mode']:6s} {r['weights']:7s} {r['kernel']:20s} {r['launches_per_frame']:8d} "
+              f"{r['compilations']:6d} {r['num_warps']:5d} "
+              f"{r['registers']:4d} {r['spill_store_bytes']:6d}/{r['spill_load_bytes']:<6d} {r['stack_bytes']:7d} "
+              f"{r['shared_bytes']:7d}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
