@@ -38,7 +38,11 @@ def record_launches(kind: str, mode: str, blocks: dict | None = None, temperatur
     with torch.device("meta"):
         model = CsmForConditionalGeneration(CsmConfig()).to(torch.bfloat16)
     engine = CsmEngine(model)
-    gpu_blocks = dict(fused.FRAME_GPU_BLOCKS if mode == "frame" else fused.GPU_BLOCKS, **(blocks or {}))
+    if mode == "frame":
+        gpu_blocks = dict(fused.FRAME_GPU_BLOCKS, **(fused.FRAME_GPU_BLOCKS_1BYTE if kind != "bf16" else {}))
+    else:
+        gpu_blocks = dict(fused.GPU_BLOCKS)
+    gpu_blocks.update(blocks or {})
     depth = fused.FusedDepth(engine, "triton", kind, blocks=gpu_blocks, mode=mode)
     x = torch.zeros(1, 2, depth.D, device="meta", dtype=torch.bfloat16)
     c0 = torch.zeros(1, device="meta", dtype=torch.long)
@@ -81,13 +85,43 @@ def specialise(name: str, args: tuple, meta: dict):
             sig[p], consts[(i,)] = "constexpr", meta[p]
             continue
         a = args[i]
-        ty = mangle_type(a) if not (p in plain and isinstance(a, int)) else ("i32" if abs(a) < 2**31 else "i64")
-        sig[p] = ty
-        if ty == "constexpr":  # an int equal to 1
-            consts[(i,)] = a
-        elif _aligned(a) and p not in plain:
+        if isinstance(a, int) and not isinstance(a, bool) and a == 1 and p not in plain:
+            sig[p], consts[(i,)] = "constexpr", 1  # the launcher specialises ints equal to 1 as constants
+            continue
+        sig[p] = mangle_type(a)  # the type only (no value specialisation)
+        if _aligned(a) and p not in plain:
             attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, consts, attrs, options
+
+
+# the kernels' weight reads: tl.load of the weight pointer, or of a layer's / head's slice of it (w_l, hw)
+_WEIGHT_LOAD = re.compile(r"tl\.load\((w_ptr|w_l|hw) ")
+_LOC = re.compile(r"\s*\.loc\s+(\d+)\s+(\d+)\s")
+_FILE = re.compile(r'\s*\.file\s+(\d+)\s+"([^"]+)"')
+_LD = re.compile(r"\bld\.global(?:\.[a-z0-9_]+)*?(?:\.v(\d))?\.[bsuf](\d+)\b")
+
+
+def weight_load_widths(ptx: str) -> dict[int, int]:
+    """Bytes per thread of each global load instruction that reads weights (by the PTX's line info pointing at a
+    weight ``tl.load`` in fern/tts/csm/kernels.py) -> how many. 16 is a full vector load; less, a bandwidth loss."""
+    from fern.tts.csm import kernels as K
+
+    src = open(K.__file__).read().splitlines()
+    weight_lines = {i + 1 for i, line in enumerate(src) if _WEIGHT_LOAD.search(line)}
+    files = {int(m.group(1)): m.group(2) for m in map(_FILE.match, ptx.splitlines()) if m}
+    ours = {n for n, path in files.items() if os.path.samefile(path, K.__file__)} if files else set()
+    widths: dict[int, int] = {}
+    line = None
+    for text in ptx.splitlines():
+        loc = _LOC.match(text)
+        if loc:
+            line = int(loc.group(2)) if int(loc.group(1)) in ours else None
+            continue
+        ld = _LD.search(text)
+        if ld and line in weight_lines:
+            nbytes = int(ld.group(1) or 1) * int(ld.group(2)) // 8
+            widths[nbytes] = widths.get(nbytes, 0) + 1
+    return widths
 
 
 _PTXAS = re.compile(r"Used (\d+) registers")
@@ -126,6 +160,7 @@ def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dic
     out["spill_store_bytes"], out["spill_load_bytes"] = (int(spill.group(1)), int(spill.group(2))) if spill else (0, 0)
     stack = _STACK.search(log)
     out["stack_bytes"] = int(stack.group(1)) if stack else 0
+    out["weight_load_bytes"] = weight_load_widths(compiled.asm["ptx"])
     return out
 
 
@@ -164,6 +199,10 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
                 for fig in ("registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes"):
                     row[fig] = max(row.get(fig, 0), got[fig])
                 row["compile_s"] = row.get("compile_s", 0.0) + got["compile_s"]
+                by_bytes = row.setdefault("weight_loads_by_bytes", {})
+                for nbytes, n in got["weight_load_bytes"].items():
+                    by_bytes[nbytes] = max(by_bytes.get(nbytes, 0), n)
+                row["min_weight_load_bytes"] = min(by_bytes, default=0)
             for row in by_kernel.values():
                 del row["_keys"]
                 rows.append(row)
@@ -185,7 +224,7 @@ def main(argv=None) -> list[dict]:
                   json.loads(args.blocks) if args.blocks else None, args.arch, 0.0 if args.greedy else 0.9)
     print(f"CSM-1B depth decoder kernels compiled for sm_{args.arch} (no GPU: resources from ptxas -v)")
     print(f"  {'mode':6s} {'weights':7s} {'kernel':20s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
-          f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s}")
+          f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s} {'weight ld B':>11s}")
     for r in rows:
         if "error" in r:
             print(f"  {r['mode']:6s} {r['weights']:7s} {r['kernel']:20s} FAILED {r['error']}")
@@ -193,7 +232,7 @@ def main(argv=None) -> list[dict]:
         print(f"  {r['mode']:6s} {r['weights']:7s} {r['kernel']:20s} {r['launches_per_frame']:8d} "
               f"{r['compilations']:6d} {r['num_warps']:5d} "
               f"{r['registers']:4d} {r['spill_store_bytes']:6d}/{r['spill_load_bytes']:<6d} {r['stack_bytes']:7d} "
-              f"{r['shared_bytes']:7d}")
+              f"{r['shared_bytes']:7d} {r['min_weight_load_bytes']:11d}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

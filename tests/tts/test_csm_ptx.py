@@ -59,3 +59,21 @@ def test_no_spills_and_bounded_compilations(report):
     frame = [r for r in rows if r["kernel"] == "depth_frame"]
     # the persistent kernel runs one program per SM: 8 warps may use the whole 64K register file
     assert all(r["num_warps"] * 32 * r["registers"] <= 65536 for r in frame), frame
+
+
+def test_weight_loads_are_vector_loads(report):
+    """The GEMV weights are read 16 bytes per thread and load (the width the bandwidth figures assume): every weight
+    load of the step kernels, and all of the persistent kernel's but the o-projection's (1 % of the bytes; its
+    [8, 128] tile gives 8 bytes per thread in bf16, 4 in int8 / fp8). Found by this check: the codebook heads in the
+    model's (hidden, 2051) layout were read 2 bytes at a time, now stored (vocab, hidden)."""
+    rows, _ = report
+    for r in rows:
+        if "error" in r:
+            continue
+        widths = {int(k): v for k, v in r["weight_loads_by_bytes"].items()}
+        assert widths, r  # the weight loads were found in the PTX's line info
+        if r["kernel"] != "depth_frame":
+            assert set(widths) == {16}, r
+        else:
+            narrow = {k: v for k, v in widths.items() if k != 16}
+            assert narrow == ({8: 1} if r["weights"] == "bf16" else {4: 1}), r

@@ -10,9 +10,12 @@ input row. Transformers' depth decoder processes positions 0 and 1 as one two-ro
 steps equivalent.
 
 Weights (``weights``): ``bf16`` keeps the model's own (whatever its dtype; no copy, except the rope-folded q|k|v of
-positions 0 and 1), ``int8`` / ``fp8`` quantize every depth-decoder GEMV weight and the codebook heads per output
-channel (symmetric, one fp32 scale per row; fp8 is float8_e4m3fn, scaled to its max 448). Embedding tables stay in
-the model dtype: a step reads one row of them.
+positions 0 and 1 and the codebook heads), ``int8`` / ``fp8`` quantize every depth-decoder GEMV weight and the codebook
+heads per output channel (symmetric, one fp32 scale per row; fp8 is float8_e4m3fn, scaled to its max 448). The heads
+are stored (vocab, hidden) in every kind: the model's (hidden, vocab) rows are 2051 entries long, which no 16-byte
+load can follow, and the kernels read them 2 bytes at a time (fern.bench.ptx); transposed, the reads along hidden
+are 16-byte loads (a 130 MB copy for CSM-1B in bf16). Embedding tables stay in the model dtype: a step reads one row
+of them.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8,
 # 56-116 bytes per thread (fern.bench.ptx, sm_90); with it, none
 FRAME_GPU_BLOCKS = dict(BP=8, BKA=256, BNO=8, BNG=64, BKG=128, BND=8, BKD=512, BNH=16, BKH=128, num_warps=8,
                         maxnreg=255)
+# 1-byte weights: twice the K tile where the tile is small, so that each thread still reads 16 bytes per load of the
+# q|k|v and head weights (8 with the bf16 tiles). The o-projection's [8, 128] tile stays (4 bytes per thread with
+# int8, 8 with bf16): wider, it would leave most programs idle for 1 % of the bytes
+FRAME_GPU_BLOCKS_1BYTE = dict(BKA=512, BKH=256)
 MODES = ("steps", "frame")
 MAX_SPINS = 1 << 20  # polls of a grid barrier before the persistent kernel gives up (~1 s: it would hang instead)
 
@@ -140,13 +147,9 @@ class FusedDepth:
                 self.o = [_W(layer.self_attn.o_proj.weight, weights) for layer in layers]
                 self.gu = [_W(layer._fern_gu, weights) for layer in layers]
                 self.down = [_W(layer.mlp.down_proj.weight, weights) for layer in layers]
-                # codebook heads are (hidden, vocab): logits = y @ head. Quantized per vocabulary entry, stored
-                # (vocab, hidden); the kernel reads either layout through strides
-                head_w = engine._head_w
-                if weights == "bf16":
-                    self.head = [_W(w, "bf16") for w in head_w]
-                else:
-                    self.head = [_W(w.t(), weights) for w in head_w]
+                # codebook heads are (hidden, vocab): logits = y @ head; stored (vocab, hidden) (module docstring),
+                # quantized per vocabulary entry
+                self.head = [_W(w.t().contiguous(), weights) for w in engine._head_w]
         self.tables = engine._dd_tables
         dev = self.device
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)  # the residual stream, fp32
@@ -160,7 +163,8 @@ class FusedDepth:
         p2 = K.next_pow2
         if mode == "frame":
             if dev.type == "cuda":
-                self.blocks = dict(FRAME_GPU_BLOCKS, **(blocks or {}))
+                self.blocks = dict(FRAME_GPU_BLOCKS, **(FRAME_GPU_BLOCKS_1BYTE if weights != "bf16" else {}),
+                                   **(blocks or {}))
             else:  # interpreter: one program (the barrier cannot wait for programs it runs one after another)
                 self.blocks = dict(BP=p2((self.NH + 2 * self.NKV) * self.HD // 2), BKA=p2(self.D), BNO=p2(self.D),
                                    BNG=p2(self.FF), BKG=p2(self.D), BND=p2(self.D), BKD=p2(self.FF), BNH=p2(self.V),
@@ -190,8 +194,8 @@ class FusedDepth:
             self.gu_all = _W(stack([layer._fern_gu for layer in layers]), weights)
             self.down_all = _W(stack([layer.mlp.down_proj.weight for layer in layers]), weights)
             head_w = engine.model.depth_decoder.codebooks_head.weight  # (n_cb - 1, hidden, vocab)
-            # bf16: the model's own heads (no copy); quantized per vocabulary entry, stored (n_cb - 1, vocab, hidden)
-            self.head_all = _W(head_w, "bf16") if weights == "bf16" else _W(head_w.transpose(1, 2), weights)
+            # stored (n_cb - 1, vocab, hidden) (module docstring), quantized per vocabulary entry
+            self.head_all = _W(head_w.transpose(1, 2).contiguous(), weights)
             self.norm1_all = stack(self.norm1).contiguous()
             self.norm2_all = stack(self.norm2).contiguous()
         n = len(layers)
@@ -266,9 +270,7 @@ class FusedDepth:
     def _frame_triton(self, x, noise, k: int, force) -> None:
         b = self.blocks
         hw = self.head_all
-        # bf16 heads are the model's (n_cb - 1, hidden, vocab); quantized ones are stored (n_cb - 1, vocab, hidden)
-        shh = hw.w.stride(0)
-        shk, shn = (hw.w.stride(1), hw.w.stride(2)) if hw.scale is None else (hw.w.stride(2), hw.w.stride(1))
+        shh, shk, shn = hw.w.stride(0), hw.w.stride(2), hw.w.stride(1)  # (n_cb - 1, vocab, hidden)
         ws = (self.qkv_all, self.o_all, self.gu_all, self.down_all, hw)
         K.launch("_depth_frame", (self.grid,), x.contiguous(), self.table_all, self.codes,
                  self.codes if force is None else force, self.logits if noise is None else noise, k,
@@ -312,8 +314,7 @@ class FusedDepth:
     def _head_triton(self, p: int, head: int, noise, k: int, force) -> None:
         b = self.blocks
         w = self.head[head]
-        # bf16 heads are the model's (hidden, vocab); quantized ones are stored (vocab, hidden)
-        swk, swn = (w.w.stride(0), w.w.stride(1)) if w.scale is None else (w.w.stride(1), w.w.stride(0))
+        swk, swn = w.w.stride(1), w.w.stride(0)  # (vocab, hidden)
         last = p == self.L - 1
         table = self.tables[p] if not last else self.tables[0]
         K.launch("_norm_head_sample", (triton_cdiv(self.V, b["head_bn"]),), self.h, self.final_norm, self.final_eps,
@@ -350,7 +351,7 @@ class FusedDepth:
     def _head_torch(self, p: int, head: int, noise, k: int, force) -> None:
         y = F.rms_norm(self.h, (self.D,), self.final_norm.float(), self.final_eps)
         w = self.head[head]
-        logits = y @ self._dq(w) if w.scale is None else self._dq(w) @ y
+        logits = self._dq(w) @ y
         self.logits.copy_(logits)
         self.codes[p] = sample_fused(logits, noise[head] if noise is not None else None, k)
         if p < self.L - 1:
