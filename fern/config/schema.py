@@ -15,6 +15,17 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 
+class TTSWeights(str, Enum):
+    """CSM depth-decoder weights (fern.tts.csm.fused.WEIGHT_KINDS): the model's own, or weight-only int8 / fp8."""
+
+    bf16 = "bf16"
+    int8 = "int8"
+    fp8 = "fp8"
+
+    def __str__(self) -> str:  # as written in the config, in logs, params and sweep directory names
+        return self.value
+
+
 @dataclass
 class OptimConfig:
     """Speed flags; fern.optim.apply_optim applies the global ones and logs each."""
@@ -27,7 +38,7 @@ class OptimConfig:
     compile: bool = False
     cuda_graphs: bool = False
     bf16: bool = False
-    tts_weights: str = "bf16"  # CSM depth decoder: bf16 (the model's own) | int8 | fp8 weight-only, per-channel scales
+    tts_weights: TTSWeights = TTSWeights.bf16  # CSM depth decoder: the model's own, or int8 | fp8, per-channel scales
 
 
 @dataclass

@@ -6,7 +6,20 @@ Light on purpose (dataclasses + omegaconf only): Hydra imports this before any s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Optional
+
+
+class CsmKernels(str, Enum):
+    """The depth decoder's kernels (fern.tts.csm.engine.KERNELS)."""
+
+    torch = "torch"  # the torch fast path
+    triton = "triton"  # fused Triton steps: 4 launches per layer and step + 1 per head
+    persistent = "persistent"  # one persistent Triton launch per frame
+    auto = "auto"  # triton on CUDA where it runs, else torch
+
+    def __str__(self) -> str:  # as written in the config, in logs, params and sweep directory names
+        return self.value
 
 
 @dataclass
@@ -47,8 +60,9 @@ class CsmTTSConfig:
     cuda_graphs: bool = "${optim.cuda_graphs}"  # type: ignore[assignment]  # one graph per frame (backbone+depth)
     compile: bool = "${optim.compile}"  # type: ignore[assignment]  # torch.compile the step functions
     # depth decoder kernels: torch | triton (fused, fern.tts.csm.fused; falls back to torch, logged, where Triton
-    # cannot run) | auto (triton on CUDA). torch until the Triton path has passed its GPU tests on the H200
-    kernels: str = "torch"
+    # cannot run) | persistent (the same math as one launch per frame) | auto (triton on CUDA). torch until the
+    # Triton paths have passed their GPU tests on the H200
+    kernels: CsmKernels = CsmKernels.torch
     weights: str = "${optim.tts_weights}"  # depth decoder weights: bf16 (the model's) | int8 | fp8 (weight-only)
     tf32: bool = "${optim.tf32}"  # type: ignore[assignment]
     cudnn_benchmark: bool = "${optim.cudnn_benchmark}"  # type: ignore[assignment]
