@@ -16,6 +16,7 @@ interpreter mode (``TRITON_INTERPRET`` unset before Triton is imported).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -67,8 +68,6 @@ def _aligned(arg) -> bool:
 def specialise(name: str, args: tuple, meta: dict):
     """(signature, constexprs, attrs, compile options) for ``triton.compiler.ASTSource``, as Triton's launcher
     would: ``num_warps`` and ``maxnreg`` are options, not kernel parameters."""
-    import inspect
-
     from triton.runtime.jit import mangle_type
 
     from fern.tts.csm import kernels as K
@@ -153,7 +152,9 @@ def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dic
         with open(ptx, "w") as f:
             f.write(compiled.asm["ptx"])
         suffix = "a" if arch >= 90 else ""
-        log = subprocess.run([get_ptxas().path, f"-arch=sm_{arch}{suffix}", "-v", ptx, "-o", os.path.join(tmp, "k.o")],
+        # Triton >= 3.6 picks ptxas by architecture (get_ptxas(arch)); 3.5 has one
+        tool = get_ptxas(arch) if inspect.signature(get_ptxas).parameters else get_ptxas()
+        log = subprocess.run([tool.path, f"-arch=sm_{arch}{suffix}", "-v", ptx, "-o", os.path.join(tmp, "k.o")],
                              capture_output=True, text=True, check=True).stderr
     out["registers"] = int(_PTXAS.search(log).group(1))
     spill = _SPILL.search(log)
