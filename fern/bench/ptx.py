@@ -123,6 +123,18 @@ def weight_load_widths(ptx: str) -> dict[int, int]:
     return widths
 
 
+def atomics_by_one_thread(ptx: str) -> bool | None:
+    """Whether every atomic and acquire load is issued by thread 0 of the program only (None: the kernel has none).
+    The barrier and the head kernel's "last program" count arrivals per program: if Triton lowered a scalar atomic
+    to one per thread, the counts would run 128-256x too fast and the barriers would not wait."""
+    tid = re.findall(r"mov\.u32\s+(%r\d+),\s*%tid\.x;", ptx)
+    preds = {m.group(1) for r in tid for m in re.finditer(rf"setp\.eq\.[bsu]32\s+(%p\d+),\s*{re.escape(r)},\s*0;", ptx)}
+    sync = [line.strip() for line in ptx.splitlines() if re.search(r"\batom\.|ld\.global\.[a-z.]*acquire", line)]
+    if not sync:
+        return None
+    return all(any(line.startswith(f"@{p} ") for p in preds) for line in sync)
+
+
 _PTXAS = re.compile(r"Used (\d+) registers")
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _STACK = re.compile(r"(\d+) bytes stack frame")
@@ -162,6 +174,7 @@ def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dic
     stack = _STACK.search(log)
     out["stack_bytes"] = int(stack.group(1)) if stack else 0
     out["weight_load_bytes"] = weight_load_widths(compiled.asm["ptx"])
+    out["atomics_by_one_thread"] = atomics_by_one_thread(compiled.asm["ptx"])
     return out
 
 
@@ -200,6 +213,9 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
                 for fig in ("registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes"):
                     row[fig] = max(row.get(fig, 0), got[fig])
                 row["compile_s"] = row.get("compile_s", 0.0) + got["compile_s"]
+                one_thread = got["atomics_by_one_thread"]
+                if one_thread is not None:
+                    row["atomics_by_one_thread"] = row.get("atomics_by_one_thread", True) and one_thread
                 by_bytes = row.setdefault("weight_loads_by_bytes", {})
                 for nbytes, n in got["weight_load_bytes"].items():
                     by_bytes[nbytes] = max(by_bytes.get(nbytes, 0), n)

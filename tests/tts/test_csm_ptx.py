@@ -77,3 +77,16 @@ def test_weight_loads_are_vector_loads(report):
         else:
             narrow = {k: v for k, v in widths.items() if k != 16}
             assert narrow == ({8: 1} if r["weights"] == "bf16" else {4: 1}), r
+
+
+def test_barrier_atomics_are_one_per_program(report):
+    """The persistent kernel's grid barrier and the head kernel's last-program count add one per program: each
+    atomic (and the barrier's acquire poll) is issued by thread 0 alone, as the counts assume."""
+    rows, _ = report
+    for r in rows:
+        if "error" in r:
+            continue
+        if r["kernel"] in ("depth_frame", "norm_head_sample"):
+            assert r.get("atomics_by_one_thread") is True, r
+        else:
+            assert "atomics_by_one_thread" not in r, r  # no atomics in the other step kernels
