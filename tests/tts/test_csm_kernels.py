@@ -271,6 +271,8 @@ def test_engine_triton_greedy_tokens_identical_to_torch_path(tiny, kernels):
     engine = CsmEngine(tiny, kernels=kernels)
     assert engine.kernels == kernels
     assert torch.equal(_frames(engine, 2), ref)
+    # the persistent kernel applies rope itself: the engine keeps no per-position rope-folded weights for it
+    assert all(row[4] is None for row in engine._dd_rows) == (kernels == "persistent")
 
 
 @pytest.mark.parametrize("kind", ["int8"])

@@ -327,6 +327,10 @@ class CsmEngine:
         table = depth.embed_tokens.weight if self._dd_embed_projected is None else self._dd_embed_projected
         self._dd_tables = [table[i * self.vocab : (i + 1) * self.vocab] for i in range(self.n_cb)]
         self.depth = self._fused_depth(kernels, weights)
+        if self.depth is not None and self.depth.mode == "frame":
+            # the persistent kernel applies rope itself: the per-position folded q|k|v weights (~380 MB for CSM-1B in
+            # bf16) would only be read by the torch frame, which this engine no longer runs
+            self._dd_rows = [row[:4] + (None,) for row in self._dd_rows]
         self.kernels = "torch"
         if self.depth is not None and self.depth.backend == "triton":
             self.kernels = "persistent" if self.depth.mode == "frame" else "triton"
