@@ -29,7 +29,9 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH=$PWD
 else
   PY=python3; SIZE=full; DEV=cuda; FRAMES="--runs 5"; BASE="--baseline-frames 20"
-  VARIANTS=triton:int8,triton:fp8; PVARIANTS=persistent:int8; AGREE_FRAMES=8
+  VARIANTS=triton:int8,triton:fp8; AGREE_FRAMES=8
+  # int8, then launch shapes other than FRAME_GPU_BLOCKS' untuned guesses (4 warps; half the rows per program)
+  PVARIANTS="persistent:int8,persistent:bf16@num_warps=4,persistent:bf16@BNG=32;BND=4;BNO=4;BP=4"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
@@ -171,7 +173,8 @@ for step, name in (("1", "bench_torch.json"), ("2", "bench_triton.json"), ("2", 
     rows.append((f"{r['kernels']}:{r['weights']}", r))
     for key, v in r.items():
         if key.startswith("variant_") and "error" not in v:
-            rows.append((f"{v['kernels']}:{v['weights']} (variant)", v))
+            label = f"{v['kernels']}:{v['weights']}" + (f"@{v['blocks']}" if v.get("blocks") else "")
+            rows.append((f"{label} (variant)", v))
         elif key.startswith("variant_"):
             print(f"{key}: FAILED {v['error']}")
 def f(r, key, fmt):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 
@@ -196,20 +197,25 @@ def _kernel_counts(engine, seg) -> dict:
 
 
 def _variant(model, seg, variant: str, main_engine, args) -> dict:
-    """One kernels:weights pair's frame loop on the same model, same run: ms/frame, kernels/frame, bytes, share."""
+    """One kernels:weights[@block=value;...] variant's frame loop on the same model, same run: ms/frame, kernels/frame,
+    bytes, share. The part after @ overrides the Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys)."""
     import torch
 
     from fern.tts.csm.engine import CsmEngine
 
-    kernels, _, weights = variant.partition(":")
+    spec, _, tuning = variant.partition("@")
+    kernels, _, weights = spec.partition(":")
     try:
+        blocks = {k: int(v) for k, v in (kv.split("=") for kv in tuning.split(";") if kv)}
         t0 = time.perf_counter()
-        engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, kernels=kernels, weights=weights or "bf16")
+        engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, kernels=kernels, weights=weights or "bf16",
+                           blocks=blocks or None)
         engine.temperature, engine.top_k = main_engine.temperature, main_engine.top_k
         engine.prepare([], seg)
         engine._run_frame()  # graph capture
         _sync(args.device)
-        out = {"kernels": engine.kernels, "weights": engine.weights, "startup_s": time.perf_counter() - t0,
+        out = {"kernels": engine.kernels, "weights": engine.weights, "blocks": tuning,
+               "startup_s": time.perf_counter() - t0,
                "graph_capture_s": engine.stats.get("graph_capture_s", 0.0)}
         out["gen_ms_per_frame"] = _frame_loop_ms(engine, seg, args)
         if engine.depth is not None and engine.depth.barrier_timed_out():
@@ -308,7 +314,8 @@ def _log_mlflow(res: dict, args) -> None:
         for key, v in res.items():  # variants: one metric per figure, prefixed with the variant
             if key.startswith("variant_") and isinstance(v, dict):
                 flat.update({f"{key}.{k}": x for k, x in v.items() if isinstance(x, (int, float))})
-        mlflow.log_metrics({k.replace(":", "_"): float(v) for k, v in flat.items()
+        # metric names allow letters, digits and _ - . / space: a variant's ":", "@", "=", ";" become "_"
+        mlflow.log_metrics({re.sub(r"[^\w\-. /]", "_", k): float(v) for k, v in flat.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
@@ -332,7 +339,8 @@ def main(argv=None) -> dict:
                    help="depth decoder kernels of the main figures (tts.kernels)")
     p.add_argument("--weights", default="bf16", choices=["bf16", "int8", "fp8"],
                    help="depth decoder weights of the main figures (optim.tts_weights)")
-    p.add_argument("--variants", default="", help="comma list of kernels:weights, e.g. triton:bf16,triton:int8")
+    p.add_argument("--variants", default="",
+                   help="comma list of kernels:weights[@block=value;...], e.g. triton:int8,persistent:bf16@num_warps=4")
     p.add_argument("--peak-tbps", type=float, default=4.8, help="memory bandwidth for the share (H200: 4.8 TB/s)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)

@@ -381,3 +381,27 @@ def test_weight_bytes_per_frame_rules_agree(tiny):
             engine = CsmEngine(tiny, kernels=kernels, weights=kind)
             assert rule[f"fused_{kind}"] == frame_weight_bytes(engine), (kind, kernels)
     assert rule["fused_int8"] == rule["fused_fp8"] < rule["fused_bf16"]
+
+
+def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
+    """fern.bench.tts on the tiny config: a persistent-kernel variant with its own launch shapes (the tuning syntax
+    gpu_bench uses on the device) runs its frame loop, applies the shapes, and its figures reach a real SQLite
+    MLflow store under metric names MLflow accepts (no ':', '@', '=' or ';')."""
+    import mlflow
+
+    from fern.bench import tts as bench_tts
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    variant = "persistent:int8@BNG=32;BND=8"
+    res = bench_tts.main(["--size", "tiny", "--device", str(DEV), "--frames", "1", "--runs", "1",
+                          "--baseline-frames", "0", "--no-compare-modules", "--variants", variant])
+    v = res[f"variant_{variant}"]
+    assert "error" not in v, v
+    assert (v["kernels"], v["weights"], v["blocks"]) == ("persistent", "int8", "BNG=32;BND=8")
+    assert v["triton_launches_per_frame"] == 1 and v["gen_ms_per_frame"] > 0
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["fern-bench-tts"], output_format="list")[0]
+    assert run.data.metrics["variant_persistent_int8_BNG_32_BND_8.gen_ms_per_frame"] == v["gen_ms_per_frame"]
+    bad = bench_tts._variant(None, None, "persistent:bf16@BNG", None, None)
+    assert "error" in bad  # a shape without a value is reported, not raised

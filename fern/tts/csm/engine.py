@@ -274,7 +274,7 @@ class CsmEngine:
     """Owns the static caches and the per-frame computation; yields frames of codebook ids."""
 
     def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False, fast: bool = True,
-                 kernels: str = "torch", weights: str = "bf16"):
+                 kernels: str = "torch", weights: str = "bf16", blocks: dict | None = None):
         """``fast=False`` runs every layer through the transformers modules (the reference the fast path is tested
         against); it is chosen anyway for layers that are not plain Linear (an unmerged LoRA adapter).
 
@@ -282,7 +282,9 @@ class CsmEngine:
         one Triton launch) | ``auto`` (triton on CUDA when it works, else torch) for the depth decoder
         (``fern.tts.csm.fused``); ``weights``: ``bf16`` (the model's own) | ``int8`` | ``fp8`` weight-only
         quantization of the depth decoder. Quantized weights with torch kernels run the fused path's torch reference
-        (an emulation for quality checks, not faster). Triton that cannot run here falls back to torch, logged."""
+        (an emulation for quality checks, not faster). Triton that cannot run here falls back to torch, logged.
+        ``blocks``: launch shapes of the Triton kernels over their defaults (``fused.GPU_BLOCKS`` and
+        ``FRAME_GPU_BLOCKS``), for tuning on a GPU (``fern.bench.tts --variants persistent:bf16@num_warps=4``)."""
         self.model = model.eval()
         cfg = model.config
         p = next(model.parameters())
@@ -326,7 +328,7 @@ class CsmEngine:
         self._head_w = [head_w[i] for i in range(self.n_cb - 1)]
         table = depth.embed_tokens.weight if self._dd_embed_projected is None else self._dd_embed_projected
         self._dd_tables = [table[i * self.vocab : (i + 1) * self.vocab] for i in range(self.n_cb)]
-        self.depth = self._fused_depth(kernels, weights)
+        self.depth = self._fused_depth(kernels, weights, blocks)
         if self.depth is not None and self.depth.mode == "frame":
             # the persistent kernel applies rope itself: the per-position folded q|k|v weights (~380 MB for CSM-1B in
             # bf16) would only be read by the torch frame, which this engine no longer runs
@@ -351,7 +353,7 @@ class CsmEngine:
         self._cached: list[Segment] = []  # segments whose K/V are in the backbone cache, from position 0
         self.stats: dict[str, float] = {}
 
-    def _fused_depth(self, kernels: str, weights: str):
+    def _fused_depth(self, kernels: str, weights: str, blocks: dict | None = None):
         from fern.errors import ConfigValueError
         from fern.tts.csm import fused
 
@@ -382,7 +384,7 @@ class CsmEngine:
             return None
         # the persistent kernel only where it runs compiled: its torch reference is no faster than mode "steps"
         mode = "frame" if triton and kernels == "persistent" else "steps"
-        depth = fused.FusedDepth(self, "triton" if triton else "torch", weights, mode=mode)
+        depth = fused.FusedDepth(self, "triton" if triton else "torch", weights, blocks=blocks, mode=mode)
         log.info("CSM depth decoder: %s kernels (%s), %s weights (%.0f MB read per frame)", depth.backend, mode,
                  weights, depth.weight_bytes_per_frame() / 1e6)
         if not triton:
