@@ -10,7 +10,8 @@
 #   3. GPU correctness tests (tests/tts/test_csm_gpu.py: graphs, compile, the fused path at CSM-1B shapes)
 #   4. teacher-forced token agreement of bf16 / int8 / fp8 fused (step kernels and the persistent one) with the bf16
 #      torch path (random weights)
-#   5. voice-to-voice replay of the demo conversation through run.py, benchmark-only RANDOM weights throughout:
+#   5. voice-to-voice replay of the demo conversation through run.py (tts.kernels: the faster of steps 2 and 2b),
+#      benchmark-only RANDOM weights throughout:
 #      Whisper large-v3-turbo through transformers (asr=hf_whisper_turbo: no faster-whisper on the H200 image),
 #      a Llama-3.2-1B-size LLM, CSM-1B streaming (tts.random_weights); the per-turn table and the medians
 #   6. a summary table against the issue's goals (last lines of the output)
@@ -97,7 +98,20 @@ echo "== 5. voice-to-voice replay at $(elapsed) s"
 LLM_DIR=${TMPDIR:-/tmp}/fern_rand_llama
 V2V=(asr=hf_whisper_turbo asr.random_weights=true asr.max_new_tokens=24 llm=llama3_2_1b "llm.model=$LLM_DIR"
      llm.max_new_tokens=12 chunker.max_words=6 "io.output_dir=$OUT/v2v")
-GPU_V2V=(tts=csm_streaming tts.random_weights=true tts.kernels=triton tts.max_audio_s=2 optim=full device=cuda)
+# the depth-decoder kernels that steps 2 and 2b measured faster (bf16 weights, default launch shapes); triton when
+# either figure is missing
+TTS_KERNELS=$(OUT="$OUT" $PY -c '
+import json, os
+def ms(name):
+    try:
+        r = json.load(open(os.path.join(os.environ["OUT"], name)))
+        return r["gen_ms_per_frame"] if r.get("weights") == "bf16" else None
+    except (OSError, ValueError, KeyError):
+        return None
+t, p = ms("bench_triton.json"), ms("bench_persistent.json")
+print("persistent" if p is not None and t is not None and p < t else "triton")' 2>/dev/null || echo triton)
+GPU_V2V=(tts=csm_streaming tts.random_weights=true "tts.kernels=$TTS_KERNELS" tts.max_audio_s=2 optim=full device=cuda)
+echo "step 5 speaks with tts.kernels=$TTS_KERNELS (the faster of steps 2 and 2b)"
 if ! want 5; then
   echo "not in STEPS"
 elif MISSING=$($PY -c "import importlib.util as u
