@@ -54,6 +54,8 @@ def _import() -> bool:
         except Exception:  # noqa: BLE001 - any import failure means "no Triton"
             return False
         triton, tl = _triton, _tl
+        # helpers the kernels call must be jitted functions by the time a kernel is compiled (or interpreted)
+        globals().update({f.__name__: triton.jit(f) for f in _HELPERS})
     return True
 
 
@@ -77,6 +79,27 @@ def next_pow2(n: int) -> int:
 
 
 # ---- kernels (plain functions; see _kernel) ---------------------------------------------------------------------
+
+def _pick_token(logits, vm, noise, top_k, SAMPLE: tl.constexpr):
+    # argmax; or the top-k set by bisection on order-preserving int keys (exact, no sort), then Gumbel-max inside it
+    # with one noise value per vocabulary entry: the same distribution as torch.topk + Gumbel-max by rank.
+    # A helper both sampling kernels call (jitted by _import, so the kernels find it compiled)
+    if SAMPLE:
+        bits = logits.to(tl.int32, bitcast=True)
+        key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+        key = tl.where(vm, key, -(2**31) - 1)
+        lo = tl.min(tl.where(vm, key, 2**31), axis=0)
+        hi = tl.max(key, axis=0)
+        for _ in range(33):
+            mid = lo + (hi - lo + 1) // 2
+            ok = tl.sum((key >= mid).to(tl.int32), axis=0) >= top_k
+            lo = tl.where(ok, mid, lo)
+            hi = tl.where(ok, hi, mid - 1)
+        c = tl.argmax(tl.where(vm & (key >= lo), logits + noise, float("-inf")), axis=0, tie_break_left=True)
+    else:
+        c = tl.argmax(logits, axis=0, tie_break_left=True)
+    return c.to(tl.int64)
+
 
 def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, buf_ptr, pos_ptr, cos_ptr, sin_ptr,
                     D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
@@ -246,24 +269,10 @@ def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, lo
         vm = v < V
         logits = tl.load(logits_ptr + v, mask=vm, other=float("-inf"), cache_modifier=".cg")
         if SAMPLE:
-            # top-k set by bisection on order-preserving int keys (exact, no sort), then Gumbel-max inside the set
-            # with one noise value per vocabulary entry: the same distribution as torch.topk + Gumbel-max by rank
-            bits = logits.to(tl.int32, bitcast=True)
-            key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-            key = tl.where(vm, key, -(2**31) - 1)
-            lo = tl.min(tl.where(vm, key, 2**31), axis=0)
-            hi = tl.max(key, axis=0)
-            for _ in range(33):
-                mid = lo + (hi - lo + 1) // 2
-                ok = tl.sum((key >= mid).to(tl.int32), axis=0) >= top_k
-                lo = tl.where(ok, mid, lo)
-                hi = tl.where(ok, hi, mid - 1)
             noise = tl.load(noise_ptr + v, mask=vm, other=0.0)
-            z = tl.where(vm & (key >= lo), logits + noise, float("-inf"))
-            c = tl.argmax(z, axis=0, tie_break_left=True)
         else:
-            c = tl.argmax(logits, axis=0, tie_break_left=True)
-        c = c.to(tl.int64)
+            noise = logits
+        c = _pick_token(logits, vm, noise, top_k, SAMPLE)
         tl.store(code_ptr, c)
         if WRITE_NEXT:
             if FORCE:  # teacher forcing (agreement figures): the next input is the given token, not the sampled one
@@ -453,22 +462,11 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
             v = tl.arange(0, VP)
             vm = v < V
             logits = tl.load(logits_ptr + v, mask=vm, other=float("-inf"), cache_modifier=".cg")
-            if SAMPLE:  # top-k by bisection on order-preserving int keys, Gumbel-max inside (see _norm_head_sample)
-                bits = logits.to(tl.int32, bitcast=True)
-                key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-                key = tl.where(vm, key, -(2**31) - 1)
-                lo = tl.min(tl.where(vm, key, 2**31), axis=0)
-                hi = tl.max(key, axis=0)
-                for _ in range(33):
-                    mid = lo + (hi - lo + 1) // 2
-                    ok = tl.sum((key >= mid).to(tl.int32), axis=0) >= top_k
-                    lo = tl.where(ok, mid, lo)
-                    hi = tl.where(ok, hi, mid - 1)
+            if SAMPLE:
                 noise = tl.load(noise_ptr + (p - 1) * V + v, mask=vm, other=0.0)
-                z = tl.where(vm & (key >= lo), logits + noise, float("-inf"))
-                c = tl.argmax(z, axis=0, tie_break_left=True).to(tl.int64)
             else:
-                c = tl.argmax(logits, axis=0, tie_break_left=True).to(tl.int64)
+                noise = logits
+            c = _pick_token(logits, vm, noise, top_k, SAMPLE)
             if pid == 0:
                 tl.store(code_ptr + p, c)
             if FORCE:  # teacher forcing: the next input is the given token
@@ -485,6 +483,7 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
 
 # ---- launching --------------------------------------------------------------------------------------------------
 
+_HELPERS = (_pick_token,)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
                                     _norm_head_sample, _depth_frame)}
 _BUILT: dict = {}
