@@ -108,7 +108,10 @@ def weight_load_widths(ptx: str) -> dict[int, int]:
     src = open(K.__file__).read().splitlines()
     weight_lines = {i + 1 for i, line in enumerate(src) if _WEIGHT_LOAD.search(line)}
     files = {int(m.group(1)): m.group(2) for m in map(_FILE.match, ptx.splitlines()) if m}
-    ours = {n for n, path in files.items() if os.path.samefile(path, K.__file__)} if files else set()
+    # by the path's tail, not the file itself: Triton's cache may hold PTX compiled from another checkout of the same
+    # source (the cache key is the source), whose line info names that checkout
+    tail = os.path.join("fern", "tts", "csm", "kernels.py")
+    ours = {n for n, path in files.items() if path.endswith(tail)}
     widths: dict[int, int] = {}
     line = None
     for text in ptx.splitlines():
