@@ -96,7 +96,7 @@ class _Stack:
         # layer, not one for all: torch.compile writes a compiled step's cache row in place only into a whole
         # input tensor (into a view of one it copies the whole tensor)
         self.kv = [torch.zeros(2, 1, nkv, max_len, hd, device=device, dtype=dtype) for _ in range(n)]
-        if torch.device(device).type == "meta":  # shapes only (fern.tts.csm.aot); autocast has no meta device
+        if torch.device(device).type == "meta":  # shapes only (fern.bench.ptx); autocast has no meta device
             cos = sin = torch.zeros(1, max_len, self.head_dim, device=device, dtype=dtype)
         else:
             with torch.no_grad():

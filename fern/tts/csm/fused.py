@@ -154,7 +154,11 @@ class FusedDepth:
         dev = self.device
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)  # the residual stream, fp32
         # per layer: q, k, v of every position, (NH + 2 * NKV, L, HD); K and V rows are this frame's cache
-        self.buf = [torch.zeros(self.NH + 2 * self.NKV, self.L, self.HD, device=dev) for _ in layers]
+        if mode == "frame":  # the persistent kernel takes them as one tensor
+            self.buf_all = torch.zeros(len(layers), self.NH + 2 * self.NKV, self.L, self.HD, device=dev)
+            self.buf = list(self.buf_all)
+        else:
+            self.buf = [torch.zeros(self.NH + 2 * self.NKV, self.L, self.HD, device=dev) for _ in layers]
         self.act = torch.zeros(self.FF, device=dev)
         self.logits = torch.zeros(self.V, device=dev)
         self.counter = torch.zeros(1, device=dev, dtype=torch.int32)
@@ -206,10 +210,8 @@ class FusedDepth:
         self.head = [self.head_all.view(i) for i in range(self.n_cb - 1)]
         self.cos, self.sin = engine.dd.cos.contiguous(), engine.dd.sin.contiguous()  # (positions, head_dim)
         self.table_all = engine._dd_embed_projected  # (n_cb * vocab, hidden): codebook p's token c is row p*V + c
-        dev = engine.device
-        self.buf_all = torch.zeros(n, self.NH + 2 * self.NKV, self.L, self.HD, device=dev)
         # barrier arrivals, programs done, and a flag set when a barrier gave up waiting (see barrier_timed_out)
-        self.sync = torch.zeros(3, device=dev, dtype=torch.int32)
+        self.sync = torch.zeros(3, device=engine.device, dtype=torch.int32)
 
     def _frame_grid(self) -> int:
         """Programs of the persistent kernel: at most one per SM, so all are resident at once (the barriers wait for
@@ -222,12 +224,12 @@ class FusedDepth:
         return max(1, min(most, torch.cuda.get_device_properties(self.device).multi_processor_count))
 
     def _all_weights(self):
-        for row in self.qkv:
-            yield from row
-        yield from self.o
-        yield from self.gu
-        yield from self.down
-        yield from self.head
+        """Each weight once (mode ``frame`` lists the same q|k|v weights for every position)."""
+        seen = set()
+        for w in (*(w for row in self.qkv for w in row), *self.o, *self.gu, *self.down, *self.head):
+            if id(w) not in seen:
+                seen.add(id(w))
+                yield w
 
     def weight_bytes_per_frame(self) -> int:
         """Bytes of weights one frame's depth decoder reads (each step's weights once; embedding rows ignored)."""
