@@ -73,6 +73,10 @@ def _load_model_and_tokenizer(model: str, gguf_file: str | None, dtype, attn_imp
         kwargs["gguf_file"] = gguf_file
     local = Path(model).is_dir()
     try:
+        if gguf_file:
+            converted = _converted_gguf(Path(model) / gguf_file)
+            if converted is not None:
+                model, kwargs = str(converted), {}
         tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
         mkw = dict(kwargs)
         if attn_implementation:
@@ -95,6 +99,58 @@ def _load_model_and_tokenizer(model: str, gguf_file: str | None, dtype, attn_imp
             )
         ) from e
     return lm, tokenizer
+
+
+def _converted_gguf(path: Path) -> Path | None:
+    """A transformers copy of the GGUF file ``path`` (safetensors + tokenizer files), made on first use beside it.
+
+    transformers rebuilds model and tokenizer from a GGUF file on every load (~18 s for SmolLM2-135M on 2 cores:
+    parsing, de-quantizing, converting the vocabulary); from the copy it takes ~0.2 s. The copy holds the
+    de-quantized weights in float32, exactly what a GGUF load produces, so loading it in any dtype gives that load's
+    tensors. Its name carries the file's size and mtime and the transformers version, so a replaced file or another
+    converter makes a new copy. Several processes may convert at once (a parallel sweep): each writes its own temporary
+    directory and renames it into place; the first rename wins. None (load the GGUF itself) when the directory is
+    not writable."""
+    import transformers
+
+    st = path.stat()
+    target = path.parent / ".converted" / f"{path.stem}-{st.st_size}-{st.st_mtime_ns}-tf{transformers.__version__}"
+    if (target / "config.json").is_file():
+        return target
+    import os
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s for transformers, once (%s)", path.name, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as e:
+        log.warning("cannot keep a converted copy of %s (%s): loading the GGUF file itself", path, e)
+        return None
+    try:
+        import torch
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except (ValueError, KeyError, IndexError, EOFError) as e:  # what a truncated or foreign file raises
+            raise MissingWeightsError(
+                f"GGUF file {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): it is "
+                "truncated or not a causal LM in GGUF format (the offline model: delete it and run "
+                "`bash scripts/setup.sh` again)") from e
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the copy from the file's other users
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not another process's copy that got there first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _apply_lora(model: Any, path: str) -> Any:
