@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fern.paths import PROJECT_ROOT
 
-# small and quick members, as in tests/test_sweep.py
+# small and quick members
 SHORT = ["llm.max_new_tokens=12", "round_trip_eval=false"]
 
 

@@ -48,6 +48,29 @@ def test_one_parent_with_two_finished_children(sweep):
     assert len(c.search_runs([parent.info.experiment_id])) == 3
 
 
+def test_members_are_named_by_what_was_swept_and_keep_their_own_outputs(sweep):
+    """One MLflow run per member, named by its overrides (paths and tracking settings say where, not what, was run:
+    left out), the swept value changing the behaviour it controls, each member's transcript in its own directory."""
+    import json
+
+    parents, children = parents_and_children(sweep["uri"])
+    by_name = {k.info.run_name: k for k in children[parents[0].info.run_id]}
+    names = {ms: f"llm.max_new_tokens=12,round_trip_eval=False,turn.silence_ms={ms},turn=silence,vad=webrtc"
+             for ms in (500, 900)}
+    assert set(by_name) == set(names.values())
+    delays = {ms: by_name[name].data.metrics["median_endpoint_delay_ms"] for ms, name in names.items()}
+    assert 480 <= delays[500] <= 700 < 880 <= delays[900] <= 1100
+    for job, ms in enumerate((500, 900)):
+        transcript = json.loads((sweep["dir"] / f"{job}_{names[ms]}" / "transcript.json").read_text())
+        assert len(transcript["turns"]) == 1
+    # the comparison table puts them side by side, the swept setting as a column and equal settings left out
+    from fern.tracking.compare import comparison, load_runs
+
+    header, rows = comparison(load_runs(sweep["uri"], "fern", 10), sort="median_endpoint_delay_ms")
+    assert [row[header.index("turn.silence_ms")] for row in rows] == ["500", "900"]
+    assert "llm.max_new_tokens" not in header
+
+
 def test_parent_artifacts_table_and_plot(sweep):
     from PIL import Image
 
