@@ -117,6 +117,8 @@ def _bench(args) -> dict:
     seg = synth._segment(LINE_15_WORDS, 0)
     res["gen_ms_per_frame"] = _frame_loop_ms(synth.engine, seg, args)
     res.update(_bandwidth(synth.engine, res["gen_ms_per_frame"], args))
+    res["backbone_ms_per_frame"] = _backbone_ms(synth.engine, seg, args)
+    res["backbone_share"] = res["backbone_ms_per_frame"] / res["gen_ms_per_frame"]
     if args.compare_modules:
         res.update(_module_path(synth, model, seg, args))
     if not args.compile:  # compiled code runs Inductor kernels, not dispatched operators
@@ -249,6 +251,44 @@ def _frame_loop_ms(engine, seg, args) -> float:
     return statistics.median(times)
 
 
+def _backbone_ms(engine, seg, args) -> float:
+    """Median ms of the backbone's part of a frame alone (its 16 layers, codebook 0 and the depth decoder's input
+    rows), replayed as a CUDA graph of ``args.frames`` steps where the frame loop uses graphs. Set against
+    ``gen_ms_per_frame`` it says what fusing the backbone could save once the depth decoder is one launch: the
+    question issue 12 leaves to the profile."""
+    import torch
+
+    table = engine._dd_tables[0]
+
+    def steps() -> None:
+        for _ in range(args.frames):
+            noise = engine._frame_noise(rows=1)
+            engine._bb_step(engine.emb_in, engine.pos, None if noise is None else noise[0], table)
+            engine.pos.add_(1)
+
+    run = steps
+    if engine.cuda_graphs:
+        engine.prepare([], seg)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            steps()  # warm-up (and compilation) outside the graph
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            steps()
+        run = graph.replay
+    times = []
+    for _ in range(args.runs):
+        engine.prepare([], seg)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        run()
+        _sync(args.device)
+        times.append((time.perf_counter() - t0) / args.frames * 1e3)
+    return statistics.median(times)
+
+
 def _module_path(synth, model, seg, args) -> dict:
     """The same frame loop through the transformers modules (``CsmEngine(fast=False)``), same run, same flags:
     what the fast path's fused operators buy."""
@@ -361,7 +401,8 @@ def main(argv=None) -> dict:
     print(f"CSM {args.size} on {res.get('gpu', args.device)} ({res['dtype']}, torch {res['torch']}, "
           f"transformers {res['transformers']}, cuda_graphs={res['cuda_graphs']}, compile={res['compile']}, "
           f"kernels={res['kernels']}, weights={res['weights']})")
-    keys = ("gen_ms_per_frame", "e2e_ms_per_frame", "ttfa_ms", "rtf", "mimi_ms_per_frame", "stock_ms_per_frame",
+    keys = ("gen_ms_per_frame", "backbone_ms_per_frame", "backbone_share", "e2e_ms_per_frame", "ttfa_ms", "rtf",
+            "mimi_ms_per_frame", "stock_ms_per_frame",
             "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s",
             "ops_per_frame", "triton_launches_per_frame", "weight_gb_per_frame", "bandwidth_floor_ms",
             "bandwidth_share", "modules_gen_ms_per_frame", "modules_ops_per_frame")
@@ -376,7 +417,8 @@ def main(argv=None) -> dict:
             if "error" in v:
                 print(f"  {key}: FAILED {v['error']}")
                 continue
-            print(f"  {key} (ran {v['kernels']}:{v['weights']}): {v['gen_ms_per_frame']:.3f} ms/frame, "
+            print(f"  {key} (ran {v['kernels']}:{v['weights']}): {v['gen_ms_per_frame']:.3f} ms/frame "
+                  f"(backbone {res['backbone_ms_per_frame'] / v['gen_ms_per_frame']:.0%}), "
                   f"{v['ops_per_frame']:.0f} kernels/frame ({v['triton_launches_per_frame']:.0f} Triton), "
                   f"{v['weight_gb_per_frame']:.2f} GB/frame, bandwidth share {v['bandwidth_share']:.1%}, "
                   f"capture {v['graph_capture_s']:.2f} s")

@@ -403,5 +403,8 @@ def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["fern-bench-tts"], output_format="list")[0]
     assert run.data.metrics["variant_persistent_int8_BNG_32_BND_8.gen_ms_per_frame"] == v["gen_ms_per_frame"]
+    # the backbone's part of a frame, timed alone: what fusing it could save
+    assert 0 < res["backbone_ms_per_frame"] < res["gen_ms_per_frame"]
+    assert run.data.metrics["backbone_share"] == res["backbone_share"]
     bad = bench_tts._variant(None, None, "persistent:bf16@BNG", None, None)
     assert "error" in bad  # a shape without a value is reported, not raised
