@@ -27,13 +27,14 @@ T0=$(date +%s)
 DEADLINE_S=${DEADLINE_S:-570}
 if [ "${DRY_RUN:-0}" = 1 ]; then
   PY=${PY:-.venv/bin/python}; SIZE=tiny; DEV=cpu; FRAMES="--frames 1 --runs 1"; BASE="--baseline-frames 1"
-  VARIANTS=triton:int8; PVARIANTS=; AGREE_FRAMES=2; DEADLINE_S=${DEADLINE_S_DRY:-1500}
+  VARIANTS=triton:int8; PVARIANTS=persistent:bf16:triton; AGREE_FRAMES=2; DEADLINE_S=${DEADLINE_S_DRY:-1500}
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH=$PWD
 else
   PY=python3; SIZE=full; DEV=cuda; FRAMES="--runs 5"; BASE="--baseline-frames 20"
   VARIANTS=triton:int8,triton:fp8; AGREE_FRAMES=8
   # int8, then launch shapes other than FRAME_GPU_BLOCKS' untuned guesses (4 warps; half the rows per program)
-  PVARIANTS="persistent:int8,persistent:bf16@num_warps=4,persistent:bf16@BNG=32;BND=4;BNO=4;BP=4"
+  # and the backbone's Triton step beside the persistent depth decoder (does it beat the torch backbone?)
+  PVARIANTS="persistent:int8,persistent:bf16:triton,persistent:bf16@num_warps=4,persistent:bf16@BNG=32;BND=4;BNO=4;BP=4"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
@@ -69,7 +70,7 @@ box 200 $PY -m fern.bench.tts --size $SIZE --device $DEV $FRAMES $BASE --profile
   --no-compare-modules --variants "$VARIANTS" --json "$OUT/bench_triton.json" 2>&1 | grep -v "^{" \
   | tee "$OUT/bench_triton.txt"
 echo "== 2b. persistent kernel at $(elapsed) s"
-box 150 $PY -m fern.bench.tts --size $SIZE --device $DEV $FRAMES $BASE --profile --kernels persistent \
+box 170 $PY -m fern.bench.tts --size $SIZE --device $DEV $FRAMES $BASE --profile --kernels persistent \
   --no-compare-modules --variants "$PVARIANTS" --json "$OUT/bench_persistent.json" 2>&1 | grep -v "^{" \
   | tee "$OUT/bench_persistent.txt"
 fi
@@ -191,10 +192,11 @@ for step, name in (("1", "bench_torch.json"), ("2", "bench_triton.json"), ("2", 
     for key, v in r.items():
         if key.startswith("variant_") and "error" not in v:
             label = f"{v['kernels']}:{v['weights']}" + (f"@{v['blocks']}" if v.get("blocks") else "")
-            # the backbone is the same in every variant of a run: its time, against this variant's frame
-            if isinstance(r.get("backbone_ms_per_frame"), float):
-                v = dict(v, backbone_ms_per_frame=r["backbone_ms_per_frame"],
-                         backbone_share=r["backbone_ms_per_frame"] / v["gen_ms_per_frame"])
+            label += ":triton-backbone" if v.get("backbone_kernels") == "triton" else ""
+            # a variant with the run's backbone kernels shares its backbone time; one with other kernels has its own
+            bb = v.get("backbone_ms_per_frame", r.get("backbone_ms_per_frame"))
+            if isinstance(bb, float):
+                v = dict(v, backbone_ms_per_frame=bb, backbone_share=bb / v["gen_ms_per_frame"])
             rows.append((f"{label} (variant)", v))
         elif key.startswith("variant_"):
             print(f"{key}: FAILED {v['error']}")

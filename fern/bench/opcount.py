@@ -153,9 +153,11 @@ def csm_kernels_per_frame(temperature: float = 0.9, top_k: int = 50) -> dict[str
     seg = Segment(torch.arange(1, 9))
     out = {}
     for label, kw in (("modules", dict(fast=False)), ("fast_torch", {}), ("fused_triton", dict(kernels="triton")),
-                      ("persistent", dict(kernels="persistent"))):
+                      ("persistent", dict(kernels="persistent")),
+                      ("persistent+bb", dict(kernels="persistent", backbone_kernels="triton"))):
         engine = CsmEngine(model, **kw)
-        if "kernels" in kw and engine.kernels != kw["kernels"]:
+        if ("kernels" in kw and engine.kernels != kw["kernels"]
+                or engine.backbone_kernels != kw.get("backbone_kernels", "torch")):
             out[label] = {"error": "Triton kernels unusable here (see the log)"}
             continue
         engine.temperature, engine.top_k = temperature, top_k

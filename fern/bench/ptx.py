@@ -28,7 +28,8 @@ import time
 def record_launches(kind: str, mode: str, blocks: dict | None = None, temperature: float = 0.9,
                     top_k: int = 50) -> list[tuple]:
     """One frame's Triton launches of the fused depth decoder (``mode``: steps | frame) on CSM-1B's shapes, with
-    the GPU launch shapes (``fused.GPU_BLOCKS`` / ``FRAME_GPU_BLOCKS``, updated by ``blocks``)."""
+    the GPU launch shapes (``fused.GPU_BLOCKS`` / ``FRAME_GPU_BLOCKS``, updated by ``blocks``); ``backbone``: the
+    backbone's Triton step (``fused_backbone.GPU_BLOCKS``; model weights only, so ``kind`` must be bf16)."""
     import torch
     from transformers import CsmConfig, CsmForConditionalGeneration
 
@@ -39,6 +40,15 @@ def record_launches(kind: str, mode: str, blocks: dict | None = None, temperatur
     with torch.device("meta"):
         model = CsmForConditionalGeneration(CsmConfig()).to(torch.bfloat16)
     engine = CsmEngine(model)
+    if mode == "backbone":
+        from fern.tts.csm import fused_backbone
+
+        backbone = fused_backbone.FusedBackbone(engine, blocks=dict(fused_backbone.GPU_BLOCKS, **(blocks or {})))
+        emb = torch.zeros(1, 1, backbone.D, device="meta", dtype=torch.bfloat16)
+        pos = torch.zeros(1, device="meta", dtype=torch.long)
+        with K.LaunchRecorder() as rec, torch.no_grad():
+            backbone.run(emb, pos)
+        return rec.launches
     if mode == "frame":
         gpu_blocks = dict(fused.FRAME_GPU_BLOCKS, **(fused.FRAME_GPU_BLOCKS_1BYTE if kind != "bf16" else {}))
     else:
@@ -188,6 +198,8 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
     rows = []
     for mode in modes:
         for kind in kinds:
+            if mode == "backbone" and kind != "bf16":  # its step reads the model's own weights
+                continue
             compiled: dict = {}
             by_kernel: dict = {}
             for name, _grid, args, meta in record_launches(kind, mode, blocks, temperature):
@@ -232,7 +244,8 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", default="bf16,int8,fp8")
-    p.add_argument("--modes", default="steps,frame", help="steps (4 kernels per layer + head), frame (persistent)")
+    p.add_argument("--modes", default="steps,frame,backbone",
+                   help="steps (4 kernels per layer + head), frame (persistent), backbone (its Triton step)")
     p.add_argument("--blocks", default=None, help="JSON dict of block shapes to override (the mode's keys)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100 / H200)")
     p.add_argument("--greedy", action="store_true", help="temperature 0 (no sampling code in the head)")
@@ -242,14 +255,14 @@ def main(argv=None) -> list[dict]:
         raise SystemExit("unset TRITON_INTERPRET: this compiles for the GPU, not for Triton's interpreter")
     rows = report(tuple(k for k in args.kinds.split(",") if k), tuple(m for m in args.modes.split(",") if m),
                   json.loads(args.blocks) if args.blocks else None, args.arch, 0.0 if args.greedy else 0.9)
-    print(f"CSM-1B depth decoder kernels compiled for sm_{args.arch} (no GPU: resources from ptxas -v)")
-    print(f"  {'mode':6s} {'weights':7s} {'kernel':20s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
+    print(f"CSM-1B depth decoder and backbone kernels compiled for sm_{args.arch} (no GPU: resources from ptxas -v)")
+    print(f"  {'mode':8s} {'weights':7s} {'kernel':24s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
           f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s} {'weight ld B':>11s}")
     for r in rows:
         if "error" in r:
-            print(f"  {r['mode']:6s} {r['weights']:7s} {r['kernel']:20s} FAILED {r['error']}")
+            print(f"  {r['mode']:8s} {r['weights']:7s} {r['kernel']:24s} FAILED {r['error']}")
             continue
-        print(f"  {r['mode']:6s} {r['weights']:7s} {r['kernel']:20s} {r['launches_per_frame']:8d} "
+        print(f"  {r['mode']:8s} {r['weights']:7s} {r['kernel']:24s} {r['launches_per_frame']:8d} "
               f"{r['compilations']:6d} {r['num_warps']:5d} "
               f"{r['registers']:4d} {r['spill_store_bytes']:6d}/{r['spill_load_bytes']:<6d} {r['stack_bytes']:7d} "
               f"{r['shared_bytes']:7d} {r['min_weight_load_bytes']:11d}")

@@ -85,11 +85,13 @@ def _bench(args) -> dict:
         _modules=(model, tok, mimi), temperature=args.temperature, top_k=50, max_audio_s=args.frames / 12.5,
         first_chunk_frames=1, chunk_frames=args.chunk_frames, cuda_graphs=args.cuda_graphs, compile=args.compile,
         keep_history=False, warmup=True, device=device, kernels=args.kernels, weights=args.weights,
+        backbone_kernels=args.backbone_kernels,
     )
     _sync(device)
     res["startup_s"] = time.perf_counter() - t0  # includes graph capture / compile and Mimi graph capture
     res["graph_capture_s"] = synth.engine.stats.get("graph_capture_s", 0.0)
     res["kernels"], res["weights"] = synth.engine.kernels, synth.engine.weights
+    res["backbone_kernels"] = synth.engine.backbone_kernels
     # warm Mimi and the frame graph on the full length once more
     for _ in synth.stream(LINE_15_WORDS, CancelToken()):
         pass
@@ -199,24 +201,27 @@ def _kernel_counts(engine, seg) -> dict:
 
 
 def _variant(model, seg, variant: str, main_engine, args) -> dict:
-    """One kernels:weights[@block=value;...] variant's frame loop on the same model, same run: ms/frame, kernels/frame,
-    bytes, share. The part after @ overrides the Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys)."""
+    """One kernels:weights[:backbone][@block=value;...] variant's frame loop on the same model, same run: ms/frame,
+    kernels/frame, bytes, share. ``backbone``: the backbone's kernels (torch, the default, or triton). The part after
+    @ overrides the depth decoder's Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys)."""
     import torch
 
     from fern.tts.csm.engine import CsmEngine
 
     spec, _, tuning = variant.partition("@")
-    kernels, _, weights = spec.partition(":")
+    kernels, _, rest = spec.partition(":")
+    weights, _, backbone = rest.partition(":")
     try:
         blocks = {k: int(v) for k, v in (kv.split("=") for kv in tuning.split(";") if kv)}
         t0 = time.perf_counter()
         engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, kernels=kernels, weights=weights or "bf16",
-                           blocks=blocks or None)
+                           blocks=blocks or None, backbone_kernels=backbone or "torch")
         engine.temperature, engine.top_k = main_engine.temperature, main_engine.top_k
         engine.prepare([], seg)
         engine._run_frame()  # graph capture
         _sync(args.device)
-        out = {"kernels": engine.kernels, "weights": engine.weights, "blocks": tuning,
+        out = {"kernels": engine.kernels, "weights": engine.weights, "backbone_kernels": engine.backbone_kernels,
+               "blocks": tuning,
                "startup_s": time.perf_counter() - t0,
                "graph_capture_s": engine.stats.get("graph_capture_s", 0.0)}
         out["gen_ms_per_frame"] = _frame_loop_ms(engine, seg, args)
@@ -224,6 +229,8 @@ def _variant(model, seg, variant: str, main_engine, args) -> dict:
             raise RuntimeError("the persistent kernel gave up waiting at a grid barrier: its figures are void")
         out.update(_bandwidth(engine, out["gen_ms_per_frame"], args))
         out.update(_kernel_counts(engine, seg))
+        if engine.backbone_kernels != main_engine.backbone_kernels:  # its own backbone: its own backbone time
+            out["backbone_ms_per_frame"] = _backbone_ms(engine, seg, args)
         if args.profile and args.device.startswith("cuda"):
             from fern.bench.opcount import profile_cuda_kernels
 
@@ -346,7 +353,8 @@ def _log_mlflow(res: dict, args) -> None:
         return
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("fern-bench-tts")
-    with mlflow.start_run(run_name=f"csm-{args.size}-{args.device}-{args.kernels}-{args.weights}"):
+    with mlflow.start_run(run_name=f"csm-{args.size}-{args.device}-{args.kernels}-{args.weights}"
+                                   f"-bb_{args.backbone_kernels}"):
         mlflow.log_params({k: v for k, v in res.items() if isinstance(v, str)} | {
             "cuda_graphs": args.cuda_graphs, "compile": args.compile, "random_weights": True,
             "variants": args.variants})
@@ -379,8 +387,11 @@ def main(argv=None) -> dict:
                    help="depth decoder kernels of the main figures (tts.kernels)")
     p.add_argument("--weights", default="bf16", choices=["bf16", "int8", "fp8"],
                    help="depth decoder weights of the main figures (optim.tts_weights)")
+    p.add_argument("--backbone-kernels", default="torch", choices=["torch", "triton"],
+                   help="the backbone's step of the main figures (tts.backbone_kernels)")
     p.add_argument("--variants", default="",
-                   help="comma list of kernels:weights[@block=value;...], e.g. triton:int8,persistent:bf16@num_warps=4")
+                   help="comma list of kernels:weights[:backbone][@block=value;...], e.g. triton:int8,"
+                        "persistent:bf16@num_warps=4,persistent:bf16:triton")
     p.add_argument("--peak-tbps", type=float, default=4.8, help="memory bandwidth for the share (H200: 4.8 TB/s)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
@@ -400,7 +411,7 @@ def main(argv=None) -> dict:
     res["compile"] = bool(args.compile)
     print(f"CSM {args.size} on {res.get('gpu', args.device)} ({res['dtype']}, torch {res['torch']}, "
           f"transformers {res['transformers']}, cuda_graphs={res['cuda_graphs']}, compile={res['compile']}, "
-          f"kernels={res['kernels']}, weights={res['weights']})")
+          f"kernels={res['kernels']}, weights={res['weights']}, backbone_kernels={res['backbone_kernels']})")
     keys = ("gen_ms_per_frame", "backbone_ms_per_frame", "backbone_share", "e2e_ms_per_frame", "ttfa_ms", "rtf",
             "mimi_ms_per_frame", "stock_ms_per_frame",
             "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s",
@@ -417,8 +428,10 @@ def main(argv=None) -> dict:
             if "error" in v:
                 print(f"  {key}: FAILED {v['error']}")
                 continue
-            print(f"  {key} (ran {v['kernels']}:{v['weights']}): {v['gen_ms_per_frame']:.3f} ms/frame "
-                  f"(backbone {res['backbone_ms_per_frame'] / v['gen_ms_per_frame']:.0%}), "
+            bb_ms = v.get("backbone_ms_per_frame", res["backbone_ms_per_frame"])
+            share = bb_ms / v["gen_ms_per_frame"]
+            print(f"  {key} (ran {v['kernels']}:{v['weights']}:{v['backbone_kernels']}): "
+                  f"{v['gen_ms_per_frame']:.3f} ms/frame (backbone {bb_ms:.3f} ms, {share:.0%}), "
                   f"{v['ops_per_frame']:.0f} kernels/frame ({v['triton_launches_per_frame']:.0f} Triton), "
                   f"{v['weight_gb_per_frame']:.2f} GB/frame, bandwidth share {v['bandwidth_share']:.1%}, "
                   f"capture {v['graph_capture_s']:.2f} s")

@@ -91,8 +91,8 @@ def test_norm_qkv_rope_cache_write(blocks, kind, rope):
     buf = torch.full((NH + 2 * NKV, L, HD), float("nan"), device=DEV)
     pos = 7
     K.launch("_norm_qkv_cache", (-(-(NH + 2 * NKV) * HD // 2 // b["BP"]),), h.to(DEV), nw.to(DEV), 1e-5, w,
-             w if s is None else s, buf, torch.tensor([pos], device=DEV), cos.to(DEV), sin.to(DEV), D=D, NH=NH,
-             NKV=NKV, HD=HD, L=L, BP=b["BP"], BK=b["BK"], ROPE=rope, HAS_SCALE=s is not None)
+             w if s is None else s, buf, buf[NH:], torch.tensor([pos], device=DEV), cos.to(DEV), sin.to(DEV), D=D,
+             NH=NH, NKV=NKV, HD=HD, L=L, BP=b["BP"], BK=b["BK"], ROPE=rope, HAS_SCALE=s is not None)
     y = (wref @ _rms(h.double(), nw.double())).view(NH + 2 * NKV, HD)
     if rope:  # transformers' rotate_half rope on the q and k heads only
         rot = torch.cat([-y[:, HD // 2:], y[:, : HD // 2]], 1)
@@ -275,6 +275,58 @@ def test_engine_triton_greedy_tokens_identical_to_torch_path(tiny, kernels):
     assert all(row[4] is None for row in engine._dd_rows) == (kernels == "persistent")
 
 
+# the backbone's kernels with small blocks: q|k|v pairs, gate|up and down rows and K split over programs, and the
+# attention over several chunks of 4 positions, merged by the combine
+BACKBONE_SMALL_BLOCKS = dict(qkv_bp=4, qkv_bk=16, attn_bt=4, o_bn=16, gu_bn=16, gu_bk=16, down_bn=16, down_bk=32)
+
+
+@pytest.mark.parametrize("blocks", ["default", "small"])
+@torch.no_grad()
+def test_fused_backbone_step_equals_the_torch_step(blocks):
+    """One backbone row after a 23-row prompt: the Triton step gives the torch fast path's hidden state and writes
+    the same K/V into the shared cache (the prompt was prefilled by torch)."""
+    from fern.tts.csm.fused_backbone import FusedBackbone
+
+    engine = CsmEngine(make_tiny_csm(seed=2, max_positions=64, device=str(DEV)))
+    pos = engine.prepare([], Segment(torch.arange(3, 27)))
+    assert pos == 23
+    before = [kv.clone() for kv in engine.bb.kv]
+    emb, at = engine.emb_in.clone(), engine.pos.clone()
+    ref = engine.bb.forward(emb, at)[:, -1].clone()
+    ref_kv = [kv[:, :, :, pos].clone() for kv in engine.bb.kv]
+    for kv, saved in zip(engine.bb.kv, before):
+        kv.copy_(saved)
+    fb = FusedBackbone(engine, blocks=BACKBONE_SMALL_BLOCKS if blocks == "small" else None)
+    assert fb.chunks == (16 if blocks == "small" else 1)
+    out = fb.run(emb, at)
+    assert out.shape == ref.shape and _rel(out, ref.double().cpu()) <= TOL
+    for i, kv in enumerate(engine.bb.kv):
+        assert _rel(kv[:, :, :, pos], ref_kv[i].double().cpu()) <= TOL, i
+        assert torch.equal(kv[:, :, :, :pos], before[i][:, :, :, :pos])  # the prompt's rows are left alone
+        assert not kv[:, :, :, pos + 1:].any()
+
+
+@pytest.mark.parametrize("kernels", ["torch", "persistent"])
+def test_engine_with_triton_backbone_gives_the_torch_paths_greedy_tokens(kernels):
+    """Whole frames with the backbone's Triton step (and the depth decoder on torch or the persistent kernel) ==
+    the torch fast path, over frames whose positions fall in two attention chunks."""
+    model = make_tiny_csm(seed=1, max_positions=64, device=str(DEV))
+    ref = _frames(CsmEngine(model), 3)
+    from fern.tts.csm.fused_backbone import FusedBackbone
+
+    engine = CsmEngine(model, kernels=kernels, backbone_kernels="triton")
+    assert (engine.backbone_kernels, engine.kernels) == ("triton", kernels)
+    engine.bb_fused = FusedBackbone(engine, blocks=BACKBONE_SMALL_BLOCKS)  # positions 6.. span chunks 1 and 2
+    assert torch.equal(_frames(engine, 3), ref)
+
+
+def test_unknown_backbone_kernels_is_refused(tiny):
+    from fern.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="tts.backbone_kernels must be one of"):
+        CsmEngine(tiny, backbone_kernels="cuda")
+
+
 @pytest.mark.parametrize("kind", ["int8"])
 def test_engine_quantized_sampling_triton_equals_torch_emulation(tiny, kind):
     """With sampling, the same seed draws the same noise on both backends, so tokens must be identical."""
@@ -322,6 +374,17 @@ def test_launches_per_frame(tiny):
     # the rest is the backbone and codebook 0, the step-kernel path's torch operators but its two copies of the
     # input rows into h (the persistent kernel reads them where they are)
     assert sum(per.values()) - 1 == sum(tri.values()) - sum(launches.values()) - 2
+    # and the backbone's step as 5 Triton launches per layer
+    engine = CsmEngine(tiny, kernels="persistent", backbone_kernels="triton")
+    engine.temperature, engine.top_k = 0.9, 50
+    engine.prepare([], seg)
+    with torch.no_grad():
+        both = count_kernels(engine._run_frame)
+    n_bb = len(tiny.backbone_model.layers)
+    assert {k: v for k, v in both.items() if k.startswith("triton:")} == {
+        "triton:depth_frame": 1, "triton:norm_qkv_cache": n_bb, "triton:attn_split": n_bb,
+        "triton:attn_combine_o_residual": n_bb, "triton:norm_gateup_swiglu": n_bb, "triton:down_residual": n_bb}
+    assert sum(both.values()) < sum(per.values()) - 5 * n_bb  # 13 torch operators per layer gone, 5 launches in
 
 
 def test_unusable_triton_falls_back_to_torch_and_says_why(tiny, monkeypatch, caplog):
@@ -347,13 +410,14 @@ def test_bad_kernel_or_weight_names_are_config_errors(tiny):
 
 
 def test_config_switches_reach_the_synthesizer(compose, tiny):
-    cfg = compose(["tts=csm_streaming", "optim.tts_weights=int8", "tts.kernels=triton"])
+    cfg = compose(["tts=csm_streaming", "optim.tts_weights=int8", "tts.kernels=triton", "tts.backbone_kernels=triton"])
     assert cfg.optim.tts_weights == "int8"
-    assert (cfg.tts.kernels, cfg.tts.weights) == ("triton", "int8")
+    assert (cfg.tts.kernels, cfg.tts.weights, cfg.tts.backbone_kernels) == ("triton", "int8", "triton")
     assert compose(["tts=csm"]).tts.weights == "bf16"
+    assert compose(["tts=csm"]).tts.backbone_kernels == "torch"
     synth = make_synth(tiny, mimi=make_tiny_mimi(device=str(DEV)), device=str(DEV), kernels=cfg.tts.kernels,
-                       weights=cfg.tts.weights)
-    assert (synth.engine.kernels, synth.engine.weights) == ("triton", "int8")
+                       weights=cfg.tts.weights, backbone_kernels=cfg.tts.backbone_kernels)
+    assert (synth.engine.kernels, synth.engine.weights, synth.engine.backbone_kernels) == ("triton", "int8", "triton")
 
 
 def test_quantized_token_agreement_on_random_weights(tiny):

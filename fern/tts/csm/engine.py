@@ -268,13 +268,15 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 KERNELS = ("torch", "triton", "persistent", "auto")
+BACKBONE_KERNELS = ("torch", "triton")
 
 
 class CsmEngine:
     """Owns the static caches and the per-frame computation; yields frames of codebook ids."""
 
     def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False, fast: bool = True,
-                 kernels: str = "torch", weights: str = "bf16", blocks: dict | None = None):
+                 kernels: str = "torch", weights: str = "bf16", blocks: dict | None = None,
+                 backbone_kernels: str = "torch"):
         """``fast=False`` runs every layer through the transformers modules (the reference the fast path is tested
         against); it is chosen anyway for layers that are not plain Linear (an unmerged LoRA adapter).
 
@@ -284,7 +286,9 @@ class CsmEngine:
         quantization of the depth decoder. Quantized weights with torch kernels run the fused path's torch reference
         (an emulation for quality checks, not faster). Triton that cannot run here falls back to torch, logged.
         ``blocks``: launch shapes of the Triton kernels over their defaults (``fused.GPU_BLOCKS`` and
-        ``FRAME_GPU_BLOCKS``), for tuning on a GPU (``fern.bench.tts --variants persistent:bf16@num_warps=4``)."""
+        ``FRAME_GPU_BLOCKS``), for tuning on a GPU (``fern.bench.tts --variants persistent:bf16@num_warps=4``).
+        ``backbone_kernels``: ``torch`` | ``triton`` (its one-row step as 5 Triton launches per layer,
+        ``fern.tts.csm.fused_backbone``; prompts are prefilled by torch either way)."""
         self.model = model.eval()
         cfg = model.config
         p = next(model.parameters())
@@ -337,10 +341,13 @@ class CsmEngine:
         if self.depth is not None and self.depth.backend == "triton":
             self.kernels = "persistent" if self.depth.mode == "frame" else "triton"
         self.weights = self.depth.kind if self.depth is not None else "bf16"
+        self.bb_fused = self._fused_backbone(backbone_kernels)
+        self.backbone_kernels = "triton" if self.bb_fused is not None else "torch"
         self._bb_step = self._backbone_step
         self._dd_step = self._depth_step
         if self.compile:  # whole steps, so sampling and the next step's input fuse with the layers
-            self._bb_step = torch.compile(self._backbone_step, dynamic=False)
+            if self.bb_fused is None:  # dynamo would trace into the Triton launches' Python side
+                self._bb_step = torch.compile(self._backbone_step, dynamic=False)
             self._dd_step = torch.compile(self._depth_step, dynamic=False)
         self._graph = None
         self._graph_key = None
@@ -392,6 +399,26 @@ class CsmEngine:
                         "(quality checks), slower than the unquantized path", weights)
         return depth
 
+    def _fused_backbone(self, backbone_kernels: str):
+        from fern.errors import ConfigValueError
+
+        if backbone_kernels not in BACKBONE_KERNELS:
+            raise ConfigValueError(f"tts.backbone_kernels must be one of {BACKBONE_KERNELS}, got {backbone_kernels!r}")
+        if backbone_kernels == "torch":
+            return None
+        if not self.bb.fused:
+            log.warning("CSM backbone: tts.backbone_kernels=triton needs plain Linear layers (no unmerged LoRA): "
+                        "torch instead")
+            return None
+        from fern.tts.csm import kernels as K
+        from fern.tts.csm.fused_backbone import FusedBackbone
+
+        why = K.usable_on(self.device)
+        if why:
+            log.warning("CSM backbone: Triton kernels unusable on %s (%s): torch instead", self.device, why)
+            return None
+        return FusedBackbone(self)
+
     # ---- embeddings -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def embed_segment(self, seg: Segment) -> torch.Tensor:
@@ -435,7 +462,7 @@ class CsmEngine:
     def _backbone_step(self, emb, pos, noise, table):
         """Backbone row -> codebook 0 and the depth decoder's first input (positions 0: the backbone state, 1: c0)."""
         model = self.model
-        h = self.bb.forward(emb, pos)[:, -1]  # (1, D)
+        h = self.bb_fused.run(emb, pos) if self.bb_fused is not None else self.bb.forward(emb, pos)[:, -1]  # (1, D)
         c = self._sample(model.lm_head(h), noise)  # (1,)
         x = torch.cat([model.depth_decoder.model.inputs_embeds_projector(h)[:, None], self._depth_input(c, table)], 1)
         return c, x

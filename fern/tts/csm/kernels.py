@@ -101,13 +101,15 @@ def _pick_token(logits, vm, noise, top_k, SAMPLE: tl.constexpr):
     return c.to(tl.int64)
 
 
-def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, buf_ptr, pos_ptr, cos_ptr, sin_ptr,
+def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, q_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr,
                     D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
                     L: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, ROPE: tl.constexpr,
                     HAS_SCALE: tl.constexpr):
     # one program: BP row pairs (j, j + HD/2) of the q|k|v weight, so rope's partner rows are in the same program.
-    # q, k and v all go to one buffer (NH + 2 * NKV, L, HD) at row ``pos``: one store path for every head, and the
-    # q of a position stays readable by the attention kernel (which masks positions > pos)
+    # q goes to (NH, L, HD) at row ``pos``, k and v to the cache (2 * NKV, L, HD) at row ``pos``, each in its
+    # buffer's dtype. The depth decoder passes one (NH + 2 * NKV, L, HD) buffer split in two (the q of a position
+    # stays readable by the attention kernel, which masks positions > pos); the backbone its model-dtype KV cache,
+    # which its torch prefill writes too
     HALF: tl.constexpr = HD // 2
     NP: tl.constexpr = (NH + 2 * NKV) * HALF
     p = tl.program_id(0) * BP + tl.arange(0, BP)
@@ -144,9 +146,78 @@ def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, buf_ptr, pos_ptr, cos_ptr,
         c2 = tl.load(cos_ptr + pos * HD + HALF + j, mask=rot, other=1.0).to(tl.float32)
         s2 = tl.load(sin_ptr + pos * HD + HALF + j, mask=rot, other=0.0).to(tl.float32)
         a, b = a * c1 - b * s1, b * c2 + a * s2
-    base = buf_ptr + (head * L + pos) * HD + j
-    tl.store(base, a.to(buf_ptr.dtype.element_ty), mask=pm)
-    tl.store(base + HALF, b.to(buf_ptr.dtype.element_ty), mask=pm)
+    is_q = head < NH
+    qm = pm & is_q
+    base = q_ptr + (head * L + pos) * HD + j
+    tl.store(base, a.to(q_ptr.dtype.element_ty), mask=qm)
+    tl.store(base + HALF, b.to(q_ptr.dtype.element_ty), mask=qm)
+    kvm = pm & ~is_q
+    base = kv_ptr + ((head - NH) * L + pos) * HD + j
+    tl.store(base, a.to(kv_ptr.dtype.element_ty), mask=kvm)
+    tl.store(base + HALF, b.to(kv_ptr.dtype.element_ty), mask=kvm)
+
+
+def _attn_split(q_ptr, kv_ptr, pos_ptr, part_ptr, scaling,
+                NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+                BHD: tl.constexpr):
+    # The backbone's attention over up to L cached positions, split (flash-decoding): program (g, c) takes KV head g
+    # and positions [c * BT, c * BT + BT) up to ``pos``, and writes per query head of the group its partial result:
+    # (running max, sum of exp, exp-weighted sum of V), HD + 2 floats at part[head, c]. Chunks past ``pos`` write
+    # nothing (the grid is fixed, for CUDA graphs; the combine reads chunks 0..pos // BT only)
+    REP: tl.constexpr = NH // NKV
+    NC: tl.constexpr = (L + BT - 1) // BT
+    g = tl.program_id(0)
+    c = tl.program_id(1)
+    pos = tl.load(pos_ptr)
+    if c * BT <= pos:
+        t = c * BT + tl.arange(0, BT)
+        tm = t <= pos
+        d = tl.arange(0, BHD)
+        dm = d < HD
+        m2 = tm[:, None] & dm[None, :]
+        kt = tl.load(kv_ptr + (g * L + t[:, None]) * HD + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        vt = tl.load(kv_ptr + ((NKV + g) * L + t[:, None]) * HD + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        for r in range(REP):
+            head = g * REP + r
+            q = tl.load(q_ptr + (head * L + pos) * HD + d, mask=dm, other=0.0)
+            s = tl.where(tm, tl.sum(kt * q[None, :], axis=1) * scaling, float("-inf"))
+            m = tl.max(s, axis=0)
+            p = tl.exp(s - m)
+            out = part_ptr + (head * NC + c) * (HD + 2)
+            tl.store(out, m)
+            tl.store(out + 1, tl.sum(p, axis=0))
+            tl.store(out + 2 + d, tl.sum(vt * p[:, None], axis=0), mask=dm)
+
+
+def _attn_combine_o_residual(part_ptr, pos_ptr, w_ptr, s_ptr, h_ptr,
+                             D: tl.constexpr, NH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr,
+                             BT: tl.constexpr, BC: tl.constexpr, BHD: tl.constexpr, BN: tl.constexpr,
+                             HAS_SCALE: tl.constexpr):
+    # every program merges the partial attention results of every head (a few KB from L2: cheaper than a launch),
+    # then takes its BN rows of the o-projection and adds them into the residual stream
+    NC: tl.constexpr = (L + BT - 1) // BT
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rm = rows < D
+    pos = tl.load(pos_ptr)
+    c = tl.arange(0, BC)
+    cm = c <= pos // BT
+    d = tl.arange(0, BHD)
+    dm = d < HD
+    acc = tl.zeros([BN], dtype=tl.float32)
+    for head in range(NH):
+        part = part_ptr + (head * NC + c) * (HD + 2)
+        m = tl.load(part, mask=cm, other=float("-inf"))
+        scale = tl.where(cm, tl.exp(m - tl.max(m, axis=0)), 0.0)
+        total = tl.sum(tl.load(part + 1, mask=cm, other=0.0) * scale, axis=0)
+        vs = tl.load(part[:, None] + 2 + d[None, :], mask=cm[:, None] & dm[None, :], other=0.0)
+        o = tl.sum(vs * scale[:, None], axis=0) / total
+        w = tl.load(w_ptr + rows[:, None] * (NH * HD) + head * HD + d[None, :],
+                    mask=rm[:, None] & dm[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(w * o[None, :], axis=1)
+    if HAS_SCALE:
+        acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
+    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
+    tl.store(h_ptr + rows, hv + acc, mask=rm)
 
 
 def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
@@ -485,12 +556,13 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
 
 _HELPERS = (_pick_token,)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
-                                    _norm_head_sample, _depth_frame)}
+                                    _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual)}
 _BUILT: dict = {}
 # arguments that are views at varying offsets (a position, a code slot, a noise row): Triton would compile the kernel
 # once per 16-byte alignment it sees them at (fern.bench.ptx counted 2-4 builds per kernel, each ~1 s of start-up);
 # they are read or written as scalars or short rows, so alignment buys nothing
-DO_NOT_SPECIALIZE = {"_norm_qkv_cache": ("pos_ptr",), "_attn_o_residual": ("pos_ptr",),
+DO_NOT_SPECIALIZE = {"_norm_qkv_cache": ("pos_ptr", "kv_ptr"), "_attn_o_residual": ("pos_ptr",),
+                     "_attn_split": ("pos_ptr",), "_attn_combine_o_residual": ("pos_ptr",),
                      "_norm_head_sample": ("code_ptr", "noise_ptr", "force_ptr")}
 
 

@@ -22,6 +22,16 @@ class CsmKernels(str, Enum):
         return self.value
 
 
+class CsmBackboneKernels(str, Enum):
+    """The backbone's one-row step (fern.tts.csm.engine.BACKBONE_KERNELS)."""
+
+    torch = "torch"  # the torch fast path (13 operators per layer)
+    triton = "triton"  # 5 Triton launches per layer (fern.tts.csm.fused_backbone)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class CsmContextSegment:
     """One voice-prompt segment: what a speaker said (text) and how it sounded (a wav file, any rate)."""
@@ -63,6 +73,9 @@ class CsmTTSConfig:
     # cannot run) | persistent (the same math as one launch per frame) | auto (triton on CUDA). torch until the
     # Triton paths have passed their GPU tests on the H200
     kernels: CsmKernels = CsmKernels.torch
+    # the backbone's step: torch | triton (falls back to torch, logged, where Triton cannot run). torch until a GPU
+    # run shows the Triton step faster (fern.bench.tts: backbone_ms_per_frame)
+    backbone_kernels: CsmBackboneKernels = CsmBackboneKernels.torch
     weights: str = "${optim.tts_weights}"  # depth decoder weights: bf16 (the model's) | int8 | fp8 (weight-only)
     tf32: bool = "${optim.tf32}"  # type: ignore[assignment]
     cudnn_benchmark: bool = "${optim.cudnn_benchmark}"  # type: ignore[assignment]

@@ -56,6 +56,7 @@ class CsmSynthesizer:
         compile: bool = False,
         kernels: str = "torch",
         weights: str = "bf16",
+        backbone_kernels: str = "torch",
         tf32: bool = False,
         cudnn_benchmark: bool = False,
         warmup: bool = True,
@@ -95,7 +96,8 @@ class CsmSynthesizer:
             csm = loading.apply_lora(csm, lora, merge=lora_merge)
         self.model, self.tokenizer, self.mimi = csm, tokenizer, mimi
         self.mimi.set_num_codebooks(csm.config.num_codebooks)
-        self.engine = CsmEngine(csm, cuda_graphs=cuda_graphs, compile=compile, kernels=kernels, weights=weights)
+        self.engine = CsmEngine(csm, cuda_graphs=cuda_graphs, compile=compile, kernels=str(kernels),
+                                weights=weights, backbone_kernels=str(backbone_kernels))
         self.engine.temperature, self.engine.top_k = float(temperature), int(top_k)
         self.streaming = bool(streaming)
         self.first_chunk_frames, self.chunk_frames = int(first_chunk_frames), int(chunk_frames)
