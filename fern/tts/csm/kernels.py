@@ -13,6 +13,10 @@ and the same math as one persistent launch per frame:
                            a grid-wide barrier (atomic counter, bounded wait) after each phase, every program sampling
                            the same token so the next step's input needs no extra barrier. 1 launch instead of 543.
 
+and for the backbone's one-row step (fern.tts.csm.fused_backbone), whose attention spans up to 2048 positions: K1
+with rope, writing K/V into the backbone's own cache; _attn_split (flash-decoding: partial results per KV head and
+chunk of positions); _attn_combine_o_residual (every program merges the partials, then its o-proj rows); K3; K4.
+
 Why this split: a layer has four points where every output element needs the whole of a vector another program
 computes (q|k|v -> attention, o -> norm, gate|up -> down, down -> next norm). Without a grid-wide barrier each such
 point ends a launch. The persistent kernel waits at a barrier there instead, which is safe only because its grid is
@@ -99,6 +103,21 @@ def _pick_token(logits, vm, noise, top_k, SAMPLE: tl.constexpr):
     else:
         c = tl.argmax(logits, axis=0, tie_break_left=True)
     return c.to(tl.int64)
+
+
+def _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE: tl.constexpr):
+    # a GEMV's rows (times their scales, for quantized weights) added into the residual stream
+    if HAS_SCALE:
+        acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
+    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
+    tl.store(h_ptr + rows, hv + acc, mask=rm)
+
+
+def _o_rows(w_ptr, rows, rm, head, d, dm, o, NH: tl.constexpr, HD: tl.constexpr):
+    # the o-projection's rows ``rows`` applied to one head's attention output o (BHD,)
+    w = tl.load(w_ptr + rows[:, None] * (NH * HD) + head * HD + d[None, :],
+                mask=rm[:, None] & dm[None, :], other=0.0).to(tl.float32)
+    return tl.sum(w * o[None, :], axis=1)
 
 
 def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, q_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr,
@@ -211,13 +230,8 @@ def _attn_combine_o_residual(part_ptr, pos_ptr, w_ptr, s_ptr, h_ptr,
         total = tl.sum(tl.load(part + 1, mask=cm, other=0.0) * scale, axis=0)
         vs = tl.load(part[:, None] + 2 + d[None, :], mask=cm[:, None] & dm[None, :], other=0.0)
         o = tl.sum(vs * scale[:, None], axis=0) / total
-        w = tl.load(w_ptr + rows[:, None] * (NH * HD) + head * HD + d[None, :],
-                    mask=rm[:, None] & dm[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(w * o[None, :], axis=1)
-    if HAS_SCALE:
-        acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
-    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
-    tl.store(h_ptr + rows, hv + acc, mask=rm)
+        acc += _o_rows(w_ptr, rows, rm, head, d, dm, o, NH, HD)
+    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE)
 
 
 def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
@@ -247,13 +261,8 @@ def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
             p = tl.exp(s - tl.max(s, axis=0))
             p = p / tl.sum(p, axis=0)
             o = tl.sum(vt * p[:, None], axis=0)  # (BHD,)
-            w = tl.load(w_ptr + rows[:, None] * (NH * HD) + head * HD + d[None, :],
-                        mask=rm[:, None] & dm[None, :], other=0.0).to(tl.float32)
-            acc += tl.sum(w * o[None, :], axis=1)
-    if HAS_SCALE:
-        acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
-    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
-    tl.store(h_ptr + rows, hv + acc, mask=rm)
+            acc += _o_rows(w_ptr, rows, rm, head, d, dm, o, NH, HD)
+    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE)
 
 
 def _norm_gateup_swiglu(h_ptr, nw_ptr, eps, w_ptr, s_ptr, act_ptr,
@@ -299,10 +308,7 @@ def _down_residual(act_ptr, w_ptr, s_ptr, h_ptr,
         x = tl.load(act_ptr + k, mask=km, other=0.0)
         w = tl.load(w_ptr + rows[:, None] * FF + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
         acc += tl.sum(w * x[None, :], axis=1)
-    if HAS_SCALE:
-        acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
-    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
-    tl.store(h_ptr + rows, hv + acc, mask=rm)
+    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE)
 
 
 def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, logits_ptr, counter_ptr, noise_ptr,
@@ -554,7 +560,7 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
 
 # ---- launching --------------------------------------------------------------------------------------------------
 
-_HELPERS = (_pick_token,)
+_HELPERS = (_pick_token, _add_rows, _o_rows)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
                                     _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual)}
 _BUILT: dict = {}
