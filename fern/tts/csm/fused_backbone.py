@@ -50,6 +50,7 @@ class FusedBackbone:
         self.eps1 = [float(layer.input_layernorm.variance_epsilon) for layer in layers]
         self.eps2 = [float(layer.post_attention_layernorm.variance_epsilon) for layer in layers]
         self.cos, self.sin = bb.cos.contiguous(), bb.sin.contiguous()  # (max_len, head_dim), the model's rope
+        self.final_norm, self.final_eps = bb.norm.weight.detach().float(), float(bb.norm.variance_epsilon)
         dev = engine.device
         p2 = K.next_pow2
         if dev.type == "cuda":
@@ -75,8 +76,7 @@ class FusedBackbone:
         self.h.copy_(emb.reshape(-1))
         for i in range(len(self.qkv)):
             self._layer(i, pos)
-        norm = self.bb.norm
-        return F.rms_norm(self.h, (self.D,), norm.weight.float(), norm.variance_epsilon).to(emb.dtype)[None]
+        return F.rms_norm(self.h, (self.D,), self.final_norm, self.final_eps).to(emb.dtype)[None]
 
     def _layer(self, i: int, pos: torch.Tensor) -> None:
         b, D, NH, NKV, HD, L, FF = self.blocks, self.D, self.NH, self.NKV, self.HD, self.L, self.FF
