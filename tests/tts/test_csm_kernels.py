@@ -396,6 +396,11 @@ def test_unusable_triton_falls_back_to_torch_and_says_why(tiny, monkeypatch, cap
     with caplog.at_level("INFO", logger="fern.tts.csm.engine"):
         engine = CsmEngine(tiny, kernels="triton", weights="int8")  # quantized weights still apply, via torch
     assert (engine.kernels, engine.weights, engine.depth.backend) == ("torch", "int8", "torch")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fern.tts.csm.engine"):
+        engine = CsmEngine(tiny, backbone_kernels="triton")
+    assert engine.backbone_kernels == "torch" and engine.bb_fused is None
+    assert "CSM backbone: Triton kernels unusable" in caplog.text and "no compiler here" in caplog.text
 
 
 def test_bad_kernel_or_weight_names_are_config_errors(tiny):
