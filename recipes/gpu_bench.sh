@@ -92,19 +92,23 @@ LLM_DIR=${TMPDIR:-/tmp}/fern_rand_llama
 V2V=(asr=hf_whisper_turbo asr.random_weights=true asr.max_new_tokens=24 llm=llama3_2_1b "llm.model=$LLM_DIR"
      llm.max_new_tokens=12 chunker.max_words=6 "io.output_dir=$OUT/v2v")
 # the depth-decoder kernels that steps 2 and 2b measured faster (bf16 weights, default launch shapes); triton when
-# either figure is missing
-TTS_KERNELS=$(OUT="$OUT" $PY -c '
+# either figure is missing. With the persistent kernel, the backbone's Triton step where step 2b measured it faster
+read -r TTS_KERNELS TTS_BACKBONE <<< "$(OUT="$OUT" $PY -c '
 import json, os
-def ms(name):
+def load(name):
     try:
         r = json.load(open(os.path.join(os.environ["OUT"], name)))
-        return r["gen_ms_per_frame"] if r.get("weights") == "bf16" else None
-    except (OSError, ValueError, KeyError):
+        return r if r.get("weights") == "bf16" and "gen_ms_per_frame" in r else None
+    except (OSError, ValueError):
         return None
-t, p = ms("bench_triton.json"), ms("bench_persistent.json")
-print("persistent" if p is not None and t is not None and p < t else "triton")' 2>/dev/null || echo triton)
-GPU_V2V=(tts=csm_streaming tts.random_weights=true "tts.kernels=$TTS_KERNELS" tts.max_audio_s=2 optim=full device=cuda)
-echo "step 5 speaks with tts.kernels=$TTS_KERNELS (the faster of steps 2 and 2b)"
+t, p = load("bench_triton.json"), load("bench_persistent.json")
+kernels = "persistent" if p and t and p["gen_ms_per_frame"] < t["gen_ms_per_frame"] else "triton"
+v = (p or {}).get("variant_persistent:bf16:triton", {})
+faster = v.get("backbone_kernels") == "triton" and v.get("gen_ms_per_frame", 1e9) < p["gen_ms_per_frame"]
+print(kernels, "triton" if kernels == "persistent" and faster else "torch")' 2>/dev/null || echo triton torch)"
+GPU_V2V=(tts=csm_streaming tts.random_weights=true "tts.kernels=$TTS_KERNELS" "tts.backbone_kernels=$TTS_BACKBONE"
+         tts.max_audio_s=2 optim=full device=cuda)
+echo "step 5 speaks with tts.kernels=$TTS_KERNELS tts.backbone_kernels=$TTS_BACKBONE (the fastest of steps 2 and 2b)"
 if ! want 5; then
   echo "not in STEPS"
 elif MISSING=$($PY -c "import importlib.util as u
