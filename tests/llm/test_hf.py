@@ -101,6 +101,8 @@ def test_the_converted_copy_loads_what_the_gguf_file_itself_gives(smollm2: HFCau
     saving = {"_name_or_path", "transformers_version", "architectures"}
     assert ({k: v for k, v in smollm2.model.config.to_dict().items() if k not in saving}
             == {k: v for k, v in direct.config.to_dict().items() if k not in saving})
+    gen = [{k: v for k, v in m.generation_config.to_dict().items() if k not in saving} for m in (smollm2.model, direct)]
+    assert gen[0] == gen[1]  # the stop tokens come from it
     ours = smollm2.model.state_dict()
     theirs = direct.state_dict()
     assert ours.keys() == theirs.keys()
