@@ -203,8 +203,9 @@ def tiny():
 
 
 # the persistent kernel in the interpreter runs one program, which walks every block of every phase: small blocks
-# make it walk many (the partition of rows and K), the default ones one block per phase
-FRAME_SMALL_BLOCKS = dict(BP=4, BKA=16, BNO=16, BNG=16, BKG=16, BND=8, BKD=32, BNH=256, BKH=16)
+# make it walk several (the partition of rows and K), each phase's last one partial (48, 96 and 2051 wide against
+# 32, 64 and 512), the default ones one block per phase
+FRAME_SMALL_BLOCKS = dict(BP=8, BKA=32, BNO=32, BNG=32, BKG=32, BND=16, BKD=64, BNH=512, BKH=32)
 
 
 @pytest.mark.parametrize(("kind", "mode", "dmode"), [
