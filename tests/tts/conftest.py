@@ -40,3 +40,19 @@ def tiny_csm():
 @pytest.fixture
 def tiny_mimi():
     return make_tiny_mimi()
+
+
+def torch_backbone_step(engine):
+    """The torch fast path's backbone step at the engine's next row, with the cache put back as it was, for the
+    Triton step to redo: (input row, position tensor, hidden state (1, D), each layer's K/V at the row, each
+    layer's cache before)."""
+    import torch
+
+    with torch.no_grad():
+        before = [kv.clone() for kv in engine.bb.kv]
+        emb, at = engine.emb_in.clone(), engine.pos.clone()
+        ref = engine.bb.forward(emb, at)[:, -1].clone()
+        ref_kv = [kv[:, :, :, int(at)].clone() for kv in engine.bb.kv]
+        for kv, saved in zip(engine.bb.kv, before):
+            kv.copy_(saved)
+    return emb, at, ref, ref_kv, before

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_synth, make_tiny_csm, make_tiny_mimi
+from conftest import make_synth, make_tiny_csm, make_tiny_mimi, torch_backbone_step
 
 from fern.events import CancelToken
 
@@ -190,12 +190,8 @@ def test_full_size_triton_backbone_step_equals_the_torch_step(full_bf16):
 
     engine = CsmEngine(full_bf16)
     pos = engine.prepare([], Segment(torch.arange(3, 304)))
-    before = [kv.clone() for kv in engine.bb.kv]
-    emb, at = engine.emb_in.clone(), engine.pos.clone()
-    ref = engine.bb.forward(emb, at)[:, -1].float()
-    ref_kv = [kv[:, :, :, pos].float() for kv in engine.bb.kv]
-    for kv, saved in zip(engine.bb.kv, before):
-        kv.copy_(saved)
+    emb, at, ref, ref_kv, before = torch_backbone_step(engine)
+    ref, ref_kv = ref.float(), [row.float() for row in ref_kv]
     out = FusedBackbone(engine).run(emb, at).float()
     print("backbone step, Triton vs torch, max relative difference:",
           float((out - ref).abs().max() / ref.abs().max()))

@@ -15,7 +15,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_synth, make_tiny_csm, make_tiny_mimi
+from conftest import make_synth, make_tiny_csm, make_tiny_mimi, torch_backbone_step
 
 from fern.bench.opcount import count_kernels
 from fern.tts.csm import fused
@@ -291,12 +291,7 @@ def test_fused_backbone_step_equals_the_torch_step(blocks):
     engine = CsmEngine(make_tiny_csm(seed=2, max_positions=64, device=str(DEV)))
     pos = engine.prepare([], Segment(torch.arange(3, 27)))
     assert pos == 23
-    before = [kv.clone() for kv in engine.bb.kv]
-    emb, at = engine.emb_in.clone(), engine.pos.clone()
-    ref = engine.bb.forward(emb, at)[:, -1].clone()
-    ref_kv = [kv[:, :, :, pos].clone() for kv in engine.bb.kv]
-    for kv, saved in zip(engine.bb.kv, before):
-        kv.copy_(saved)
+    emb, at, ref, ref_kv, before = torch_backbone_step(engine)
     fb = FusedBackbone(engine, blocks=BACKBONE_SMALL_BLOCKS if blocks == "small" else None)
     assert fb.chunks == (16 if blocks == "small" else 1)
     out = fb.run(emb, at)

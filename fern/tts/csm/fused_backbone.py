@@ -68,9 +68,6 @@ class FusedBackbone:
         self.part = torch.zeros(self.NH, self.chunks, self.HD + 2, device=dev, dtype=torch.float32)
         self.act = torch.zeros(self.FF, device=dev, dtype=torch.float32)
 
-    def weight_bytes(self) -> int:
-        return sum(w.numel() * w.element_size() for ws in (self.qkv, self.o, self.gu, self.down) for w in ws)
-
     def run(self, emb: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """emb (1, 1, D) in the model dtype, pos (1,) long -> the final-normed hidden state (1, D), model dtype."""
         self.h.copy_(emb.reshape(-1))
