@@ -62,7 +62,7 @@ def test_optim_bf16_decides_what_auto_dtype_means_on_a_gpu(compose):
     ("listener.reply_words=turn", "expected one of [asr, detector]"),
     ("optim.tts_weights=int4", "expected one of [bf16, int8, fp8]"),
     ("tts=csm_streaming,tts.kernels=megakernel", "expected one of [torch, triton, persistent, auto]"),
-    ("tts=csm_streaming,tts.backbone_kernels=cuda", "expected one of [torch, triton]"),
+    ("tts=csm_streaming,tts.backbone_kernels=cuda", "expected one of [torch, triton, persistent]"),
 ])
 def test_bad_config_fails_at_compose_time(compose, override, message):
     with pytest.raises(Exception) as info:

@@ -29,7 +29,9 @@ def record_launches(kind: str, mode: str, blocks: dict | None = None, temperatur
                     top_k: int = 50) -> list[tuple]:
     """One frame's Triton launches of the fused depth decoder (``mode``: steps | frame) on CSM-1B's shapes, with
     the GPU launch shapes (``fused.GPU_BLOCKS`` / ``FRAME_GPU_BLOCKS``, updated by ``blocks``); ``backbone``: the
-    backbone's Triton step (``fused_backbone.GPU_BLOCKS``; model weights only, so ``kind`` must be bf16)."""
+    backbone's Triton step (``fused_backbone.GPU_BLOCKS``; model weights only, so ``kind`` must be bf16);
+    ``backbone_frame``: the backbone's persistent kernel (``fused_backbone.FRAME_GPU_BLOCKS``; on the meta device
+    every layer's offset is 0, which changes no instruction)."""
     import torch
     from transformers import CsmConfig, CsmForConditionalGeneration
 
@@ -40,10 +42,12 @@ def record_launches(kind: str, mode: str, blocks: dict | None = None, temperatur
     with torch.device("meta"):
         model = CsmForConditionalGeneration(CsmConfig()).to(torch.bfloat16)
     engine = CsmEngine(model)
-    if mode == "backbone":
-        from fern.tts.csm import fused_backbone
+    if mode in ("backbone", "backbone_frame"):
+        from fern.tts.csm import fused_backbone as fb
 
-        backbone = fused_backbone.FusedBackbone(engine, blocks=dict(fused_backbone.GPU_BLOCKS, **(blocks or {})))
+        frame = mode == "backbone_frame"
+        backbone = fb.FusedBackbone(engine, blocks=dict(fb.FRAME_GPU_BLOCKS if frame else fb.GPU_BLOCKS,
+                                                        **(blocks or {})), mode="frame" if frame else "layers")
         emb = torch.zeros(1, 1, backbone.D, device="meta", dtype=torch.bfloat16)
         pos = torch.zeros(1, device="meta", dtype=torch.long)
         with K.LaunchRecorder() as rec, torch.no_grad():
@@ -198,7 +202,7 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
     rows = []
     for mode in modes:
         for kind in kinds:
-            if mode == "backbone" and kind != "bf16":  # its step reads the model's own weights
+            if mode.startswith("backbone") and kind != "bf16":  # its kernels read the model's own weights
                 continue
             compiled: dict = {}
             by_kernel: dict = {}
@@ -244,8 +248,9 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", default="bf16,int8,fp8")
-    p.add_argument("--modes", default="steps,frame,backbone",
-                   help="steps (4 kernels per layer + head), frame (persistent), backbone (its Triton step)")
+    p.add_argument("--modes", default="steps,frame,backbone,backbone_frame",
+                   help="steps (4 kernels per layer + head), frame (persistent), backbone (its Triton step), "
+                        "backbone_frame (its persistent kernel)")
     p.add_argument("--blocks", default=None, help="JSON dict of block shapes to override (the mode's keys)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100 / H200)")
     p.add_argument("--greedy", action="store_true", help="temperature 0 (no sampling code in the head)")

@@ -167,7 +167,13 @@ def _bench(args) -> dict:
     if device.startswith("cuda"):
         res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
     for variant in [v for v in (args.variants or "").split(",") if v]:
-        res[f"variant_{variant}"] = _variant(model, seg, variant, synth.engine, args)
+        v = res[f"variant_{variant}"] = _variant(model, seg, variant, synth.engine, args)
+        # progress, and the figures so far on disk: a run cut short by its time box keeps what it measured
+        print(f"variant {variant}: " + (f"FAILED {v['error']}" if "error" in v else
+                                         f"{v['gen_ms_per_frame']:.3f} ms/frame"), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(res, partial=True), f, indent=1)
     return res
 
 
@@ -202,8 +208,8 @@ def _kernel_counts(engine, seg) -> dict:
 
 def _variant(model, seg, variant: str, main_engine, args) -> dict:
     """One kernels:weights[:backbone][@block=value;...] variant's frame loop on the same model, same run: ms/frame,
-    kernels/frame, bytes, share. ``backbone``: the backbone's kernels (torch, the default, or triton). The part after
-    @ overrides the depth decoder's Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys)."""
+    kernels/frame, bytes, share. ``backbone``: the backbone's kernels (torch, the default, triton or persistent). The
+    part after @ overrides the depth decoder's Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys)."""
     import torch
 
     from fern.tts.csm.engine import CsmEngine
@@ -225,8 +231,8 @@ def _variant(model, seg, variant: str, main_engine, args) -> dict:
                "startup_s": time.perf_counter() - t0,
                "graph_capture_s": engine.stats.get("graph_capture_s", 0.0)}
         out["gen_ms_per_frame"] = _frame_loop_ms(engine, seg, args)
-        if engine.depth is not None and engine.depth.barrier_timed_out():
-            raise RuntimeError("the persistent kernel gave up waiting at a grid barrier: its figures are void")
+        if any(part is not None and part.barrier_timed_out() for part in (engine.depth, engine.bb_fused)):
+            raise RuntimeError("a persistent kernel gave up waiting at a grid barrier: its figures are void")
         out.update(_bandwidth(engine, out["gen_ms_per_frame"], args))
         out.update(_kernel_counts(engine, seg))
         if engine.backbone_kernels != main_engine.backbone_kernels:  # its own backbone: its own backbone time
@@ -387,11 +393,11 @@ def main(argv=None) -> dict:
                    help="depth decoder kernels of the main figures (tts.kernels)")
     p.add_argument("--weights", default="bf16", choices=["bf16", "int8", "fp8"],
                    help="depth decoder weights of the main figures (optim.tts_weights)")
-    p.add_argument("--backbone-kernels", default="torch", choices=["torch", "triton"],
+    p.add_argument("--backbone-kernels", default="torch", choices=["torch", "triton", "persistent"],
                    help="the backbone's step of the main figures (tts.backbone_kernels)")
     p.add_argument("--variants", default="",
                    help="comma list of kernels:weights[:backbone][@block=value;...], e.g. triton:int8,"
-                        "persistent:bf16@num_warps=4,persistent:bf16:triton")
+                        "persistent:bf16@num_warps=4,persistent:bf16:persistent")
     p.add_argument("--peak-tbps", type=float, default=4.8, help="memory bandwidth for the share (H200: 4.8 TB/s)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)

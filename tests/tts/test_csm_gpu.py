@@ -165,26 +165,30 @@ def test_full_size_persistent_kernel_agrees_with_module_path_and_replays_exactly
     assert not any(e.depth.barrier_timed_out() for e in engines)
 
 
-def test_tiny_triton_backbone_equals_module_path_fp32():
-    """fp32 on the GPU: the backbone's Triton step (with the persistent depth decoder) gives the module path's
-    greedy tokens, eagerly and as a graph replay."""
+@pytest.mark.parametrize("backbone", ["triton", "persistent"])
+def test_tiny_triton_backbone_equals_module_path_fp32(backbone):
+    """fp32 on the GPU: the backbone's Triton step or persistent kernel (with the persistent depth decoder) gives
+    the module path's greedy tokens, eagerly and as a graph replay."""
     from fern.tts.csm.engine import CsmEngine, Segment
 
     model = make_tiny_csm(device="cuda")
     seg = Segment(torch.tensor([1, 40, 41, 42, 9]))
     ref = torch.cat(list(CsmEngine(model, fast=False).generate([], seg, 6)))
     for graphs in (False, True):
-        engine = CsmEngine(model, kernels="persistent", backbone_kernels="triton", cuda_graphs=graphs)
-        assert engine.backbone_kernels == "triton"
+        engine = CsmEngine(model, kernels="persistent", backbone_kernels=backbone, cuda_graphs=graphs)
+        assert engine.backbone_kernels == backbone
         assert torch.equal(torch.cat(list(engine.generate([], seg, 6))), ref), graphs
+        assert not engine.bb_fused.barrier_timed_out()
 
 
+@pytest.mark.parametrize("mode", ["layers", "frame"])
 @torch.no_grad()
-def test_full_size_triton_backbone_step_equals_the_torch_step(full_bf16):
+def test_full_size_triton_backbone_step_equals_the_torch_step(full_bf16, mode):
     """CSM-1B backbone shapes (16 layers, 2048 wide, 32 heads / 8 KV heads of 64, 8192 MLP) after a 300-row
-    prompt (5 attention chunks): the Triton step's hidden state and K/V rows against the torch fast path's. The
-    Triton step keeps the residual in fp32, torch rounds it to bf16 after every op: within 5e-2 relative (a wrong
-    rope, chunk merge or cache row is off by O(1)). Tokens are checked exactly on the tiny fp32 model above."""
+    prompt (5 attention chunks): the Triton step's (or persistent kernel's) hidden state and K/V rows against the
+    torch fast path's. The Triton kernels keep the residual in fp32, torch rounds it to bf16 after every op: within
+    5e-2 relative (a wrong rope, chunk merge or cache row is off by O(1)). Tokens are checked exactly on the tiny
+    fp32 model above."""
     from fern.tts.csm.engine import CsmEngine, Segment
     from fern.tts.csm.fused_backbone import FusedBackbone
 
@@ -192,8 +196,10 @@ def test_full_size_triton_backbone_step_equals_the_torch_step(full_bf16):
     pos = engine.prepare([], Segment(torch.arange(3, 304)))
     emb, at, ref, ref_kv, before = torch_backbone_step(engine)
     ref, ref_kv = ref.float(), [row.float() for row in ref_kv]
-    out = FusedBackbone(engine).run(emb, at).float()
-    print("backbone step, Triton vs torch, max relative difference:",
+    fused = FusedBackbone(engine, mode=mode)
+    out = fused.run(emb, at).float()
+    assert not fused.barrier_timed_out()
+    print(f"backbone step ({mode}), Triton vs torch, max relative difference:",
           float((out - ref).abs().max() / ref.abs().max()))
     assert float((out - ref).abs().max() / ref.abs().max()) <= 5e-2
     for i, kv in enumerate(engine.bb.kv):

@@ -7,6 +7,7 @@ max |ref| <= 1e-5 (fp32 accumulation; only the summation order differs). Tokens:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_norm_qkv_rope_cache_write(blocks, kind, rope):
     pos = 7
     K.launch("_norm_qkv_cache", (-(-(NH + 2 * NKV) * HD // 2 // b["BP"]),), h.to(DEV), nw.to(DEV), 1e-5, w,
              w if s is None else s, buf, buf[NH:], torch.tensor([pos], device=DEV), cos.to(DEV), sin.to(DEV), D=D,
-             NH=NH, NKV=NKV, HD=HD, L=L, BP=b["BP"], BK=b["BK"], ROPE=rope, HAS_SCALE=s is not None)
+             NH=NH, NKV=NKV, HD=HD, QL=L, L=L, BP=b["BP"], BK=b["BK"], ROPE=rope, HAS_SCALE=s is not None)
     y = (wref @ _rms(h.double(), nw.double())).view(NH + 2 * NKV, HD)
     if rope:  # transformers' rotate_half rope on the q and k heads only
         rot = torch.cat([-y[:, HD // 2:], y[:, : HD // 2]], 1)
@@ -281,38 +282,47 @@ def test_engine_triton_greedy_tokens_identical_to_torch_path(tiny, kernels):
 BACKBONE_SMALL_BLOCKS = dict(qkv_bp=4, qkv_bk=16, attn_bt=4, o_bn=16, gu_bn=16, gu_bk=16, down_bn=16, down_bk=32)
 
 
+@pytest.mark.parametrize("mode", ["layers", "frame"])
 @pytest.mark.parametrize("blocks", ["default", "small"])
 @torch.no_grad()
-def test_fused_backbone_step_equals_the_torch_step(blocks):
-    """One backbone row after a 23-row prompt: the Triton step gives the torch fast path's hidden state and writes
-    the same K/V into the shared cache (the prompt was prefilled by torch)."""
+def test_fused_backbone_step_equals_the_torch_step(blocks, mode):
+    """One backbone row after a 23-row prompt: the Triton step (5 launches per layer, or the persistent kernel,
+    whose one interpreted program loops over every block of every phase) gives the torch fast path's hidden state
+    and writes the same K/V into the shared cache (the prompt was prefilled by torch)."""
     from fern.tts.csm.fused_backbone import FusedBackbone
 
     engine = CsmEngine(make_tiny_csm(seed=2, max_positions=64, device=str(DEV)))
     pos = engine.prepare([], Segment(torch.arange(3, 27)))
     assert pos == 23
     emb, at, ref, ref_kv, before = torch_backbone_step(engine)
-    fb = FusedBackbone(engine, blocks=BACKBONE_SMALL_BLOCKS if blocks == "small" else None)
+    fb = FusedBackbone(engine, blocks=BACKBONE_SMALL_BLOCKS if blocks == "small" else None, mode=mode)
     assert fb.chunks == (16 if blocks == "small" else 1)
+    if mode == "frame":  # the layers' tensors found by offsets from one base per kind, all 16-byte aligned
+        assert fb.offsets.shape == (len(engine.bb.layers), 5) and fb.align == 4 and fb.grid == 1
     out = fb.run(emb, at)
     assert out.shape == ref.shape and _rel(out, ref.double().cpu()) <= TOL
     for i, kv in enumerate(engine.bb.kv):
         assert _rel(kv[:, :, :, pos], ref_kv[i].double().cpu()) <= TOL, i
         assert torch.equal(kv[:, :, :, :pos], before[i][:, :, :, :pos])  # the prompt's rows are left alone
         assert not kv[:, :, :, pos + 1:].any()
+    if mode == "frame":  # the barrier counters are reset for the next launch (and graph replay)
+        assert fb.sync.tolist() == [0, 0, 0] and not fb.barrier_timed_out()
 
 
-@pytest.mark.parametrize("kernels", ["torch", "persistent"])
-def test_engine_with_triton_backbone_gives_the_torch_paths_greedy_tokens(kernels):
-    """Whole frames with the backbone's Triton step (and the depth decoder on torch or the persistent kernel) ==
-    the torch fast path, over frames whose positions fall in two attention chunks."""
+@pytest.mark.parametrize(("kernels", "backbone"), [("torch", "triton"), ("persistent", "triton"),
+                                                   ("persistent", "persistent")])
+def test_engine_with_triton_backbone_gives_the_torch_paths_greedy_tokens(kernels, backbone):
+    """Whole frames with the backbone's Triton step or persistent kernel (and the depth decoder on torch or the
+    persistent kernel) == the torch fast path, over frames whose positions fall in two attention chunks."""
     model = make_tiny_csm(seed=1, max_positions=64, device=str(DEV))
     ref = _frames(CsmEngine(model), 3)
     from fern.tts.csm.fused_backbone import FusedBackbone
 
-    engine = CsmEngine(model, kernels=kernels, backbone_kernels="triton")
-    assert (engine.backbone_kernels, engine.kernels) == ("triton", kernels)
-    engine.bb_fused = FusedBackbone(engine, blocks=BACKBONE_SMALL_BLOCKS)  # positions 6.. span chunks 1 and 2
+    engine = CsmEngine(model, kernels=kernels, backbone_kernels=backbone)
+    assert (engine.backbone_kernels, engine.kernels) == (backbone, kernels)
+    assert engine.bb_fused.mode == ("frame" if backbone == "persistent" else "layers")
+    # positions 6.. span chunks 1 and 2
+    engine.bb_fused = FusedBackbone(engine, blocks=BACKBONE_SMALL_BLOCKS, mode=engine.bb_fused.mode)
     assert torch.equal(_frames(engine, 3), ref)
 
 
@@ -381,6 +391,16 @@ def test_launches_per_frame(tiny):
         "triton:depth_frame": 1, "triton:norm_qkv_cache": n_bb, "triton:attn_split": n_bb,
         "triton:attn_combine_o_residual": n_bb, "triton:norm_gateup_swiglu": n_bb, "triton:down_residual": n_bb}
     assert sum(both.values()) < sum(per.values()) - 5 * n_bb  # 13 torch operators per layer gone, 5 launches in
+    # and as one persistent launch: the 5 per layer become one, and the copy of the input row into h a phase of it
+    engine = CsmEngine(tiny, kernels="persistent", backbone_kernels="persistent")
+    engine.temperature, engine.top_k = 0.9, 50
+    engine.prepare([], seg)
+    with torch.no_grad():
+        one = count_kernels(engine._run_frame)
+    assert {k: v for k, v in one.items() if k.startswith("triton:")} == {"triton:depth_frame": 1,
+                                                                         "triton:backbone_frame": 1}
+    launches_and_copy_gone, launch_in = 5 * n_bb + 1, 1
+    assert sum(one.values()) == sum(both.values()) - launches_and_copy_gone + launch_in
 
 
 def test_unusable_triton_falls_back_to_torch_and_says_why(tiny, monkeypatch, caplog):
@@ -416,6 +436,7 @@ def test_config_switches_reach_the_synthesizer(compose, tiny):
     assert (cfg.tts.kernels, cfg.tts.weights, cfg.tts.backbone_kernels) == ("triton", "int8", "triton")
     assert compose(["tts=csm"]).tts.weights == "bf16"
     assert compose(["tts=csm"]).tts.backbone_kernels == "torch"
+    assert compose(["tts=csm", "tts.backbone_kernels=persistent"]).tts.backbone_kernels == "persistent"
     synth = make_synth(tiny, mimi=make_tiny_mimi(device=str(DEV)), device=str(DEV), kernels=cfg.tts.kernels,
                        weights=cfg.tts.weights, backbone_kernels=cfg.tts.backbone_kernels)
     assert (synth.engine.kernels, synth.engine.weights, synth.engine.backbone_kernels) == ("triton", "int8", "triton")
@@ -473,3 +494,34 @@ def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     assert run.data.metrics["backbone_share"] == res["backbone_share"]
     bad = bench_tts._variant(None, None, "persistent:bf16@BNG", None, None)
     assert "error" in bad  # a shape without a value is reported, not raised
+
+
+def test_bench_keeps_the_variants_that_ended_when_cut_short(tmp_path, monkeypatch):
+    """gpu_bench runs fern.bench.tts in a time box: each variant's figures reach the JSON as it ends, so a box that
+    kills the run keeps them (the summary marks the file partial). The first variant, the persistent backbone (the
+    depth decoder on torch, for time), runs for real; the second is cut off the way the time box would (the process
+    stops inside it)."""
+    from fern.bench import tts as bench_tts
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real = bench_tts._variant
+    calls = []
+
+    def cut_after_first(*args):
+        calls.append(args[2])
+        if len(calls) > 1:
+            raise SystemExit("time box")
+        return real(*args)
+
+    monkeypatch.setattr(bench_tts, "_variant", cut_after_first)
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit, match="time box"):
+        bench_tts.main(["--size", "tiny", "--device", str(DEV), "--frames", "1", "--runs", "1",
+                        "--baseline-frames", "0", "--no-compare-modules",
+                        "--variants", "torch:bf16:persistent,triton:int8", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["partial"] is True and "variant_triton:int8" not in saved
+    v = saved["variant_torch:bf16:persistent"]
+    assert (v["kernels"], v["backbone_kernels"]) == ("torch", "persistent"), v
+    assert v["triton_launches_per_frame"] == 1 and v["gen_ms_per_frame"] > 0
+    assert 0 < v["backbone_ms_per_frame"] < v["gen_ms_per_frame"]

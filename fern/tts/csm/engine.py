@@ -268,7 +268,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 KERNELS = ("torch", "triton", "persistent", "auto")
-BACKBONE_KERNELS = ("torch", "triton")
+BACKBONE_KERNELS = ("torch", "triton", "persistent")
 
 
 class CsmEngine:
@@ -287,8 +287,9 @@ class CsmEngine:
         (an emulation for quality checks, not faster). Triton that cannot run here falls back to torch, logged.
         ``blocks``: launch shapes of the Triton kernels over their defaults (``fused.GPU_BLOCKS`` and
         ``FRAME_GPU_BLOCKS``), for tuning on a GPU (``fern.bench.tts --variants persistent:bf16@num_warps=4``).
-        ``backbone_kernels``: ``torch`` | ``triton`` (its one-row step as 5 Triton launches per layer,
-        ``fern.tts.csm.fused_backbone``; prompts are prefilled by torch either way)."""
+        ``backbone_kernels``: ``torch`` | ``triton`` (its one-row step as 5 Triton launches per layer) |
+        ``persistent`` (the same as one launch), ``fern.tts.csm.fused_backbone``; prompts are prefilled by torch
+        either way."""
         self.model = model.eval()
         cfg = model.config
         p = next(model.parameters())
@@ -342,7 +343,9 @@ class CsmEngine:
             self.kernels = "persistent" if self.depth.mode == "frame" else "triton"
         self.weights = self.depth.kind if self.depth is not None else "bf16"
         self.bb_fused = self._fused_backbone(backbone_kernels)
-        self.backbone_kernels = "triton" if self.bb_fused is not None else "torch"
+        self.backbone_kernels = "torch"
+        if self.bb_fused is not None:
+            self.backbone_kernels = "persistent" if self.bb_fused.mode == "frame" else "triton"
         self._bb_step = self._backbone_step
         self._dd_step = self._depth_step
         if self.compile:  # whole steps, so sampling and the next step's input fuse with the layers
@@ -407,8 +410,8 @@ class CsmEngine:
         if backbone_kernels == "torch":
             return None
         if not self.bb.fused:
-            log.warning("CSM backbone: tts.backbone_kernels=triton needs plain Linear layers (no unmerged LoRA): "
-                        "torch instead")
+            log.warning("CSM backbone: tts.backbone_kernels=%s needs plain Linear layers (no unmerged LoRA): "
+                        "torch instead", backbone_kernels)
             return None
         from fern.tts.csm import kernels as K
         from fern.tts.csm.fused_backbone import FusedBackbone
@@ -417,7 +420,7 @@ class CsmEngine:
         if why:
             log.warning("CSM backbone: Triton kernels unusable on %s (%s): torch instead", self.device, why)
             return None
-        return FusedBackbone(self)
+        return FusedBackbone(self, mode="frame" if backbone_kernels == "persistent" else "layers")
 
     # ---- embeddings -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -532,6 +535,10 @@ class CsmEngine:
             raise RuntimeError("CSM depth decoder: the persistent kernel (tts.kernels=persistent) gave up waiting at a "
                                "grid barrier, so its programs were not all resident on this GPU; use "
                                "tts.kernels=triton")
+        if self.bb_fused is not None and self.bb_fused.barrier_timed_out():
+            raise RuntimeError("CSM backbone: the persistent kernel (tts.backbone_kernels=persistent) gave up waiting "
+                               "at a grid barrier, so its programs were not all resident on this GPU; use "
+                               "tts.backbone_kernels=triton")
         self.emb_in.copy_(saved[0])
         self.pos.copy_(saved[1])
         graph = torch.cuda.CUDAGraph()

@@ -299,9 +299,8 @@ class FusedDepth:
         w = self.qkv[p][i]
         pairs = (NH + 2 * NKV) * (HD // 2)
         K.launch("_norm_qkv_cache", (triton_cdiv(pairs, b["qkv_bp"]),), self.h, self.norm1[i], self.eps1[i], w.w,
-                 _s(w), buf, buf[NH:], pos, self.h, self.h, D=D, NH=NH, NKV=NKV, HD=HD, L=L, BP=b["qkv_bp"],
-                 BK=b["qkv_bk"],
-                 ROPE=False, HAS_SCALE=w.scale is not None, num_warps=nw)
+                 _s(w), buf, buf[NH:], pos, self.h, self.h, D=D, NH=NH, NKV=NKV, HD=HD, QL=L, L=L, BP=b["qkv_bp"],
+                 BK=b["qkv_bk"], ROPE=False, HAS_SCALE=w.scale is not None, num_warps=nw)
         w = self.o[i]
         K.launch("_attn_o_residual", (triton_cdiv(D, b["o_bn"]),), buf, pos, w.w, _s(w), self.h, self.scaling,
                  D=D, NH=NH, NKV=NKV, HD=HD, L=L, BL=K.next_pow2(L), BHD=K.next_pow2(HD), BN=b["o_bn"],

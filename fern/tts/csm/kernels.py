@@ -16,6 +16,15 @@ and the same math as one persistent launch per frame:
 and for the backbone's one-row step (fern.tts.csm.fused_backbone), whose attention spans up to 2048 positions: K1
 with rope, writing K/V into the backbone's own cache; _attn_split (flash-decoding: partial results per KV head and
 chunk of positions); _attn_combine_o_residual (every program merges the partials, then its o-proj rows); K3; K4.
+And the same as one persistent launch for all its layers:
+
+    _backbone_frame        the input row into h, then 16 layers x those 5 phases, a grid-wide barrier after each;
+                           each layer's weights and cache found by offsets from one base per kind (no stacked copy)
+
+The kernels' bodies are jitted helpers (_qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
+_down_rows; _grid_barrier, _grid_exit) that take the block to compute: a step kernel passes its program id, a
+persistent kernel loops its programs over the blocks of each phase. So both run the same code, and the tests of one
+cover the other's math.
 
 Why this split: a layer has four points where every output element needs the whole of a vector another program
 computes (q|k|v -> attention, o -> norm, gate|up -> down, down -> next norm). Without a grid-wide barrier each such
@@ -105,12 +114,192 @@ def _pick_token(logits, vm, noise, top_k, SAMPLE: tl.constexpr):
     return c.to(tl.int64)
 
 
-def _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE: tl.constexpr):
-    # a GEMV's rows (times their scales, for quantized weights) added into the residual stream
+def _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
+    # a GEMV's rows (times their scales, for quantized weights) added into the residual stream. MOD: the cache
+    # modifier of loads of what other programs of the same launch wrote (".cg", past L1, in the persistent kernels)
     if HAS_SCALE:
         acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
-    hv = tl.load(h_ptr + rows, mask=rm, other=0.0)
+    hv = tl.load(h_ptr + rows, mask=rm, other=0.0, cache_modifier=MOD)
     tl.store(h_ptr + rows, hv + acc, mask=rm)
+
+
+def _rstd(x_ptr, eps, D: tl.constexpr, BK: tl.constexpr, MOD: tl.constexpr):
+    # 1 / rms of the D-vector at x_ptr, for an rms-norm (every program of a GEMV recomputes it: D floats from L2)
+    ss = tl.zeros([BK], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + k, mask=k < D, other=0.0, cache_modifier=MOD).to(tl.float32)
+        ss += x * x
+    return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+
+
+def _qkv_rope_pairs(blk, x_ptr, rstd, nw_ptr, w_ptr, s_ptr, q_ptr, kv_ptr, pos, cos_ptr, sin_ptr,
+                    D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, QL: tl.constexpr,
+                    L: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, ROPE: tl.constexpr,
+                    HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
+    # block ``blk`` of BP row pairs (j, j + HD/2) of the q|k|v weight applied to rms-norm(x), so rope's partner rows
+    # are in the same program. q goes to (NH, QL, HD) at row ``pos`` (QL > 1: the depth decoder's buffer, which
+    # keeps every position's q) or to (NH, HD) (QL == 1); k and v to the cache (2 * NKV, L, HD) at row ``pos``, each
+    # in its buffer's dtype
+    HALF: tl.constexpr = HD // 2
+    NP: tl.constexpr = (NH + 2 * NKV) * HALF
+    p = blk * BP + tl.arange(0, BP)
+    pm = p < NP
+    head = p // HALF
+    j = p % HALF
+    rows1 = head * HD + j
+    rows2 = rows1 + HALF
+    a = tl.zeros([BP], dtype=tl.float32)
+    b = tl.zeros([BP], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < D
+        x = tl.load(x_ptr + k, mask=km, other=0.0, cache_modifier=MOD).to(tl.float32) * rstd \
+            * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
+        m2 = pm[:, None] & km[None, :]
+        w1 = tl.load(w_ptr + rows1[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + rows2[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        a += tl.sum(w1 * x[None, :], axis=1)
+        b += tl.sum(w2 * x[None, :], axis=1)
+    if HAS_SCALE:
+        a = a * tl.load(s_ptr + rows1, mask=pm, other=0.0)
+        b = b * tl.load(s_ptr + rows2, mask=pm, other=0.0)
+    if ROPE:
+        rot = pm & (head < NH + NKV)  # q and k heads; v is not rotated
+        c1 = tl.load(cos_ptr + pos * HD + j, mask=rot, other=1.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + pos * HD + j, mask=rot, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + pos * HD + HALF + j, mask=rot, other=1.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + pos * HD + HALF + j, mask=rot, other=0.0).to(tl.float32)
+        a, b = a * c1 - b * s1, b * c2 + a * s2
+    is_q = head < NH
+    qm = pm & is_q
+    if QL == 1:
+        base = q_ptr + head * HD + j
+    else:
+        base = q_ptr + (head * QL + pos) * HD + j
+    tl.store(base, a.to(q_ptr.dtype.element_ty), mask=qm)
+    tl.store(base + HALF, b.to(q_ptr.dtype.element_ty), mask=qm)
+    kvm = pm & ~is_q
+    base = kv_ptr + ((head - NH) * L + pos) * HD + j
+    tl.store(base, a.to(kv_ptr.dtype.element_ty), mask=kvm)
+    tl.store(base + HALF, b.to(kv_ptr.dtype.element_ty), mask=kvm)
+
+
+def _attn_partial(g, c, q_ptr, kv_ptr, pos, part_ptr, scaling, NH: tl.constexpr, NKV: tl.constexpr,
+                  HD: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BHD: tl.constexpr, MOD: tl.constexpr):
+    # flash-decoding's partial results of KV head g over positions [c * BT, c * BT + BT) up to ``pos``, for each
+    # query head of the group (q: (NH, HD)): (running max, sum of exp, exp-weighted sum of V), HD + 2 floats at
+    # part[head, c]. Call only for chunks that start at or before ``pos``
+    REP: tl.constexpr = NH // NKV
+    NC: tl.constexpr = (L + BT - 1) // BT
+    t = c * BT + tl.arange(0, BT)
+    tm = t <= pos
+    d = tl.arange(0, BHD)
+    dm = d < HD
+    m2 = tm[:, None] & dm[None, :]
+    kt = tl.load(kv_ptr + (g * L + t[:, None]) * HD + d[None, :], mask=m2, other=0.0,
+                 cache_modifier=MOD).to(tl.float32)
+    vt = tl.load(kv_ptr + ((NKV + g) * L + t[:, None]) * HD + d[None, :], mask=m2, other=0.0,
+                 cache_modifier=MOD).to(tl.float32)
+    for r in range(REP):
+        head = g * REP + r
+        q = tl.load(q_ptr + head * HD + d, mask=dm, other=0.0, cache_modifier=MOD)
+        s = tl.where(tm, tl.sum(kt * q[None, :], axis=1) * scaling, float("-inf"))
+        m = tl.max(s, axis=0)
+        p = tl.exp(s - m)
+        out = part_ptr + (head * NC + c) * (HD + 2)
+        tl.store(out, m)
+        tl.store(out + 1, tl.sum(p, axis=0))
+        tl.store(out + 2 + d, tl.sum(vt * p[:, None], axis=0), mask=dm)
+
+
+def _attn_merge_o_rows(blk, part_ptr, pos, w_ptr, s_ptr, h_ptr, D: tl.constexpr, NH: tl.constexpr,
+                       HD: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BHD: tl.constexpr,
+                       BN: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
+    # merges the partial attention results of every head (a few KB from L2: cheaper than a launch or a barrier),
+    # then block ``blk`` of BN rows of the o-projection, added into the residual stream
+    NC: tl.constexpr = (L + BT - 1) // BT
+    rows = blk * BN + tl.arange(0, BN)
+    rm = rows < D
+    c = tl.arange(0, BC)
+    cm = c <= pos // BT
+    d = tl.arange(0, BHD)
+    dm = d < HD
+    acc = tl.zeros([BN], dtype=tl.float32)
+    for head in range(NH):
+        part = part_ptr + (head * NC + c) * (HD + 2)
+        m = tl.load(part, mask=cm, other=float("-inf"), cache_modifier=MOD)
+        scale = tl.where(cm, tl.exp(m - tl.max(m, axis=0)), 0.0)
+        total = tl.sum(tl.load(part + 1, mask=cm, other=0.0, cache_modifier=MOD) * scale, axis=0)
+        vs = tl.load(part[:, None] + 2 + d[None, :], mask=cm[:, None] & dm[None, :], other=0.0, cache_modifier=MOD)
+        o = tl.sum(vs * scale[:, None], axis=0) / total
+        acc += _o_rows(w_ptr, rows, rm, head, d, dm, o, NH, HD)
+    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE, MOD)
+
+
+def _gateup_rows(blk, x_ptr, rstd, nw_ptr, w_ptr, s_ptr, act_ptr, D: tl.constexpr, FF: tl.constexpr,
+                 BN: tl.constexpr, BK: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
+    # block ``blk`` of BN rows of gate and of up applied to rms-norm(x) -> silu(gate) * up to act
+    rows = blk * BN + tl.arange(0, BN)
+    rm = rows < FF
+    g = tl.zeros([BN], dtype=tl.float32)
+    u = tl.zeros([BN], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < D
+        x = tl.load(x_ptr + k, mask=km, other=0.0, cache_modifier=MOD) * rstd \
+            * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
+        m2 = rm[:, None] & km[None, :]
+        wg = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        wu = tl.load(w_ptr + (FF + rows[:, None]) * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        g += tl.sum(wg * x[None, :], axis=1)
+        u += tl.sum(wu * x[None, :], axis=1)
+    if HAS_SCALE:
+        g = g * tl.load(s_ptr + rows, mask=rm, other=0.0)
+        u = u * tl.load(s_ptr + FF + rows, mask=rm, other=0.0)
+    tl.store(act_ptr + rows, g / (1.0 + tl.exp(-g)) * u, mask=rm)
+
+
+def _down_rows(blk, act_ptr, w_ptr, s_ptr, h_ptr, D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
+    # block ``blk`` of BN rows of the down projection of act, added into the residual stream
+    rows = blk * BN + tl.arange(0, BN)
+    rm = rows < D
+    acc = tl.zeros([BN], dtype=tl.float32)
+    for k0 in range(0, FF, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < FF
+        x = tl.load(act_ptr + k, mask=km, other=0.0, cache_modifier=MOD)
+        w = tl.load(w_ptr + rows[:, None] * FF + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(w * x[None, :], axis=1)
+    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE, MOD)
+
+
+def _grid_barrier(sync_ptr, target, failed, MAX_SPINS: tl.constexpr):
+    # grid-wide barrier of a persistent kernel: this CTA's stores before one thread's release; everyone's after the
+    # acquire, once ``target`` arrivals are counted. A bounded wait: programs that are not all resident would
+    # otherwise hang the GPU; a program that gave up once waits no more, and the returned flag tells the host
+    # (FusedDepth.barrier_timed_out / FusedBackbone.barrier_timed_out, through _grid_exit)
+    tl.debug_barrier()
+    tl.atomic_add(sync_ptr, 1, sem="release")
+    spins = failed * 0
+    while (tl.atomic_add(sync_ptr, 0, sem="acquire") < target) & (spins < MAX_SPINS) & (failed == 0):
+        spins += 1
+    failed = failed | (spins >= MAX_SPINS).to(tl.int32)
+    tl.debug_barrier()
+    return failed
+
+
+def _grid_exit(sync_ptr, failed):
+    # a persistent kernel's end: flag a barrier that gave up (sync[2]); the last program out resets the counters
+    # (sync[0] arrivals, sync[1] programs done) for the next launch or graph replay: all have left every barrier
+    if failed != 0:
+        tl.atomic_xchg(sync_ptr + 2, 1)
+    tl.debug_barrier()
+    done = tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel")
+    if done == tl.num_programs(0) - 1:
+        tl.atomic_xchg(sync_ptr, 0)
+        tl.atomic_xchg(sync_ptr + 1, 0)
 
 
 def _o_rows(w_ptr, rows, rm, head, d, dm, o, NH: tl.constexpr, HD: tl.constexpr):
@@ -121,117 +310,37 @@ def _o_rows(w_ptr, rows, rm, head, d, dm, o, NH: tl.constexpr, HD: tl.constexpr)
 
 
 def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, q_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr,
-                    D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
+                    D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, QL: tl.constexpr,
                     L: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, ROPE: tl.constexpr,
                     HAS_SCALE: tl.constexpr):
-    # one program: BP row pairs (j, j + HD/2) of the q|k|v weight, so rope's partner rows are in the same program.
-    # q goes to (NH, L, HD) at row ``pos``, k and v to the cache (2 * NKV, L, HD) at row ``pos``, each in its
-    # buffer's dtype. The depth decoder passes one (NH + 2 * NKV, L, HD) buffer split in two (the q of a position
-    # stays readable by the attention kernel, which masks positions > pos); the backbone its model-dtype KV cache,
-    # which its torch prefill writes too
-    HALF: tl.constexpr = HD // 2
-    NP: tl.constexpr = (NH + 2 * NKV) * HALF
-    p = tl.program_id(0) * BP + tl.arange(0, BP)
-    pm = p < NP
-    head = p // HALF
-    j = p % HALF
-    rows1 = head * HD + j
-    rows2 = rows1 + HALF
-    ss = tl.zeros([BK], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        k = k0 + tl.arange(0, BK)
-        x = tl.load(h_ptr + k, mask=k < D, other=0.0)
-        ss += x * x
-    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
-    a = tl.zeros([BP], dtype=tl.float32)
-    b = tl.zeros([BP], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < D
-        x = tl.load(h_ptr + k, mask=km, other=0.0) * rstd * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
-        m2 = pm[:, None] & km[None, :]
-        w1 = tl.load(w_ptr + rows1[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + rows2[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
-        a += tl.sum(w1 * x[None, :], axis=1)
-        b += tl.sum(w2 * x[None, :], axis=1)
-    if HAS_SCALE:
-        a = a * tl.load(s_ptr + rows1, mask=pm, other=0.0)
-        b = b * tl.load(s_ptr + rows2, mask=pm, other=0.0)
-    pos = tl.load(pos_ptr)
-    if ROPE:
-        rot = pm & (head < NH + NKV)  # q and k heads; v is not rotated
-        c1 = tl.load(cos_ptr + pos * HD + j, mask=rot, other=1.0).to(tl.float32)
-        s1 = tl.load(sin_ptr + pos * HD + j, mask=rot, other=0.0).to(tl.float32)
-        c2 = tl.load(cos_ptr + pos * HD + HALF + j, mask=rot, other=1.0).to(tl.float32)
-        s2 = tl.load(sin_ptr + pos * HD + HALF + j, mask=rot, other=0.0).to(tl.float32)
-        a, b = a * c1 - b * s1, b * c2 + a * s2
-    is_q = head < NH
-    qm = pm & is_q
-    base = q_ptr + (head * L + pos) * HD + j
-    tl.store(base, a.to(q_ptr.dtype.element_ty), mask=qm)
-    tl.store(base + HALF, b.to(q_ptr.dtype.element_ty), mask=qm)
-    kvm = pm & ~is_q
-    base = kv_ptr + ((head - NH) * L + pos) * HD + j
-    tl.store(base, a.to(kv_ptr.dtype.element_ty), mask=kvm)
-    tl.store(base + HALF, b.to(kv_ptr.dtype.element_ty), mask=kvm)
+    # one program: BP row pairs of the q|k|v weight (see _qkv_rope_pairs). The depth decoder passes one
+    # (NH + 2 * NKV, L, HD) buffer split in two (QL = L: the q of a position stays readable by the attention kernel,
+    # which masks positions > pos); the backbone a (NH, HD) q scratch (QL = 1) and its model-dtype KV cache, which
+    # its torch prefill writes too
+    rstd = _rstd(h_ptr, eps, D, BK, "")
+    _qkv_rope_pairs(tl.program_id(0), h_ptr, rstd, nw_ptr, w_ptr, s_ptr, q_ptr, kv_ptr, tl.load(pos_ptr), cos_ptr,
+                    sin_ptr, D, NH, NKV, HD, QL, L, BP, BK, ROPE, HAS_SCALE, "")
 
 
 def _attn_split(q_ptr, kv_ptr, pos_ptr, part_ptr, scaling,
                 NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
                 BHD: tl.constexpr):
     # The backbone's attention over up to L cached positions, split (flash-decoding): program (g, c) takes KV head g
-    # and positions [c * BT, c * BT + BT) up to ``pos``, and writes per query head of the group its partial result:
-    # (running max, sum of exp, exp-weighted sum of V), HD + 2 floats at part[head, c]. Chunks past ``pos`` write
-    # nothing (the grid is fixed, for CUDA graphs; the combine reads chunks 0..pos // BT only)
-    REP: tl.constexpr = NH // NKV
-    NC: tl.constexpr = (L + BT - 1) // BT
-    g = tl.program_id(0)
+    # and chunk c of BT positions (see _attn_partial). Chunks past ``pos`` write nothing (the grid is fixed, for CUDA
+    # graphs; the combine reads chunks 0..pos // BT only)
     c = tl.program_id(1)
     pos = tl.load(pos_ptr)
     if c * BT <= pos:
-        t = c * BT + tl.arange(0, BT)
-        tm = t <= pos
-        d = tl.arange(0, BHD)
-        dm = d < HD
-        m2 = tm[:, None] & dm[None, :]
-        kt = tl.load(kv_ptr + (g * L + t[:, None]) * HD + d[None, :], mask=m2, other=0.0).to(tl.float32)
-        vt = tl.load(kv_ptr + ((NKV + g) * L + t[:, None]) * HD + d[None, :], mask=m2, other=0.0).to(tl.float32)
-        for r in range(REP):
-            head = g * REP + r
-            q = tl.load(q_ptr + (head * L + pos) * HD + d, mask=dm, other=0.0)
-            s = tl.where(tm, tl.sum(kt * q[None, :], axis=1) * scaling, float("-inf"))
-            m = tl.max(s, axis=0)
-            p = tl.exp(s - m)
-            out = part_ptr + (head * NC + c) * (HD + 2)
-            tl.store(out, m)
-            tl.store(out + 1, tl.sum(p, axis=0))
-            tl.store(out + 2 + d, tl.sum(vt * p[:, None], axis=0), mask=dm)
+        _attn_partial(tl.program_id(0), c, q_ptr, kv_ptr, pos, part_ptr, scaling, NH, NKV, HD, L, BT, BHD, "")
 
 
 def _attn_combine_o_residual(part_ptr, pos_ptr, w_ptr, s_ptr, h_ptr,
                              D: tl.constexpr, NH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr,
                              BT: tl.constexpr, BC: tl.constexpr, BHD: tl.constexpr, BN: tl.constexpr,
                              HAS_SCALE: tl.constexpr):
-    # every program merges the partial attention results of every head (a few KB from L2: cheaper than a launch),
-    # then takes its BN rows of the o-projection and adds them into the residual stream
-    NC: tl.constexpr = (L + BT - 1) // BT
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rm = rows < D
-    pos = tl.load(pos_ptr)
-    c = tl.arange(0, BC)
-    cm = c <= pos // BT
-    d = tl.arange(0, BHD)
-    dm = d < HD
-    acc = tl.zeros([BN], dtype=tl.float32)
-    for head in range(NH):
-        part = part_ptr + (head * NC + c) * (HD + 2)
-        m = tl.load(part, mask=cm, other=float("-inf"))
-        scale = tl.where(cm, tl.exp(m - tl.max(m, axis=0)), 0.0)
-        total = tl.sum(tl.load(part + 1, mask=cm, other=0.0) * scale, axis=0)
-        vs = tl.load(part[:, None] + 2 + d[None, :], mask=cm[:, None] & dm[None, :], other=0.0)
-        o = tl.sum(vs * scale[:, None], axis=0) / total
-        acc += _o_rows(w_ptr, rows, rm, head, d, dm, o, NH, HD)
-    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE)
+    # every program merges the partial attention results of every head, then adds its BN rows of the o-projection
+    _attn_merge_o_rows(tl.program_id(0), part_ptr, tl.load(pos_ptr), w_ptr, s_ptr, h_ptr, D, NH, HD, L, BT, BC, BHD,
+                       BN, HAS_SCALE, "")
 
 
 def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
@@ -262,53 +371,20 @@ def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
             p = p / tl.sum(p, axis=0)
             o = tl.sum(vt * p[:, None], axis=0)  # (BHD,)
             acc += _o_rows(w_ptr, rows, rm, head, d, dm, o, NH, HD)
-    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE)
+    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE, "")
 
 
 def _norm_gateup_swiglu(h_ptr, nw_ptr, eps, w_ptr, s_ptr, act_ptr,
                         D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         HAS_SCALE: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BN + tl.arange(0, BN)
-    rm = rows < FF
-    ss = tl.zeros([BK], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        k = k0 + tl.arange(0, BK)
-        x = tl.load(h_ptr + k, mask=k < D, other=0.0)
-        ss += x * x
-    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
-    g = tl.zeros([BN], dtype=tl.float32)
-    u = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < D
-        x = tl.load(h_ptr + k, mask=km, other=0.0) * rstd * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
-        m2 = rm[:, None] & km[None, :]
-        wg = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
-        wu = tl.load(w_ptr + (FF + rows[:, None]) * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
-        g += tl.sum(wg * x[None, :], axis=1)
-        u += tl.sum(wu * x[None, :], axis=1)
-    if HAS_SCALE:
-        g = g * tl.load(s_ptr + rows, mask=rm, other=0.0)
-        u = u * tl.load(s_ptr + FF + rows, mask=rm, other=0.0)
-    act = g / (1.0 + tl.exp(-g)) * u
-    tl.store(act_ptr + rows, act, mask=rm)
+    rstd = _rstd(h_ptr, eps, D, BK, "")
+    _gateup_rows(tl.program_id(0), h_ptr, rstd, nw_ptr, w_ptr, s_ptr, act_ptr, D, FF, BN, BK, HAS_SCALE, "")
 
 
 def _down_residual(act_ptr, w_ptr, s_ptr, h_ptr,
                    D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                    HAS_SCALE: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BN + tl.arange(0, BN)
-    rm = rows < D
-    acc = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, FF, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < FF
-        x = tl.load(act_ptr + k, mask=km, other=0.0)
-        w = tl.load(w_ptr + rows[:, None] * FF + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(w * x[None, :], axis=1)
-    _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE)
+    _down_rows(tl.program_id(0), act_ptr, w_ptr, s_ptr, h_ptr, D, FF, BN, BK, HAS_SCALE, "")
 
 
 def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, logits_ptr, counter_ptr, noise_ptr,
@@ -319,12 +395,7 @@ def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, lo
     pid = tl.program_id(0)
     n = pid * BN + tl.arange(0, BN)
     nm = n < V
-    ss = tl.zeros([BK], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        k = k0 + tl.arange(0, BK)
-        x = tl.load(h_ptr + k, mask=k < D, other=0.0)
-        ss += x * x
-    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+    rstd = _rstd(h_ptr, eps, D, BK, "")
     acc = tl.zeros([BN], dtype=tl.float32)
     for k0 in range(0, D, BK):
         k = k0 + tl.arange(0, BK)
@@ -487,54 +558,14 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                         + tl.load(h_ptr + rows, mask=rm & later, other=0.0, cache_modifier=".cg")
                     tl.store(h_ptr + rows, res + acc, mask=rm)
             elif kind == 2:  # norm -> gate|up -> silu(g) * u
-                w_l = gu_ptr + layer * (2 * FF * D)
                 for blk in range(pid, tl.cdiv(FF, BNG), G):
-                    rows = blk * BNG + tl.arange(0, BNG)
-                    rm = rows < FF
-                    g_acc = tl.zeros([BNG], dtype=tl.float32)
-                    u_acc = tl.zeros([BNG], dtype=tl.float32)
-                    for k0 in range(0, D, BKG):
-                        k = k0 + tl.arange(0, BKG)
-                        km = k < D
-                        x = tl.load(h_ptr + k, mask=km, other=0.0, cache_modifier=".cg") * rstd \
-                            * tl.load(n2_ptr + layer * D + k, mask=km, other=0.0).to(tl.float32)
-                        m2 = rm[:, None] & km[None, :]
-                        wg = tl.load(w_l + rows[:, None] * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
-                        wu = tl.load(w_l + (FF + rows[:, None]) * D + k[None, :], mask=m2, other=0.0).to(tl.float32)
-                        g_acc += tl.sum(wg * x[None, :], axis=1)
-                        u_acc += tl.sum(wu * x[None, :], axis=1)
-                    if HAS_SCALE:
-                        g_acc = g_acc * tl.load(gu_s + layer * (2 * FF) + rows, mask=rm, other=0.0)
-                        u_acc = u_acc * tl.load(gu_s + layer * (2 * FF) + FF + rows, mask=rm, other=0.0)
-                    tl.store(act_ptr + rows, g_acc / (1.0 + tl.exp(-g_acc)) * u_acc, mask=rm)
+                    _gateup_rows(blk, h_ptr, rstd, n2_ptr + layer * D, gu_ptr + layer * (2 * FF * D),
+                                 gu_s + layer * (2 * FF), act_ptr, D, FF, BNG, BKG, HAS_SCALE, ".cg")
             else:  # down -> residual
-                w_l = dn_ptr + layer * (D * FF)
                 for blk in range(pid, tl.cdiv(D, BND), G):
-                    rows = blk * BND + tl.arange(0, BND)
-                    rm = rows < D
-                    acc = tl.zeros([BND], dtype=tl.float32)
-                    for k0 in range(0, FF, BKD):
-                        k = k0 + tl.arange(0, BKD)
-                        km = k < FF
-                        x = tl.load(act_ptr + k, mask=km, other=0.0, cache_modifier=".cg")
-                        w = tl.load(w_l + rows[:, None] * FF + k[None, :], mask=rm[:, None] & km[None, :],
-                                    other=0.0).to(tl.float32)
-                        acc += tl.sum(w * x[None, :], axis=1)
-                    if HAS_SCALE:
-                        acc = acc * tl.load(dn_s + layer * D + rows, mask=rm, other=0.0)
-                    hv = tl.load(h_ptr + rows, mask=rm, other=0.0, cache_modifier=".cg")
-                    tl.store(h_ptr + rows, hv + acc, mask=rm)
-            # grid-wide barrier: this CTA's stores before one thread's release; everyone's after the acquire. A
-            # bounded wait: programs that are not all resident would otherwise hang the GPU; a program that gave up
-            # once waits no more, and the flag tells the host (FusedDepth.barrier_timed_out)
-            tl.debug_barrier()
-            tl.atomic_add(sync_ptr, 1, sem="release")
-            spins = pid * 0
-            while (tl.atomic_add(sync_ptr, 0, sem="acquire") < (p * (4 * NL + 1) + ph + 1) * G) \
-                    & (spins < MAX_SPINS) & (failed == 0):
-                spins += 1
-            failed = failed | (spins >= MAX_SPINS).to(tl.int32)
-            tl.debug_barrier()
+                    _down_rows(blk, act_ptr, dn_ptr + layer * (D * FF), dn_s + layer * D, h_ptr, D, FF, BND, BKD,
+                               HAS_SCALE, ".cg")
+            failed = _grid_barrier(sync_ptr, (p * (4 * NL + 1) + ph + 1) * G, failed, MAX_SPINS)
         if p > 0:  # every program samples codebook p from the same logits (identical result: no barrier needed)
             v = tl.arange(0, VP)
             vm = v < V
@@ -548,28 +579,97 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                 tl.store(code_ptr + p, c)
             if FORCE:  # teacher forcing: the next input is the given token
                 c = tl.load(force_ptr + p)
-    if failed != 0:
-        tl.atomic_xchg(sync_ptr + 2, 1)
-    # the last program out resets both counters for the next launch (graph replay): all have left every barrier
-    tl.debug_barrier()
-    done = tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel")
-    if done == G - 1:
-        tl.atomic_xchg(sync_ptr, 0)
-        tl.atomic_xchg(sync_ptr + 1, 0)
+    _grid_exit(sync_ptr, failed)
+
+
+def _layer_ptr(base, off_ptr, ALIGN: tl.constexpr):
+    # a layer's tensor as an element offset from the lowest-addressed tensor of its kind (the backbone's layers
+    # are separate allocations: no copy into one stacked tensor); ALIGN (elements) keeps Triton's 16-byte loads
+    off = tl.load(off_ptr)
+    if ALIGN > 1:
+        off = tl.multiple_of(off, ALIGN)
+    return base + off
+
+
+def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, off_ptr, n1_ptr, n2_ptr, eps,
+                    cos_ptr, sin_ptr, scaling, h_ptr, q_ptr, part_ptr, act_ptr, sync_ptr,
+                    D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, FF: tl.constexpr,
+                    NL: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BKA: tl.constexpr, BT: tl.constexpr,
+                    BC: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr, BND: tl.constexpr,
+                    BKD: tl.constexpr, BHD: tl.constexpr, BD: tl.constexpr, ALIGN: tl.constexpr,
+                    MAX_SPINS: tl.constexpr):
+    # The backbone's one-row step in one launch: the input row into h, then NL layers x the 5 phases of the step
+    # kernels (q|k|v + rope + cache write; attention partials over (KV head, chunk); merge + o-proj + residual;
+    # gate|up + SwiGLU; down + residual), each split over all programs, a grid-wide barrier after each (grid <= SMs).
+    # Per layer, off[layer] holds the element offsets of its q|k|v, o, gate|up, down weights and KV cache from the
+    # ``*_ptr`` bases. See FusedBackbone (mode "frame") for the rest of the arguments.
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    NP: tl.constexpr = (NH + 2 * NKV) * (HD // 2)
+    NC: tl.constexpr = (L + BT - 1) // BT
+    pos = tl.load(pos_ptr)
+    dd = tl.arange(0, BD)
+    dm = dd < D
+    failed = pid * 0
+    arrivals = pid * 0
+    for blk in range(pid, tl.cdiv(D, BND), G):  # the input row (model dtype) into the fp32 residual stream
+        rows = blk * BND + tl.arange(0, BND)
+        tl.store(h_ptr + rows, tl.load(emb_ptr + rows, mask=rows < D, other=0.0).to(tl.float32), mask=rows < D)
+    arrivals += G
+    failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+    for layer in range(NL):
+        offs = off_ptr + layer * 5
+        kv_l = _layer_ptr(kv_ptr, offs + 4, ALIGN)
+        x = tl.load(h_ptr + dd, mask=dm, other=0.0, cache_modifier=".cg")
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+        w = _layer_ptr(qkv_ptr, offs, ALIGN)
+        for blk in range(pid, tl.cdiv(NP, BP), G):
+            _qkv_rope_pairs(blk, h_ptr, rstd, n1_ptr + layer * D, w, w, q_ptr, kv_l, pos, cos_ptr, sin_ptr,
+                            D, NH, NKV, HD, 1, L, BP, BKA, True, False, ".cg")
+        arrivals += G
+        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        # chunk-major: the chunks up to pos (the only ones with work) spread over the first programs
+        for item in range(pid, NKV * NC, G):
+            c = item // NKV
+            if c * BT <= pos:
+                _attn_partial(item % NKV, c, q_ptr, kv_l, pos, part_ptr, scaling, NH, NKV, HD, L, BT, BHD, ".cg")
+        arrivals += G
+        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        w = _layer_ptr(o_ptr, offs + 1, ALIGN)
+        for blk in range(pid, tl.cdiv(D, BNO), G):
+            _attn_merge_o_rows(blk, part_ptr, pos, w, w, h_ptr, D, NH, HD, L, BT, BC, BHD, BNO, False, ".cg")
+        arrivals += G
+        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        x = tl.load(h_ptr + dd, mask=dm, other=0.0, cache_modifier=".cg")
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+        w = _layer_ptr(gu_ptr, offs + 2, ALIGN)
+        for blk in range(pid, tl.cdiv(FF, BNG), G):
+            _gateup_rows(blk, h_ptr, rstd, n2_ptr + layer * D, w, w, act_ptr, D, FF, BNG, BKG, False, ".cg")
+        arrivals += G
+        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        w = _layer_ptr(dn_ptr, offs + 3, ALIGN)
+        for blk in range(pid, tl.cdiv(D, BND), G):
+            _down_rows(blk, act_ptr, w, w, h_ptr, D, FF, BND, BKD, False, ".cg")
+        if layer < NL - 1:  # after the last layer the launch's end orders h for the torch final norm
+            arrivals += G
+            failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+    _grid_exit(sync_ptr, failed)
 
 
 # ---- launching --------------------------------------------------------------------------------------------------
 
-_HELPERS = (_pick_token, _add_rows, _o_rows)
+_HELPERS = (_pick_token, _add_rows, _o_rows, _rstd, _qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
+            _down_rows, _grid_barrier, _grid_exit, _layer_ptr)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
-                                    _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual)}
+                                    _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual,
+                                    _backbone_frame)}
 _BUILT: dict = {}
 # arguments that are views at varying offsets (a position, a code slot, a noise row): Triton would compile the kernel
 # once per 16-byte alignment it sees them at (fern.bench.ptx counted 2-4 builds per kernel, each ~1 s of start-up);
 # they are read or written as scalars or short rows, so alignment buys nothing
 DO_NOT_SPECIALIZE = {"_norm_qkv_cache": ("pos_ptr", "kv_ptr"), "_attn_o_residual": ("pos_ptr",),
                      "_attn_split": ("pos_ptr",), "_attn_combine_o_residual": ("pos_ptr",),
-                     "_norm_head_sample": ("code_ptr", "noise_ptr", "force_ptr")}
+                     "_norm_head_sample": ("code_ptr", "noise_ptr", "force_ptr"), "_backbone_frame": ("pos_ptr",)}
 
 
 def _kernel(name: str):

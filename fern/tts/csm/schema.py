@@ -27,6 +27,7 @@ class CsmBackboneKernels(str, Enum):
 
     torch = "torch"  # the torch fast path (13 operators per layer)
     triton = "triton"  # 5 Triton launches per layer (fern.tts.csm.fused_backbone)
+    persistent = "persistent"  # all 16 layers as one Triton launch, grid-wide barriers between phases
 
     def __str__(self) -> str:
         return self.value
@@ -73,8 +74,8 @@ class CsmTTSConfig:
     # cannot run) | persistent (the same math as one launch per frame) | auto (triton on CUDA). torch until the
     # Triton paths have passed their GPU tests on the H200
     kernels: CsmKernels = CsmKernels.torch
-    # the backbone's step: torch | triton (falls back to torch, logged, where Triton cannot run). torch until a GPU
-    # run shows the Triton step faster (fern.bench.tts: backbone_ms_per_frame)
+    # the backbone's step: torch | triton | persistent (falls back to torch, logged, where Triton cannot run). torch
+    # until a GPU run shows a Triton step faster (fern.bench.tts: backbone_ms_per_frame)
     backbone_kernels: CsmBackboneKernels = CsmBackboneKernels.torch
     weights: str = "${optim.tts_weights}"  # depth decoder weights: bf16 (the model's) | int8 | fp8 (weight-only)
     tf32: bool = "${optim.tf32}"  # type: ignore[assignment]
