@@ -6,7 +6,8 @@
 #   2. the fused Triton depth decoder (tts.kernels=triton) with --profile, and int8 / fp8 weights as variants in the
 #      same run: ms/frame, first audio, RTF, x stock, kernels/frame, bandwidth share, start-up, peak VRAM; then the
 #      persistent kernel (tts.kernels=persistent: the whole depth decoder as one launch) in a process of its own, so
-#      that a fault in it cannot cost the step kernels' figures
+#      that a fault in it cannot cost the step kernels' figures, with the backbone's Triton step and its persistent
+#      kernel (tts.backbone_kernels=triton | persistent) as variants
 #   3. GPU correctness tests (tests/tts/test_csm_gpu.py: graphs, compile, the fused path at CSM-1B shapes)
 #   4. teacher-forced token agreement of bf16 / int8 / fp8 fused (step kernels and the persistent one) with the bf16
 #      torch path (random weights)
@@ -27,14 +28,16 @@ T0=$(date +%s)
 DEADLINE_S=${DEADLINE_S:-570}
 if [ "${DRY_RUN:-0}" = 1 ]; then
   PY=${PY:-.venv/bin/python}; SIZE=tiny; DEV=cpu; FRAMES="--frames 1 --runs 1"; BASE="--baseline-frames 1"
-  VARIANTS=triton:int8; PVARIANTS=persistent:bf16:triton; AGREE_FRAMES=2; DEADLINE_S=${DEADLINE_S_DRY:-1500}
+  VARIANTS=triton:int8; PVARIANTS=persistent:bf16:persistent; AGREE_FRAMES=2; DEADLINE_S=${DEADLINE_S_DRY:-1500}
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH=$PWD
 else
   PY=python3; SIZE=full; DEV=cuda; FRAMES="--runs 5"; BASE="--baseline-frames 20"
   VARIANTS=triton:int8,triton:fp8; AGREE_FRAMES=8
-  # int8, then launch shapes other than FRAME_GPU_BLOCKS' untuned guesses (4 warps; half the rows per program)
-  # and the backbone's Triton step beside the persistent depth decoder (does it beat the torch backbone?)
-  PVARIANTS="persistent:int8,persistent:bf16:triton,persistent:bf16@num_warps=4,persistent:bf16@BNG=32;BND=4;BNO=4;BP=4"
+  # the backbone's persistent kernel and its Triton step beside the persistent depth decoder (does either beat the
+  # torch backbone?), int8, then launch shapes other than FRAME_GPU_BLOCKS' untuned guesses (4 warps; half the rows
+  # per program). Most wanted first: each variant's figures reach the JSON as it ends, if the box cuts the rest
+  PVARIANTS="persistent:bf16:persistent,persistent:bf16:triton,persistent:int8,persistent:bf16@num_warps=4"
+  PVARIANTS+=",persistent:bf16@BNG=32;BND=4;BNO=4;BP=4"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
@@ -92,7 +95,7 @@ LLM_DIR=${TMPDIR:-/tmp}/fern_rand_llama
 V2V=(asr=hf_whisper_turbo asr.random_weights=true asr.max_new_tokens=24 llm=llama3_2_1b "llm.model=$LLM_DIR"
      llm.max_new_tokens=12 chunker.max_words=6 "io.output_dir=$OUT/v2v")
 # the depth-decoder kernels that steps 2 and 2b measured faster (bf16 weights, default launch shapes); triton when
-# either figure is missing. With the persistent kernel, the backbone's Triton step where step 2b measured it faster
+# either figure is missing. With the persistent kernel, the backbone's kernels that step 2b measured fastest
 read -r TTS_KERNELS TTS_BACKBONE <<< "$(OUT="$OUT" $PY -c '
 import json, os
 def load(name):
@@ -103,9 +106,15 @@ def load(name):
         return None
 t, p = load("bench_triton.json"), load("bench_persistent.json")
 kernels = "persistent" if p and t and p["gen_ms_per_frame"] < t["gen_ms_per_frame"] else "triton"
-v = (p or {}).get("variant_persistent:bf16:triton", {})
-faster = v.get("backbone_kernels") == "triton" and v.get("gen_ms_per_frame", 1e9) < p["gen_ms_per_frame"]
-print(kernels, "triton" if kernels == "persistent" and faster else "torch")' 2>/dev/null || echo triton torch)"
+backbone = "torch"
+if kernels == "persistent":
+    ms = {"torch": p["gen_ms_per_frame"]}
+    for bk in ("triton", "persistent"):
+        v = p.get(f"variant_persistent:bf16:{bk}", {})
+        if v.get("backbone_kernels") == bk and "gen_ms_per_frame" in v:
+            ms[bk] = v["gen_ms_per_frame"]
+    backbone = min(ms, key=ms.get)
+print(kernels, backbone)' 2>/dev/null || echo triton torch)"
 GPU_V2V=(tts=csm_streaming tts.random_weights=true "tts.kernels=$TTS_KERNELS" "tts.backbone_kernels=$TTS_BACKBONE"
          tts.max_audio_s=2 optim=full device=cuda)
 echo "step 5 speaks with tts.kernels=$TTS_KERNELS tts.backbone_kernels=$TTS_BACKBONE (the fastest of steps 2 and 2b)"
@@ -192,11 +201,13 @@ for step, name in (("1", "bench_torch.json"), ("2", "bench_triton.json"), ("2", 
     if r is None:
         print(f"{name}: missing (step failed or timed out; see its .txt)")
         continue
-    rows.append((f"{r['kernels']}:{r['weights']}", r))
+    rows.append((f"{r['kernels']}:{r['weights']}" + (" (cut short: the variants that ended)" if r.get("partial")
+                                                      else ""), r))
     for key, v in r.items():
         if key.startswith("variant_") and "error" not in v:
             label = f"{v['kernels']}:{v['weights']}" + (f"@{v['blocks']}" if v.get("blocks") else "")
-            label += ":triton-backbone" if v.get("backbone_kernels") == "triton" else ""
+            bk = v.get("backbone_kernels", "torch")
+            label += f":{bk}-backbone" if bk != "torch" else ""
             # a variant with the run's backbone kernels shares its backbone time; one with other kernels has its own
             bb = v.get("backbone_ms_per_frame", r.get("backbone_ms_per_frame"))
             if isinstance(bb, float):

@@ -154,7 +154,8 @@ def csm_kernels_per_frame(temperature: float = 0.9, top_k: int = 50) -> dict[str
     out = {}
     for label, kw in (("modules", dict(fast=False)), ("fast_torch", {}), ("fused_triton", dict(kernels="triton")),
                       ("persistent", dict(kernels="persistent")),
-                      ("persistent+bb", dict(kernels="persistent", backbone_kernels="triton"))):
+                      ("persistent+bb", dict(kernels="persistent", backbone_kernels="triton")),
+                      ("persistent_all", dict(kernels="persistent", backbone_kernels="persistent"))):
         engine = CsmEngine(model, **kw)
         if ("kernels" in kw and engine.kernels != kw["kernels"]
                 or engine.backbone_kernels != kw.get("backbone_kernels", "torch")):
