@@ -218,15 +218,20 @@ for step, name in (("1", "bench_torch.json"), ("2", "bench_triton.json"), ("2", 
 def f(r, key, fmt):
     return format(r[key], fmt) if isinstance(r.get(key), (int, float)) else "-"
 print("| CSM-1B path | ms/frame loop / e2e | backbone ms (share) | first audio ms | RTF | x stock (loop) |"
-      " kernels/frame | GB/frame | bandwidth share | start-up s | capture s | peak VRAM GiB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+      " kernels/frame | grid barriers/frame (est. ms) | GB/frame | bandwidth share | start-up s | capture s |"
+      " peak VRAM GiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for label, r in rows:
     print(f"| {label} | {f(r, 'gen_ms_per_frame', '.2f')} / {f(r, 'e2e_ms_per_frame', '.2f')}"
           f" | {f(r, 'backbone_ms_per_frame', '.2f')} ({f(r, 'backbone_share', '.0%')})"
           f" | {f(r, 'ttfa_ms', '.1f')}"
           f" | {f(r, 'rtf', '.3f')} | {f(r, 'speedup_vs_stock_gen', '.1f')} | {f(r, 'ops_per_frame', '.0f')} |"
+          f" {f(r, 'barriers_per_frame', '.0f')} ({f(r, 'barrier_ms_per_frame', '.2f')}) |"
           f" {f(r, 'weight_gb_per_frame', '.2f')} | {f(r, 'bandwidth_share', '.1%')} | {f(r, 'startup_s', '.1f')} |"
           f" {f(r, 'graph_capture_s', '.2f')} | {f(r, 'peak_vram_gib', '.2f')} |")
+us = [r["grid_barrier_us"] for _, r in rows if isinstance(r.get("grid_barrier_us"), float)]
+if us:
+    print(f"one grid-wide barrier (a launch of nothing but barriers, one program per SM): {min(us):.2f} us")
 try:
     print(open(os.path.join(out, "v2v_medians.txt")).read().strip())
 except OSError:

@@ -31,7 +31,8 @@ def record_launches(kind: str, mode: str, blocks: dict | None = None, temperatur
     the GPU launch shapes (``fused.GPU_BLOCKS`` / ``FRAME_GPU_BLOCKS``, updated by ``blocks``); ``backbone``: the
     backbone's Triton step (``fused_backbone.GPU_BLOCKS``; model weights only, so ``kind`` must be bf16);
     ``backbone_frame``: the backbone's persistent kernel (``fused_backbone.FRAME_GPU_BLOCKS``; on the meta device
-    every layer's offset is 0, which changes no instruction)."""
+    every layer's offset is 0, which changes no instruction); ``barrier``: the grid-barrier loop fern.bench.tts
+    times."""
     import torch
     from transformers import CsmConfig, CsmForConditionalGeneration
 
@@ -39,6 +40,12 @@ def record_launches(kind: str, mode: str, blocks: dict | None = None, temperatur
     from fern.tts.csm import kernels as K
     from fern.tts.csm.engine import CsmEngine
 
+    if mode == "barrier":  # fern.bench.tts's timing of one grid barrier (132 programs: an H100 / H200)
+        from fern.bench.tts import launch_barrier_loop
+
+        with K.LaunchRecorder() as rec:
+            launch_barrier_loop(torch.zeros(4, dtype=torch.int32, device="meta"), 256, 132)
+        return rec.launches
     with torch.device("meta"):
         model = CsmForConditionalGeneration(CsmConfig()).to(torch.bfloat16)
     engine = CsmEngine(model)
@@ -140,16 +147,72 @@ def weight_load_widths(ptx: str) -> dict[int, int]:
     return widths
 
 
+_DEF = re.compile(r"^\s*(mov|and|or|xor|shl|shr|bfe|cvt|add|setp|not)((?:\.[a-z0-9]+)*)\s+(%[a-z]+\d+),\s*(.*);$")
+
+
+def _thread_values(ptx: str):
+    """A function (register, thread id) -> the register's value in that thread, for registers computed from
+    ``%tid.x`` and constants alone by the integer and predicate operations Triton uses to pick threads; None for
+    anything else. A register defined in several places (branches) has a value only where all definitions agree;
+    one that depends on itself (a loop variable) has none."""
+    defs: dict[str, list[tuple[str, str, list[str]]]] = {}
+    for line in ptx.splitlines():
+        m = _DEF.match(line)
+        if m:
+            op, mods, dst, rest = m.groups()
+            defs.setdefault(dst, []).append((op, mods, [a.strip() for a in rest.split(",")]))
+
+    def one(op: str, mods: str, vals: list):
+        if op in ("mov", "cvt"):
+            return vals[0]
+        if op == "not":
+            return not vals[0] if ".pred" in mods else ~vals[0]
+        if op == "bfe":
+            return (vals[0] >> vals[1]) & ((1 << vals[2]) - 1)
+        a, b = vals
+        if op == "setp":
+            return {"eq": a == b, "ne": a != b, "lt": a < b, "le": a <= b, "gt": a > b,
+                    "ge": a >= b}.get(mods.split(".")[1])
+        return {"and": a & b, "or": a | b, "xor": a ^ b, "shl": a << b, "shr": a >> b, "add": a + b}[op]
+
+    def value(arg: str, t: int, depth: int = 0):
+        if arg == "%tid.x":
+            return t
+        if re.fullmatch(r"-?\d+", arg):
+            return int(arg)
+        if arg not in defs or depth > 64:
+            return None
+        results = set()
+        for op, mods, args in defs[arg]:
+            vals = [value(a, t, depth + 1) for a in args]
+            if any(v is None for v in vals):
+                return None
+            results.add(one(op, mods, vals))
+        return results.pop() if len(results) == 1 else None
+
+    return value
+
+
 def atomics_by_one_thread(ptx: str) -> bool | None:
-    """Whether every atomic and acquire load is issued by thread 0 of the program only (None: the kernel has none).
+    """Whether every atomic and acquire load is issued by thread 0 of the program only (None: the kernel has none):
+    each one's guard predicate, evaluated for every thread of the block from ``%tid.x``, holds for thread 0 alone.
     The barrier and the head kernel's "last program" count arrivals per program: if Triton lowered a scalar atomic
-    to one per thread, the counts would run 128-256x too fast and the barriers would not wait."""
-    tid = re.findall(r"mov\.u32\s+(%r\d+),\s*%tid\.x;", ptx)
-    preds = {m.group(1) for r in tid for m in re.finditer(rf"setp\.eq\.[bsu]32\s+(%p\d+),\s*{re.escape(r)},\s*0;", ptx)}
+    to one per thread (or per warp), the counts would run 4-256x too fast and the barriers would not wait. (Triton
+    3.5 guards with ``tid == 0``; 3.6 with ``(tid & 31) == 0 && (tid & 127) < 32`` and the like.)"""
     sync = [line.strip() for line in ptx.splitlines() if re.search(r"\batom\.|ld\.global\.[a-z.]*acquire", line)]
     if not sync:
         return None
-    return all(any(line.startswith(f"@{p} ") for p in preds) for line in sync)
+    threads = re.search(r"\.reqntid\s+(\d+)", ptx)
+    if not threads:
+        return False
+    value = _thread_values(ptx)
+    for line in sync:
+        guard = re.match(r"@(%p\d+)\s", line)
+        if not guard:
+            return False
+        if [t for t in range(int(threads.group(1))) if value(guard.group(1), t)] != [0]:
+            return False
+    return True
 
 
 _PTXAS = re.compile(r"Used (\d+) registers")
@@ -202,7 +265,7 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
     rows = []
     for mode in modes:
         for kind in kinds:
-            if mode.startswith("backbone") and kind != "bf16":  # its kernels read the model's own weights
+            if mode.startswith(("backbone", "barrier")) and kind != "bf16":  # the model's own weights, or none
                 continue
             compiled: dict = {}
             by_kernel: dict = {}
@@ -248,9 +311,9 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", default="bf16,int8,fp8")
-    p.add_argument("--modes", default="steps,frame,backbone,backbone_frame",
+    p.add_argument("--modes", default="steps,frame,backbone,backbone_frame,barrier",
                    help="steps (4 kernels per layer + head), frame (persistent), backbone (its Triton step), "
-                        "backbone_frame (its persistent kernel)")
+                        "backbone_frame (its persistent kernel), barrier (fern.bench.tts's grid barrier timing)")
     p.add_argument("--blocks", default=None, help="JSON dict of block shapes to override (the mode's keys)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100 / H200)")
     p.add_argument("--greedy", action="store_true", help="temperature 0 (no sampling code in the head)")
@@ -261,13 +324,13 @@ def main(argv=None) -> list[dict]:
     rows = report(tuple(k for k in args.kinds.split(",") if k), tuple(m for m in args.modes.split(",") if m),
                   json.loads(args.blocks) if args.blocks else None, args.arch, 0.0 if args.greedy else 0.9)
     print(f"CSM-1B depth decoder and backbone kernels compiled for sm_{args.arch} (no GPU: resources from ptxas -v)")
-    print(f"  {'mode':8s} {'weights':7s} {'kernel':24s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
+    print(f"  {'mode':14s} {'weights':7s} {'kernel':24s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
           f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s} {'weight ld B':>11s}")
     for r in rows:
         if "error" in r:
-            print(f"  {r['mode']:8s} {r['weights']:7s} {r['kernel']:24s} FAILED {r['error']}")
+            print(f"  {r['mode']:14s} {r['weights']:7s} {r['kernel']:24s} FAILED {r['error']}")
             continue
-        print(f"  {r['mode']:8s} {r['weights']:7s} {r['kernel']:24s} {r['launches_per_frame']:8d} "
+        print(f"  {r['mode']:14s} {r['weights']:7s} {r['kernel']:24s} {r['launches_per_frame']:8d} "
               f"{r['compilations']:6d} {r['num_warps']:5d} "
               f"{r['registers']:4d} {r['spill_store_bytes']:6d}/{r['spill_load_bytes']:<6d} {r['stack_bytes']:7d} "
               f"{r['shared_bytes']:7d} {r['min_weight_load_bytes']:11d}")

@@ -125,6 +125,12 @@ def _bench(args) -> dict:
         res.update(_module_path(synth, model, seg, args))
     if not args.compile:  # compiled code runs Inductor kernels, not dispatched operators
         res.update(_kernel_counts(synth.engine, seg))
+    if device.startswith("cuda"):
+        try:
+            res.update(_grid_barrier_us(device))
+        except Exception as exc:  # noqa: BLE001 - a figure of its own: the rest of the run stands without it
+            res["grid_barrier_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    res.update(_barrier_figures(synth.engine, res))
     if args.profile and device.startswith("cuda"):
         res.update(_profile(synth, seg, args))
 
@@ -167,7 +173,7 @@ def _bench(args) -> dict:
     if device.startswith("cuda"):
         res["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
     for variant in [v for v in (args.variants or "").split(",") if v]:
-        v = res[f"variant_{variant}"] = _variant(model, seg, variant, synth.engine, args)
+        v = res[f"variant_{variant}"] = _variant(model, seg, variant, synth.engine, args, res)
         # progress, and the figures so far on disk: a run cut short by its time box keeps what it measured
         print(f"variant {variant}: " + (f"FAILED {v['error']}" if "error" in v else
                                          f"{v['gen_ms_per_frame']:.3f} ms/frame"), flush=True)
@@ -206,7 +212,7 @@ def _kernel_counts(engine, seg) -> dict:
             "triton_launches_per_frame": float(sum(v for k, v in counts.items() if k.startswith("triton:")))}
 
 
-def _variant(model, seg, variant: str, main_engine, args) -> dict:
+def _variant(model, seg, variant: str, main_engine, args, main: dict) -> dict:
     """One kernels:weights[:backbone][@block=value;...] variant's frame loop on the same model, same run: ms/frame,
     kernels/frame, bytes, share. ``backbone``: the backbone's kernels (torch, the default, triton or persistent). The
     part after @ overrides the depth decoder's Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys)."""
@@ -235,6 +241,7 @@ def _variant(model, seg, variant: str, main_engine, args) -> dict:
             raise RuntimeError("a persistent kernel gave up waiting at a grid barrier: its figures are void")
         out.update(_bandwidth(engine, out["gen_ms_per_frame"], args))
         out.update(_kernel_counts(engine, seg))
+        out.update(_barrier_figures(engine, main))
         if engine.backbone_kernels != main_engine.backbone_kernels:  # its own backbone: its own backbone time
             out["backbone_ms_per_frame"] = _backbone_ms(engine, seg, args)
         if args.profile and args.device.startswith("cuda"):
@@ -248,6 +255,52 @@ def _variant(model, seg, variant: str, main_engine, args) -> dict:
         return out
     except Exception as exc:  # one variant failing must not lose the others' figures
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def launch_barrier_loop(sync, n: int, grid: int) -> None:
+    """``n`` grid-wide barriers in one launch of ``grid`` programs, 8 warps each (as the persistent kernels run)."""
+    from fern.tts.csm import kernels as K
+    from fern.tts.csm.fused import MAX_SPINS
+
+    K.launch("_barrier_loop", (grid,), sync, n, MAX_SPINS=MAX_SPINS, num_warps=8)
+
+
+def _grid_barrier_us(device: str, short: int = 256, long: int = 4352, runs: int = 5) -> dict:
+    """What one grid-wide barrier of the persistent kernels costs on this GPU (us): a launch of nothing but ``long``
+    barriers against one of ``short`` (the launch's own cost cancels), one program per SM and 8 warps, as the
+    persistent kernels run; the median of ``runs``. CUDA only."""
+    import torch
+
+    from fern.tts.csm import kernels as K
+
+    grid = torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
+    sync = torch.zeros(4, device=device, dtype=torch.int32)
+
+    def ms(n: int) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        launch_barrier_loop(sync, n, grid)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    with K.no_counting():
+        ms(short)  # compilation
+        per = [(ms(long) - ms(short)) / (long - short) * 1e3 for _ in range(runs)]
+    passed, timed_out = int(sync[3]), bool(sync[2])
+    if timed_out or passed != short:
+        raise RuntimeError(f"the barrier loop passed {passed} of {short} barriers (timed out: {timed_out})")
+    return {"grid_barrier_us": statistics.median(per), "grid_barrier_programs": grid}
+
+
+def _barrier_figures(engine, main: dict) -> dict:
+    """Grid-wide barriers per frame of the engine's persistent kernels, and what they cost at the measured
+    ``grid_barrier_us`` (an estimate: a barrier inside a kernel also waits for the slowest program's phase)."""
+    n = sum(part.barriers_per_frame() for part in (engine.depth, engine.bb_fused) if part is not None)
+    out = {"barriers_per_frame": float(n)}
+    if n and "grid_barrier_us" in main:
+        out["barrier_ms_per_frame"] = n * main["grid_barrier_us"] / 1e3
+    return out
 
 
 def _frame_loop_ms(engine, seg, args) -> float:
@@ -421,11 +474,14 @@ def main(argv=None) -> dict:
     keys = ("gen_ms_per_frame", "backbone_ms_per_frame", "backbone_share", "e2e_ms_per_frame", "ttfa_ms", "rtf",
             "mimi_ms_per_frame", "stock_ms_per_frame",
             "speedup_vs_stock_gen", "speedup_vs_stock_e2e", "peak_vram_gib", "startup_s", "graph_capture_s",
-            "ops_per_frame", "triton_launches_per_frame", "weight_gb_per_frame", "bandwidth_floor_ms",
+            "ops_per_frame", "triton_launches_per_frame", "barriers_per_frame", "grid_barrier_us",
+            "barrier_ms_per_frame", "weight_gb_per_frame", "bandwidth_floor_ms",
             "bandwidth_share", "modules_gen_ms_per_frame", "modules_ops_per_frame")
     for key in keys:
         if key in res:
             print(f"  {key:26s} {res[key]:10.3f}")
+    if "grid_barrier_error" in res:
+        print(f"  grid barrier timing failed: {res['grid_barrier_error']}")
     for label in ("eager", "replay"):
         if f"profile_{label}" in res:
             _print_profile(label, res[f"profile_{label}"])
@@ -439,6 +495,7 @@ def main(argv=None) -> dict:
             print(f"  {key} (ran {v['kernels']}:{v['weights']}:{v['backbone_kernels']}): "
                   f"{v['gen_ms_per_frame']:.3f} ms/frame (backbone {bb_ms:.3f} ms, {share:.0%}), "
                   f"{v['ops_per_frame']:.0f} kernels/frame ({v['triton_launches_per_frame']:.0f} Triton), "
+                  f"{v['barriers_per_frame']:.0f} barriers/frame, "
                   f"{v['weight_gb_per_frame']:.2f} GB/frame, bandwidth share {v['bandwidth_share']:.1%}, "
                   f"capture {v['graph_capture_s']:.2f} s")
             if "profile_replay" in v:

@@ -130,7 +130,8 @@ def test_full_size_fused_kernels_equal_their_torch_reference(full_bf16, kind, mo
     assert int((a == b).sum()) >= 29 + 1, (a, b)
     assert not tri.barrier_timed_out()
     if mode == "frame":
-        assert tri.sync.tolist() == [0, 0, 0]  # reset by the last program out: ready for the next launch
+        # reset by the last program out (ready for the next launch); the barriers passed, counted by the kernel
+        assert tri.sync.tolist() == [0, 0, 0, tri.barriers_per_frame()]
 
 
 def test_full_size_fused_path_agrees_with_module_path_and_replays_exactly(full_bf16):
@@ -205,3 +206,15 @@ def test_full_size_triton_backbone_step_equals_the_torch_step(full_bf16, mode):
     for i, kv in enumerate(engine.bb.kv):
         assert float((kv[:, :, :, pos].float() - ref_kv[i]).abs().max() / ref_kv[i].abs().max()) <= 5e-2, i
         assert torch.equal(kv[:, :, :, :pos], before[i][:, :, :, :pos])
+
+
+def test_grid_barrier_timing_passes_every_barrier():
+    """fern.bench.tts's grid barrier figure: one program per SM, every barrier passed (the kernel's own count), none
+    timed out; a few microseconds at most (a barrier that never waited would be ~0, one that waits for the bounded
+    spin's end ~1 s)."""
+    from fern.bench.tts import _grid_barrier_us
+
+    res = _grid_barrier_us("cuda")
+    print("one grid barrier:", res)
+    assert res["grid_barrier_programs"] == torch.cuda.get_device_properties(0).multi_processor_count
+    assert 0.05 < res["grid_barrier_us"] < 50

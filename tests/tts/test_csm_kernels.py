@@ -234,7 +234,9 @@ def test_fused_depth_triton_equals_its_torch_reference(tiny, kind, mode, dmode):
     if dmode == "frame":  # every layer's q|k|v rows (rope applied in the kernel) and the counters reset to 0
         for i, buf in enumerate(ref.buf):
             assert (tri.buf_all[i] - buf).abs().max() <= TOL * buf.abs().max(), i
-        assert tri.sync.tolist() == [0, 0, 0]
+        # and the kernel passed one barrier after each phase of each step (its own count, left in sync[3])
+        assert tri.sync.tolist() == [0, 0, 0, tri.barriers_per_frame()]
+        assert tri.barriers_per_frame() == tri.L * (4 * len(tri.o) + 1)
         assert not tri.barrier_timed_out()
     if mode == "forced":  # the inputs were the forced tokens: the last step's input row is codebook 30's forced one
         assert not torch.equal(a[0, 1:-1], force[1:-1])
@@ -305,8 +307,9 @@ def test_fused_backbone_step_equals_the_torch_step(blocks, mode):
         assert _rel(kv[:, :, :, pos], ref_kv[i].double().cpu()) <= TOL, i
         assert torch.equal(kv[:, :, :, :pos], before[i][:, :, :, :pos])  # the prompt's rows are left alone
         assert not kv[:, :, :, pos + 1:].any()
-    if mode == "frame":  # the barrier counters are reset for the next launch (and graph replay)
-        assert fb.sync.tolist() == [0, 0, 0] and not fb.barrier_timed_out()
+    if mode == "frame":  # the counters reset for the next launch (and graph replay), the barriers the kernel passed
+        assert fb.sync.tolist() == [0, 0, 0, 5 * len(engine.bb.layers)] and not fb.barrier_timed_out()
+        assert fb.barriers_per_frame() == 5 * len(engine.bb.layers)
 
 
 @pytest.mark.parametrize(("kernels", "backbone"), [("torch", "triton"), ("persistent", "triton"),
@@ -492,7 +495,7 @@ def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     # the backbone's part of a frame, timed alone: what fusing it could save
     assert 0 < res["backbone_ms_per_frame"] < res["gen_ms_per_frame"]
     assert run.data.metrics["backbone_share"] == res["backbone_share"]
-    bad = bench_tts._variant(None, None, "persistent:bf16@BNG", None, None)
+    bad = bench_tts._variant(None, None, "persistent:bf16@BNG", None, None, res)
     assert "error" in bad  # a shape without a value is reported, not raised
 
 
@@ -525,3 +528,16 @@ def test_bench_keeps_the_variants_that_ended_when_cut_short(tmp_path, monkeypatc
     assert (v["kernels"], v["backbone_kernels"]) == ("torch", "persistent"), v
     assert v["triton_launches_per_frame"] == 1 and v["gen_ms_per_frame"] > 0
     assert 0 < v["backbone_ms_per_frame"] < v["gen_ms_per_frame"]
+    # the persistent backbone's barriers; the torch depth decoder has none. Their cost is timed on CUDA only
+    assert v["barriers_per_frame"] == 5 * 2 and saved["barriers_per_frame"] == 0 and "barrier_ms_per_frame" not in v
+
+
+def test_barrier_loop_passes_every_barrier_and_resets():
+    """The kernel fern.bench.tts times one grid barrier with: n barriers, counters reset for the next launch, n in
+    sync[3]. One program here (the interpreter runs programs one after another); many on a GPU (test_csm_gpu)."""
+    from fern.tts.csm.fused import MAX_SPINS
+
+    sync = torch.zeros(4, dtype=torch.int32, device=DEV)
+    for n in (7, 3):
+        K.launch("_barrier_loop", (1,), sync, n, MAX_SPINS=MAX_SPINS)
+        assert sync.tolist() == [0, 0, 0, n]

@@ -31,7 +31,7 @@ def test_every_kernel_compiles_for_sm90(report):
     rows, stdout = report
     assert {(r["mode"], r["weights"]) for r in rows} == {(m, k) for m in ("steps", "frame")
                                                           for k in ("bf16", "int8", "fp8")} | {
-        ("backbone", "bf16"), ("backbone_frame", "bf16")}
+        ("backbone", "bf16"), ("backbone_frame", "bf16"), ("barrier", "bf16")}
     failed = [(r["mode"], r["weights"], r["kernel"], r["error"]) for r in rows if "error" in r]
     assert not failed, failed
     assert "FAILED" not in stdout
@@ -46,7 +46,7 @@ def test_launches_per_frame_at_csm1b_shapes(report):
             assert r["launches_per_frame"] == 16, r
             continue
         want = {"norm_qkv_cache": 128, "attn_o_residual": 128, "norm_gateup_swiglu": 128, "down_residual": 128,
-                "norm_head_sample": 31, "depth_frame": 1, "backbone_frame": 1}[r["kernel"]]
+                "norm_head_sample": 31, "depth_frame": 1, "backbone_frame": 1, "barrier_loop": 1}[r["kernel"]]
         assert r["launches_per_frame"] == want, r
     assert {r["kernel"] for r in rows if r["mode"] == "backbone"} == {
         "norm_qkv_cache", "attn_split", "attn_combine_o_residual", "norm_gateup_swiglu", "down_residual"}
@@ -78,7 +78,7 @@ def test_weight_loads_are_vector_loads(report):
     in the model's (hidden, 2051) layout were read 2 bytes at a time, now stored (vocab, hidden)."""
     rows, _ = report
     for r in rows:
-        if "error" in r or r["kernel"] == "attn_split":  # attention reads the KV cache, no weights
+        if "error" in r or r["kernel"] in ("attn_split", "barrier_loop"):  # the KV cache, or nothing, no weights
             continue
         widths = {int(k): v for k, v in r["weight_loads_by_bytes"].items()}
         assert widths, r  # the weight loads were found in the PTX's line info
@@ -96,7 +96,30 @@ def test_barrier_atomics_are_one_per_program(report):
     for r in rows:
         if "error" in r:
             continue
-        if r["kernel"] in ("depth_frame", "backbone_frame", "norm_head_sample"):
+        if r["kernel"] in ("depth_frame", "backbone_frame", "norm_head_sample", "barrier_loop"):
             assert r.get("atomics_by_one_thread") is True, r
         else:
             assert "atomics_by_one_thread" not in r, r  # no atomics in the other step kernels
+
+
+# guards as Triton writes them: 3.5 tests tid == 0, 3.6 lane 0 of warp 0 through masks; a per-warp guard is wrong
+_GUARDS = {
+    "tid": ("setp.eq.b32 %p1, %r1, 0;", True),
+    "lane_and_warp": ("and.b32 %r2, %r1, 31;\n setp.eq.b32 %p2, %r2, 0;\n and.b32 %r3, %r1, 127;\n"
+                      " setp.lt.u32 %p3, %r3, 32;\n and.pred %p1, %p2, %p3;", True),
+    "lane_only": ("and.b32 %r2, %r1, 31;\n setp.eq.b32 %p1, %r2, 0;", False),
+    "two_branches_same": ("and.b32 %r2, %r1, 127;\n and.b32 %r2, %r1, 127;\n setp.eq.b32 %p1, %r2, 0;", True),
+    "loop_variable": ("add.s32 %r2, %r2, 1;\n setp.eq.b32 %p1, %r2, 0;", False),
+}
+
+
+@pytest.mark.parametrize("guard", list(_GUARDS))
+def test_one_thread_check_evaluates_the_guard_for_every_thread(guard):
+    from fern.bench.ptx import atomics_by_one_thread
+
+    body, want = _GUARDS[guard]
+    ptx = (f".reqntid 128\n{{\n mov.u32 %r1, %tid.x;\n {body}\n"
+           " @%p1 atom.global.gpu.acq_rel.add.u32 %r9, [ %rd1 + 0 ], %r8;\n}\n")
+    assert atomics_by_one_thread(ptx) is want
+    assert atomics_by_one_thread(ptx.replace("@%p1 ", "")) is False  # unguarded: every thread adds
+    assert atomics_by_one_thread(ptx.replace("atom.global", "st.global")) is None  # no atomics at all

@@ -210,8 +210,9 @@ class FusedDepth:
         self.head = [self.head_all.view(i) for i in range(self.n_cb - 1)]
         self.cos, self.sin = engine.dd.cos.contiguous(), engine.dd.sin.contiguous()  # (positions, head_dim)
         self.table_all = engine._dd_embed_projected  # (n_cb * vocab, hidden): codebook p's token c is row p*V + c
-        # barrier arrivals, programs done, and a flag set when a barrier gave up waiting (see barrier_timed_out)
-        self.sync = torch.zeros(3, device=engine.device, dtype=torch.int32)
+        # barrier arrivals, programs done, a flag set when a barrier gave up waiting (see barrier_timed_out), and
+        # the barriers the last launch passed
+        self.sync = torch.zeros(4, device=engine.device, dtype=torch.int32)
 
     def _frame_grid(self) -> int:
         """Programs of the persistent kernel: at most one per SM, so all are resident at once (the barriers wait for
@@ -285,6 +286,10 @@ class FusedDepth:
                  BHD=K.next_pow2(self.HD), BD=K.next_pow2(self.D), HAS_SCALE=hw.scale is not None,
                  SAMPLE=noise is not None, FORCE=force is not None, MAX_SPINS=MAX_SPINS, num_warps=b["num_warps"],
                  maxnreg=b.get("maxnreg"))
+
+    def barriers_per_frame(self) -> int:
+        """Grid-wide barriers one frame waits at (mode ``frame``: after each phase of each step), else 0."""
+        return self.L * (4 * len(self.o) + 1) if self.mode == "frame" and self.backend == "triton" else 0
 
     def barrier_timed_out(self) -> bool:
         """Whether a launch of the persistent kernel gave up waiting at a grid barrier (its programs were not all

@@ -110,8 +110,9 @@ class FusedBackbone:
         self.align = 16 // size if aligned else 1
         self.norm1_all = torch.stack(self.norm1).contiguous()
         self.norm2_all = torch.stack(self.norm2).contiguous()
-        # barrier arrivals, programs done, and a flag set when a barrier gave up waiting (see barrier_timed_out)
-        self.sync = torch.zeros(3, device=self.device, dtype=torch.int32)
+        # barrier arrivals, programs done, a flag set when a barrier gave up waiting (see barrier_timed_out), and
+        # the barriers the last launch passed
+        self.sync = torch.zeros(4, device=self.device, dtype=torch.int32)
         self.grid = self._frame_grid()
 
     def _frame_grid(self) -> int:
@@ -123,6 +124,11 @@ class FusedBackbone:
         most = max(cd((self.NH + 2 * self.NKV) * self.HD // 2, b["qkv_bp"]), self.NKV * self.chunks,
                    cd(self.D, b["o_bn"]), cd(self.FF, b["gu_bn"]), cd(self.D, b["down_bn"]))
         return max(1, min(most, torch.cuda.get_device_properties(self.device).multi_processor_count))
+
+    def barriers_per_frame(self) -> int:
+        """Grid-wide barriers one frame waits at (mode ``frame``: after the input row and each phase of each layer,
+        but the last, whose end is the launch's), else 0."""
+        return 5 * len(self.qkv) if self.mode == "frame" else 0
 
     def barrier_timed_out(self) -> bool:
         """Whether a launch of the persistent kernel gave up waiting at a grid barrier (its programs were not all

@@ -292,14 +292,16 @@ def _grid_barrier(sync_ptr, target, failed, MAX_SPINS: tl.constexpr):
 
 def _grid_exit(sync_ptr, failed):
     # a persistent kernel's end: flag a barrier that gave up (sync[2]); the last program out resets the counters
-    # (sync[0] arrivals, sync[1] programs done) for the next launch or graph replay: all have left every barrier
+    # (sync[0] arrivals, sync[1] programs done) for the next launch or graph replay (all have left every barrier),
+    # and leaves the number of barriers passed in sync[3] (every program arrives at each, waiting or not)
     if failed != 0:
         tl.atomic_xchg(sync_ptr + 2, 1)
     tl.debug_barrier()
     done = tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel")
     if done == tl.num_programs(0) - 1:
-        tl.atomic_xchg(sync_ptr, 0)
+        arrivals = tl.atomic_xchg(sync_ptr, 0)
         tl.atomic_xchg(sync_ptr + 1, 0)
+        tl.atomic_xchg(sync_ptr + 3, arrivals // tl.num_programs(0))
 
 
 def _o_rows(w_ptr, rows, rm, head, d, dm, o, NH: tl.constexpr, HD: tl.constexpr):
@@ -656,13 +658,23 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
     _grid_exit(sync_ptr, failed)
 
 
+def _barrier_loop(sync_ptr, n, MAX_SPINS: tl.constexpr):
+    # n grid-wide barriers and nothing else: what one costs on a GPU (fern.bench.tts: grid_barrier_us), the price
+    # the persistent kernels pay per phase instead of a launch
+    G = tl.num_programs(0)
+    failed = tl.program_id(0) * 0
+    for i in range(n):
+        failed = _grid_barrier(sync_ptr, (i + 1) * G, failed, MAX_SPINS)
+    _grid_exit(sync_ptr, failed)
+
+
 # ---- launching --------------------------------------------------------------------------------------------------
 
 _HELPERS = (_pick_token, _add_rows, _o_rows, _rstd, _qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
             _down_rows, _grid_barrier, _grid_exit, _layer_ptr)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
                                     _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual,
-                                    _backbone_frame)}
+                                    _backbone_frame, _barrier_loop)}
 _BUILT: dict = {}
 # arguments that are views at varying offsets (a position, a code slot, a noise row): Triton would compile the kernel
 # once per 16-byte alignment it sees them at (fern.bench.ptx counted 2-4 builds per kernel, each ~1 s of start-up);
