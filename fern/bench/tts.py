@@ -215,7 +215,8 @@ def _kernel_counts(engine, seg) -> dict:
 def _variant(model, seg, variant: str, main_engine, args, main: dict) -> dict:
     """One kernels:weights[:backbone][@block=value;...] variant's frame loop on the same model, same run: ms/frame,
     kernels/frame, bytes, share. ``backbone``: the backbone's kernels (torch, the default, triton or persistent). The
-    part after @ overrides the depth decoder's Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys)."""
+    part after @ overrides the depth decoder's Triton launch shapes (fused.GPU_BLOCKS / FRAME_GPU_BLOCKS keys), and
+    the backbone's with keys prefixed ``bb.`` (``persistent:bf16:persistent@bb.num_warps=4;bb.qkv_bp=8``)."""
     import torch
 
     from fern.tts.csm.engine import CsmEngine
@@ -225,9 +226,12 @@ def _variant(model, seg, variant: str, main_engine, args, main: dict) -> dict:
     weights, _, backbone = rest.partition(":")
     try:
         blocks = {k: int(v) for k, v in (kv.split("=") for kv in tuning.split(";") if kv)}
+        # bb.<key>: the backbone's kernels (fused_backbone.GPU_BLOCKS / FRAME_GPU_BLOCKS keys); the rest the depth's
+        bb_blocks = {k[3:]: blocks.pop(k) for k in list(blocks) if k.startswith("bb.")}
         t0 = time.perf_counter()
         engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, kernels=kernels, weights=weights or "bf16",
-                           blocks=blocks or None, backbone_kernels=backbone or "torch")
+                           blocks=blocks or None, backbone_kernels=backbone or "torch",
+                           backbone_blocks=bb_blocks or None)
         engine.temperature, engine.top_k = main_engine.temperature, main_engine.top_k
         engine.prepare([], seg)
         engine._run_frame()  # graph capture

@@ -499,6 +499,29 @@ def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     assert "error" in bad  # a shape without a value is reported, not raised
 
 
+def test_mistyped_launch_shapes_are_refused_not_ignored(tiny):
+    """A tuning key that names no launch shape would leave the default in place and the figure would be credited
+    to a shape that never ran: the depth decoder's and the backbone's kernels refuse it, naming the known keys; a
+    bench variant routes ``bb.`` keys to the backbone and reports the refusal as the variant's error."""
+    from fern.bench import tts as bench_tts
+    from fern.tts.csm.fused_backbone import FusedBackbone
+
+    engine = CsmEngine(tiny)
+    with pytest.raises(ValueError, match=r"unknown launch shape\(s\) \['BNGG'\].*known are \['BKA'"):
+        fused.FusedDepth(engine, "triton", "bf16", blocks={"BNGG": 32}, mode="frame")
+    with pytest.raises(ValueError, match=r"unknown launch shape\(s\) \['BNG'\] for the backbone"):
+        FusedBackbone(engine, blocks={"BNG": 32}, mode="frame")  # a depth key, given to the backbone
+    assert FusedBackbone(engine, blocks={"gu_bn": 16}, mode="frame").blocks["gu_bn"] == 16
+
+    class Args:
+        cuda_graphs, device = False, str(DEV)
+
+    engine.temperature, engine.top_k = 0.0, 0
+    seg = Segment(torch.tensor([1, 5, 6]))
+    bad = bench_tts._variant(tiny, seg, "torch:bf16:persistent@bb.gu_bnn=16", engine, Args, {})
+    assert "unknown launch shape(s) ['gu_bnn'] for the backbone" in bad["error"], bad
+
+
 def test_bench_keeps_the_variants_that_ended_when_cut_short(tmp_path, monkeypatch):
     """gpu_bench runs fern.bench.tts in a time box: each variant's figures reach the JSON as it ends, so a box that
     kills the run keeps them (the summary marks the file partial). The first variant, the persistent backbone (the

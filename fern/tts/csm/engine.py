@@ -276,7 +276,7 @@ class CsmEngine:
 
     def __init__(self, model, *, cuda_graphs: bool = False, compile: bool = False, fast: bool = True,
                  kernels: str = "torch", weights: str = "bf16", blocks: dict | None = None,
-                 backbone_kernels: str = "torch"):
+                 backbone_kernels: str = "torch", backbone_blocks: dict | None = None):
         """``fast=False`` runs every layer through the transformers modules (the reference the fast path is tested
         against); it is chosen anyway for layers that are not plain Linear (an unmerged LoRA adapter).
 
@@ -289,7 +289,8 @@ class CsmEngine:
         ``FRAME_GPU_BLOCKS``), for tuning on a GPU (``fern.bench.tts --variants persistent:bf16@num_warps=4``).
         ``backbone_kernels``: ``torch`` | ``triton`` (its one-row step as 5 Triton launches per layer) |
         ``persistent`` (the same as one launch), ``fern.tts.csm.fused_backbone``; prompts are prefilled by torch
-        either way."""
+        either way. ``backbone_blocks``: their launch shapes over the defaults (``fused_backbone.GPU_BLOCKS`` /
+        ``FRAME_GPU_BLOCKS``)."""
         self.model = model.eval()
         cfg = model.config
         p = next(model.parameters())
@@ -342,7 +343,7 @@ class CsmEngine:
         if self.depth is not None and self.depth.backend == "triton":
             self.kernels = "persistent" if self.depth.mode == "frame" else "triton"
         self.weights = self.depth.kind if self.depth is not None else "bf16"
-        self.bb_fused = self._fused_backbone(backbone_kernels)
+        self.bb_fused = self._fused_backbone(backbone_kernels, backbone_blocks)
         self.backbone_kernels = "torch"
         if self.bb_fused is not None:
             self.backbone_kernels = "persistent" if self.bb_fused.mode == "frame" else "triton"
@@ -402,7 +403,7 @@ class CsmEngine:
                         "(quality checks), slower than the unquantized path", weights)
         return depth
 
-    def _fused_backbone(self, backbone_kernels: str):
+    def _fused_backbone(self, backbone_kernels: str, blocks: dict | None = None):
         from fern.errors import ConfigValueError
 
         if backbone_kernels not in BACKBONE_KERNELS:
@@ -420,7 +421,7 @@ class CsmEngine:
         if why:
             log.warning("CSM backbone: Triton kernels unusable on %s (%s): torch instead", self.device, why)
             return None
-        return FusedBackbone(self, mode="frame" if backbone_kernels == "persistent" else "layers")
+        return FusedBackbone(self, blocks=blocks, mode="frame" if backbone_kernels == "persistent" else "layers")
 
     # ---- embeddings -------------------------------------------------------------------------------------------
     @torch.no_grad()

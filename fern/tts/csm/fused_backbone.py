@@ -71,8 +71,13 @@ class FusedBackbone:
         self.final_norm, self.final_eps = bb.norm.weight.detach().float(), float(bb.norm.variance_epsilon)
         dev = engine.device
         p2 = K.next_pow2
+        known = FRAME_GPU_BLOCKS if mode == "frame" else GPU_BLOCKS
+        unknown = sorted(set(blocks or {}) - set(known))
+        if unknown:  # a mistyped tuning key would otherwise leave the default in place, silently
+            raise ValueError(f"unknown launch shape(s) {unknown} for the backbone's kernels (mode {mode}): "
+                             f"known are {sorted(known)}")
         if dev.type == "cuda":
-            self.blocks = dict(FRAME_GPU_BLOCKS if mode == "frame" else GPU_BLOCKS, **(blocks or {}))
+            self.blocks = dict(known, **(blocks or {}))
         else:
             self.blocks = dict(qkv_bp=p2((self.NH + 2 * self.NKV) * self.HD // 2), qkv_bk=p2(self.D),
                                attn_bt=min(64, p2(self.L)), o_bn=p2(self.D), gu_bn=p2(self.FF), gu_bk=p2(self.D),
