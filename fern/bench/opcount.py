@@ -164,7 +164,7 @@ def csm_kernels_per_frame(temperature: float = 0.9, top_k: int = 50) -> dict[str
         engine.temperature, engine.top_k = temperature, top_k
         engine.prepare([], seg)
         with torch.no_grad():
-            counts = count_kernels(engine._run_frame)
+            counts = count_kernels(engine._frame)
         out[label] = {"kernels_per_frame": sum(counts.values()),
                       "triton_launches": sum(v for k, v in counts.items() if k.startswith("triton:")),
                       "by_op": dict(counts.most_common())}

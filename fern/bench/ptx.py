@@ -147,59 +147,110 @@ def weight_load_widths(ptx: str) -> dict[int, int]:
     return widths
 
 
-_DEF = re.compile(r"^\s*(mov|and|or|xor|shl|shr|bfe|cvt|add|setp|not)((?:\.[a-z0-9]+)*)\s+(%[a-z]+\d+),\s*(.*);$")
+# an instruction that writes a register: optional guard, opcode, modifiers, destination, operands
+_WRITE = re.compile(r"^\s*(@!?%p\d+\s+)?([a-z]+)((?:\.[a-z0-9]+)*)\s+(%[a-z]+\d+)\s*,\s*(.*);")
+_EVALUATED = {"mov", "cvt", "and", "or", "xor", "not", "shl", "shr", "bfe", "add", "setp"}
+_CMP = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+        "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+
+
+def _width(op: str, mods: str) -> tuple[int, bool] | None:
+    """(bits, signed) of an instruction's result type (.b32, .s64, .u16, ...; cvt names the destination first, the
+    others their one type last), None for .pred or none."""
+    types = re.findall(r"\.([bsu])(8|16|32|64)\b", mods)
+    if not types:
+        return None
+    kind, bits = types[0] if op == "cvt" else types[-1]
+    return int(bits), kind == "s"
 
 
 def _thread_values(ptx: str):
     """A function (register, thread id) -> the register's value in that thread, for registers computed from
-    ``%tid.x`` and constants alone by the integer and predicate operations Triton uses to pick threads; None for
-    anything else. A register defined in several places (branches) has a value only where all definitions agree;
-    one that depends on itself (a loop variable) has none."""
-    defs: dict[str, list[tuple[str, str, list[str]]]] = {}
+    ``%tid.x`` and constants alone by unguarded integer and predicate operations (values wrapped to the
+    instruction's width); None for anything else: a register written by a guarded or unmodelled instruction (a
+    load, a select, an atomic...), one defined in several places that disagree (branches), or one that depends on
+    itself (a loop variable)."""
+    defs: dict[str, list] = {}
     for line in ptx.splitlines():
-        m = _DEF.match(line)
+        m = _WRITE.match(line)
         if m:
-            op, mods, dst, rest = m.groups()
-            defs.setdefault(dst, []).append((op, mods, [a.strip() for a in rest.split(",")]))
+            guard, op, mods, dst, rest = m.groups()
+            args = [a.strip() for a in rest.split(",")]
+            known = not guard and op in _EVALUATED and (op != "setp" or len(args) == 2)
+            defs.setdefault(dst, []).append((op, mods, args) if known else None)
+
+    def literal(arg: str):
+        if re.fullmatch(r"-?\d+", arg):
+            return int(arg)
+        if re.fullmatch(r"0[xX][0-9a-fA-F]+", arg):
+            return int(arg, 16)
+        return None
 
     def one(op: str, mods: str, vals: list):
-        if op in ("mov", "cvt"):
-            return vals[0]
-        if op == "not":
-            return not vals[0] if ".pred" in mods else ~vals[0]
-        if op == "bfe":
-            return (vals[0] >> vals[1]) & ((1 << vals[2]) - 1)
-        a, b = vals
+        width = _width(op, mods)
         if op == "setp":
-            return {"eq": a == b, "ne": a != b, "lt": a < b, "le": a <= b, "gt": a > b,
-                    "ge": a >= b}.get(mods.split(".")[1])
-        return {"and": a & b, "or": a | b, "xor": a ^ b, "shl": a << b, "shr": a >> b, "add": a + b}[op]
+            a, b = vals
+            if width and width[1]:  # signed compare: read the operands as two's complement
+                a, b = (v - (1 << width[0]) if v >= 1 << (width[0] - 1) else v for v in (a, b))
+            return _CMP[mods.split(".")[1]](a, b)
+        if ".pred" in mods:
+            if op == "not":
+                return not vals[0]
+            if op in ("and", "or", "xor", "mov"):
+                return {"and": lambda: vals[0] and vals[1], "or": lambda: vals[0] or vals[1],
+                        "xor": lambda: vals[0] != vals[1], "mov": lambda: vals[0]}[op]()
+            return None
+        if width is None:
+            return None
+        a = vals[0]
+        if op in ("mov", "cvt"):
+            r = a
+        elif op == "not":
+            r = ~a
+        elif op == "bfe":
+            r = (a >> vals[1]) & ((1 << vals[2]) - 1)
+        elif op == "shl":
+            r = a << vals[1] if vals[1] < width[0] else 0
+        elif op == "shr":
+            r = a >> vals[1]
+        else:
+            r = {"and": a & vals[1], "or": a | vals[1], "xor": a ^ vals[1], "add": a + vals[1]}[op]
+        return r & ((1 << width[0]) - 1)
 
     def value(arg: str, t: int, depth: int = 0):
         if arg == "%tid.x":
             return t
-        if re.fullmatch(r"-?\d+", arg):
-            return int(arg)
+        lit = literal(arg)
+        if lit is not None:
+            return lit
         if arg not in defs or depth > 64:
             return None
         results = set()
-        for op, mods, args in defs[arg]:
+        for d in defs[arg]:
+            if d is None:
+                return None
+            op, mods, args = d
             vals = [value(a, t, depth + 1) for a in args]
             if any(v is None for v in vals):
                 return None
-            results.add(one(op, mods, vals))
+            r = one(op, mods, vals)
+            if r is None:
+                return None
+            results.add(r)
         return results.pop() if len(results) == 1 else None
 
     return value
 
 
 def atomics_by_one_thread(ptx: str) -> bool | None:
-    """Whether every atomic and acquire load is issued by thread 0 of the program only (None: the kernel has none):
-    each one's guard predicate, evaluated for every thread of the block from ``%tid.x``, holds for thread 0 alone.
-    The barrier and the head kernel's "last program" count arrivals per program: if Triton lowered a scalar atomic
-    to one per thread (or per warp), the counts would run 4-256x too fast and the barriers would not wait. (Triton
-    3.5 guards with ``tid == 0``; 3.6 with ``(tid & 31) == 0 && (tid & 127) < 32`` and the like.)"""
-    sync = [line.strip() for line in ptx.splitlines() if re.search(r"\batom\.|ld\.global\.[a-z.]*acquire", line)]
+    """Whether every atomic, reduction and acquire load is issued by thread 0 of the program only (None: the kernel
+    has none): each one's guard predicate, evaluated for every thread of the block from ``%tid.x``, holds for thread
+    0 alone, and is known for every thread (anything the evaluation cannot follow counts as unsafe). The barrier
+    and the head kernel's "last program" count arrivals per program: if Triton lowered a scalar atomic to one per
+    thread (or per warp), the counts would run 4-256x too fast and the barriers would not wait. (Triton 3.5 guards
+    with ``tid == 0``; 3.6 with ``(tid & 31) == 0 && (tid & 127) < 32`` and the like.)"""
+    sync = [line.strip() for line in ptx.splitlines()
+            if re.search(r"\b(?:atom|red)\.|\bld\.[a-z0-9.]*\bacquire\b", line)]
     if not sync:
         return None
     threads = re.search(r"\.reqntid\s+(\d+)", ptx)
@@ -210,7 +261,8 @@ def atomics_by_one_thread(ptx: str) -> bool | None:
         guard = re.match(r"@(%p\d+)\s", line)
         if not guard:
             return False
-        if [t for t in range(int(threads.group(1))) if value(guard.group(1), t)] != [0]:
+        issued = [value(guard.group(1), t) for t in range(int(threads.group(1)))]
+        if any(v is None for v in issued) or [t for t, v in enumerate(issued) if v] != [0]:
             return False
     return True
 

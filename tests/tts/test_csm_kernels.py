@@ -370,7 +370,7 @@ def test_launches_per_frame(tiny):
         engine.temperature, engine.top_k = 0.9, 50
         engine.prepare([], seg)
         with torch.no_grad():
-            counts[kern] = count_kernels(engine._run_frame)
+            counts[kern] = count_kernels(engine._frame)
     tri = counts["triton"]
     n_layers, n_cb = len(tiny.depth_decoder.model.layers), tiny.config.num_codebooks
     launches = {k: v for k, v in tri.items() if k.startswith("triton:")}
@@ -388,7 +388,7 @@ def test_launches_per_frame(tiny):
     engine.temperature, engine.top_k = 0.9, 50
     engine.prepare([], seg)
     with torch.no_grad():
-        both = count_kernels(engine._run_frame)
+        both = count_kernels(engine._frame)
     n_bb = len(tiny.backbone_model.layers)
     assert {k: v for k, v in both.items() if k.startswith("triton:")} == {
         "triton:depth_frame": 1, "triton:norm_qkv_cache": n_bb, "triton:attn_split": n_bb,
@@ -399,7 +399,7 @@ def test_launches_per_frame(tiny):
     engine.temperature, engine.top_k = 0.9, 50
     engine.prepare([], seg)
     with torch.no_grad():
-        one = count_kernels(engine._run_frame)
+        one = count_kernels(engine._frame)
     assert {k: v for k, v in one.items() if k.startswith("triton:")} == {"triton:depth_frame": 1,
                                                                          "triton:backbone_frame": 1}
     launches_and_copy_gone, launch_in = 5 * n_bb + 1, 1
@@ -512,6 +512,10 @@ def test_mistyped_launch_shapes_are_refused_not_ignored(tiny):
     with pytest.raises(ValueError, match=r"unknown launch shape\(s\) \['BNG'\] for the backbone"):
         FusedBackbone(engine, blocks={"BNG": 32}, mode="frame")  # a depth key, given to the backbone
     assert FusedBackbone(engine, blocks={"gu_bn": 16}, mode="frame").blocks["gu_bn"] == 16
+    from fern.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match=r"backbone launch shapes \['gu_bn'\] need tts.backbone_kernels"):
+        CsmEngine(tiny, backbone_blocks={"gu_bn": 16})  # the torch backbone has no launch shapes to take them
 
     class Args:
         cuda_graphs, device = False, str(DEV)
@@ -564,3 +568,20 @@ def test_barrier_loop_passes_every_barrier_and_resets():
     for n in (7, 3):
         K.launch("_barrier_loop", (1,), sync, n, MAX_SPINS=MAX_SPINS)
         assert sync.tolist() == [0, 0, 0, n]
+
+
+@pytest.mark.parametrize(("kernels", "backbone", "names"), [("persistent", "torch", "tts.kernels=triton"),
+                                                            ("torch", "persistent", "tts.backbone_kernels=triton")])
+def test_a_barrier_that_gave_up_is_refused_after_the_first_eager_frame(tiny, kernels, backbone, names):
+    """Without CUDA graphs (no warm-up before capture to check after), the engine reads the persistent kernels'
+    timed-out flag once, after the first frame, and refuses the path naming the fallback. The flag is set here as a
+    barrier that gave up would leave it (programs not all resident: a GPU-only failure)."""
+    engine = CsmEngine(tiny, kernels=kernels, backbone_kernels=backbone)
+    part = engine.depth if kernels == "persistent" else engine.bb_fused
+    engine.prepare([], Segment(torch.tensor([1, 5, 6])))
+    engine._run_frame()  # a clean frame passes the check, once
+    assert engine._barriers_checked
+    engine._barriers_checked = False
+    part.sync[2] = 1
+    with pytest.raises(RuntimeError, match=f"gave up waiting at a grid barrier.*{names}"):
+        engine._run_frame()

@@ -102,24 +102,35 @@ def test_barrier_atomics_are_one_per_program(report):
             assert "atomics_by_one_thread" not in r, r  # no atomics in the other step kernels
 
 
-# guards as Triton writes them: 3.5 tests tid == 0, 3.6 lane 0 of warp 0 through masks; a per-warp guard is wrong
+# guards as Triton writes them: 3.5 tests tid == 0, 3.6 lane 0 of warp 0 through masks; the rest must be refused:
+# one thread per warp (a mask, or a shift that drops the warp bits), whole warps, guards the evaluation cannot
+# follow for every thread (a loop variable, a guarded or loaded redefinition, definitions that disagree)
 _GUARDS = {
     "tid": ("setp.eq.b32 %p1, %r1, 0;", True),
-    "lane_and_warp": ("and.b32 %r2, %r1, 31;\n setp.eq.b32 %p2, %r2, 0;\n and.b32 %r3, %r1, 127;\n"
-                      " setp.lt.u32 %p3, %r3, 32;\n and.pred %p1, %p2, %p3;", True),
-    "lane_only": ("and.b32 %r2, %r1, 31;\n setp.eq.b32 %p1, %r2, 0;", False),
+    "lane_and_warp": ("and.b32 %r2, %r1, 31;\n and.b32 %r3, %r1, 127;\n cvt.u64.u32 %rd3, %r3;\n"
+                      " cvt.u32.u64 %r4, %rd3;\n setp.eq.b32 %p2, %r2, 0;\n setp.lt.u32 %p3, %r4, 32;\n"
+                      " and.pred %p1, %p2, %p3;", True),
     "two_branches_same": ("and.b32 %r2, %r1, 127;\n and.b32 %r2, %r1, 127;\n setp.eq.b32 %p1, %r2, 0;", True),
+    "lane_only": ("and.b32 %r2, %r1, 31;\n setp.eq.b32 %p1, %r2, 0;", False),
+    "shift_drops_warp_bits": ("shl.b32 %r2, %r1, 27;\n setp.eq.b32 %p1, %r2, 0;", False),
+    "first_warp": ("and.b32 %r2, %r1, -32;\n setp.eq.s32 %p1, %r2, 0;", False),
+    "two_branches_differ": ("setp.eq.b32 %p1, %r1, 0;\n and.b32 %r2, %r1, 31;\n setp.eq.b32 %p1, %r2, 0;", False),
+    "guarded_redefinition": ("setp.eq.b32 %p1, %r1, 0;\n @%p4 setp.ne.b32 %p1, %r1, 5;", False),
+    "loaded": ("ld.shared.b32 %r2, [global_smem];\n setp.eq.b32 %p1, %r2, 0;", False),
     "loop_variable": ("add.s32 %r2, %r2, 1;\n setp.eq.b32 %p1, %r2, 0;", False),
+    "three_operand_setp": ("setp.eq.and.b32 %p1, %r1, 0, %p5;", False),
 }
 
 
 @pytest.mark.parametrize("guard", list(_GUARDS))
-def test_one_thread_check_evaluates_the_guard_for_every_thread(guard):
+@pytest.mark.parametrize("sync", ["atom.global.gpu.acq_rel.add.u32 %r9, [ %rd1 + 0 ], %r8;",
+                                  "red.global.gpu.add.u32 [ %rd1 + 0 ], %r8;",
+                                  "ld.acquire.gpu.global.b32 %r9, [ %rd1 + 0 ];"])
+def test_one_thread_check_evaluates_the_guard_for_every_thread(guard, sync):
     from fern.bench.ptx import atomics_by_one_thread
 
     body, want = _GUARDS[guard]
-    ptx = (f".reqntid 128\n{{\n mov.u32 %r1, %tid.x;\n {body}\n"
-           " @%p1 atom.global.gpu.acq_rel.add.u32 %r9, [ %rd1 + 0 ], %r8;\n}\n")
+    ptx = f".reqntid 128\n{{\n mov.u32 %r1, %tid.x;\n {body}\n @%p1 {sync}\n}}\n"
     assert atomics_by_one_thread(ptx) is want
     assert atomics_by_one_thread(ptx.replace("@%p1 ", "")) is False  # unguarded: every thread adds
-    assert atomics_by_one_thread(ptx.replace("atom.global", "st.global")) is None  # no atomics at all
+    assert atomics_by_one_thread(ptx.replace(sync, "st.global.b32 [ %rd1 + 0 ], %r8;")) is None  # no atomics

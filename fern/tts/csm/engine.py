@@ -354,6 +354,7 @@ class CsmEngine:
                 self._bb_step = torch.compile(self._backbone_step, dynamic=False)
             self._dd_step = torch.compile(self._depth_step, dynamic=False)
         self._graph = None
+        self._barriers_checked = False
         self._graph_key = None
         self._prefill_graphs: dict = {}
         self.frame_ready = None  # CUDA event: the last yielded frame is complete
@@ -409,6 +410,9 @@ class CsmEngine:
         if backbone_kernels not in BACKBONE_KERNELS:
             raise ConfigValueError(f"tts.backbone_kernels must be one of {BACKBONE_KERNELS}, got {backbone_kernels!r}")
         if backbone_kernels == "torch":
+            if blocks:
+                raise ConfigValueError(f"backbone launch shapes {sorted(blocks)} need tts.backbone_kernels=triton or "
+                                       "persistent, not torch")
             return None
         if not self.bb.fused:
             log.warning("CSM backbone: tts.backbone_kernels=%s needs plain Linear layers (no unmerged LoRA): "
@@ -510,9 +514,24 @@ class CsmEngine:
         self.pos.add_(1)
 
     @torch.no_grad()
+    def _check_barriers(self) -> None:
+        """Refuse a persistent kernel that gave up waiting at a grid barrier (its output is garbage): checked once,
+        after the warm-up before graph capture or after the first eager frame (reading the flag syncs)."""
+        self._barriers_checked = True
+        if self.depth is not None and self.depth.barrier_timed_out():
+            raise RuntimeError("CSM depth decoder: the persistent kernel (tts.kernels=persistent) gave up waiting at a "
+                               "grid barrier, so its programs were not all resident on this GPU; use "
+                               "tts.kernels=triton")
+        if self.bb_fused is not None and self.bb_fused.barrier_timed_out():
+            raise RuntimeError("CSM backbone: the persistent kernel (tts.backbone_kernels=persistent) gave up waiting "
+                               "at a grid barrier, so its programs were not all resident on this GPU; use "
+                               "tts.backbone_kernels=triton")
+
     def _run_frame(self) -> None:
         if not self.cuda_graphs:
             self._frame()
+            if not self._barriers_checked:
+                self._check_barriers()
             return
         key = (self.temperature, self.top_k)
         if self._graph is None or self._graph_key != key:
@@ -532,14 +551,7 @@ class CsmEngine:
                 self.pos.copy_(saved[1])
                 self._frame()
         torch.cuda.current_stream().wait_stream(s)
-        if self.depth is not None and self.depth.barrier_timed_out():
-            raise RuntimeError("CSM depth decoder: the persistent kernel (tts.kernels=persistent) gave up waiting at a "
-                               "grid barrier, so its programs were not all resident on this GPU; use "
-                               "tts.kernels=triton")
-        if self.bb_fused is not None and self.bb_fused.barrier_timed_out():
-            raise RuntimeError("CSM backbone: the persistent kernel (tts.backbone_kernels=persistent) gave up waiting "
-                               "at a grid barrier, so its programs were not all resident on this GPU; use "
-                               "tts.backbone_kernels=triton")
+        self._check_barriers()
         self.emb_in.copy_(saved[0])
         self.pos.copy_(saved[1])
         graph = torch.cuda.CUDAGraph()

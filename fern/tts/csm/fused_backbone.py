@@ -18,7 +18,8 @@ residual stream and scratch are fp32; weights are the model's own (no copy). Gri
 
 Mode ``frame`` (``kernels._backbone_frame``) runs the same five phases per layer in one launch of at most one
 program per SM, with a grid-wide barrier after each phase where mode ``layers`` ends a launch: 80 launches become
-one, at the price of 81 barriers (and the copy of the input row into the residual stream becomes a phase). The
+one, at the price of 80 barriers (the copy of the input row into the residual stream becomes a phase; the last
+layer's end is the launch's). The
 layers' weights and KV caches stay separate allocations; the kernel finds each through element offsets from the
 lowest-addressed one of its kind (``self.offsets``), so nothing is copied or stacked.
 """

@@ -18,7 +18,8 @@ with rope, writing K/V into the backbone's own cache; _attn_split (flash-decodin
 chunk of positions); _attn_combine_o_residual (every program merges the partials, then its o-proj rows); K3; K4.
 And the same as one persistent launch for all its layers:
 
-    _backbone_frame        the input row into h, then 16 layers x those 5 phases, a grid-wide barrier after each;
+    _backbone_frame        the input row into h, then 16 layers x those 5 phases, a grid-wide barrier after each
+                           (but the last: the launch's end orders it);
                            each layer's weights and cache found by offsets from one base per kind (no stacked copy)
 
 The kernels' bodies are jitted helpers (_qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
