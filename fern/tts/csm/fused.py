@@ -166,10 +166,7 @@ class FusedDepth:
         self.positions = torch.arange(self.L, device=dev)
         p2 = K.next_pow2
         known = FRAME_GPU_BLOCKS if mode == "frame" else GPU_BLOCKS
-        unknown = sorted(set(blocks or {}) - set(known))
-        if unknown:  # a mistyped tuning key would otherwise leave the default in place, silently
-            raise ValueError(f"unknown launch shape(s) {unknown} for the depth decoder's kernels (mode {mode}): "
-                             f"known are {sorted(known)}")
+        K.check_blocks(blocks, known, f"the depth decoder's kernels (mode {mode})")
         if mode == "frame":
             if dev.type == "cuda":
                 self.blocks = dict(FRAME_GPU_BLOCKS, **(FRAME_GPU_BLOCKS_1BYTE if weights != "bf16" else {}),

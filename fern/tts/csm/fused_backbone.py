@@ -73,10 +73,7 @@ class FusedBackbone:
         dev = engine.device
         p2 = K.next_pow2
         known = FRAME_GPU_BLOCKS if mode == "frame" else GPU_BLOCKS
-        unknown = sorted(set(blocks or {}) - set(known))
-        if unknown:  # a mistyped tuning key would otherwise leave the default in place, silently
-            raise ValueError(f"unknown launch shape(s) {unknown} for the backbone's kernels (mode {mode}): "
-                             f"known are {sorted(known)}")
+        K.check_blocks(blocks, known, f"the backbone's kernels (mode {mode})")
         if dev.type == "cuda":
             self.blocks = dict(known, **(blocks or {}))
         else:

@@ -762,6 +762,14 @@ def no_counting():
         LaunchCounter.active.extend(saved)
 
 
+def check_blocks(blocks: dict | None, known: dict, what: str) -> None:
+    """Refuse launch-shape keys that ``known`` (a path's default shapes) does not have: a mistyped tuning key would
+    otherwise leave the default in place, and a figure would be credited to a shape that never ran."""
+    unknown = sorted(set(blocks or {}) - set(known))
+    if unknown:
+        raise ValueError(f"unknown launch shape(s) {unknown} for {what}: known are {sorted(known)}")
+
+
 def usable_on(device) -> str | None:
     """None if the kernels compile and run on ``device`` (one tiny launch checked against torch), else why not."""
     if not _import():
