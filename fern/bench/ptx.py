@@ -267,9 +267,28 @@ def atomics_by_one_thread(ptx: str) -> bool | None:
     return True
 
 
+def prefetches_then_barrier(ptx: str) -> bool | None:
+    """Whether every L2 prefetch (kernels._prefetch_l2, PREFETCH=1) is followed by a grid barrier's arrival (a
+    release atomic) before any other global memory access: issued after the phase's own loads, for the next phase,
+    so that DRAM works while the programs wait. None: the kernel has no prefetch."""
+    events = []
+    for line in ptx.splitlines():
+        if _PREFETCH.match(line):
+            events.append("prefetch")
+        elif re.search(r"\b(?:atom|red)\.[a-z0-9.]*\brelease\b", line):
+            events.append("arrive")
+        elif re.search(r"\b(?:ld|st|atom|red)\.global\b|\b(?:atom|red)\.", line):
+            events.append("access")
+    if "prefetch" not in events:
+        return None
+    after = [nxt for cur, nxt in zip(events, events[1:] + ["end"]) if cur == "prefetch" and nxt != "prefetch"]
+    return all(nxt == "arrive" for nxt in after)
+
+
 _PTXAS = re.compile(r"Used (\d+) registers")
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _STACK = re.compile(r"(\d+) bytes stack frame")
+_PREFETCH = re.compile(r"^\s*(?:@%p\d+\s+)?prefetch\.global\.L2\s", re.MULTILINE)
 
 
 def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dict, arch: int = 90) -> dict:
@@ -307,6 +326,9 @@ def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dic
     out["stack_bytes"] = int(stack.group(1)) if stack else 0
     out["weight_load_bytes"] = weight_load_widths(compiled.asm["ptx"])
     out["atomics_by_one_thread"] = atomics_by_one_thread(compiled.asm["ptx"])
+    # the persistent kernels' PREFETCH=1 (kernels._prefetch_l2): proof that the hint survived to the PTX
+    out["l2_prefetches"] = len(_PREFETCH.findall(compiled.asm["ptx"]))
+    out["prefetches_then_barrier"] = prefetches_then_barrier(compiled.asm["ptx"])
     return out
 
 
@@ -344,9 +366,13 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
                     row["error"] = got["error"]
                     continue
                 row["num_warps"] = got["num_warps"]
-                for fig in ("registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes"):
+                for fig in ("registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes",
+                            "l2_prefetches"):
                     row[fig] = max(row.get(fig, 0), got[fig])
                 row["compile_s"] = row.get("compile_s", 0.0) + got["compile_s"]
+                if got["prefetches_then_barrier"] is not None:
+                    row["prefetches_then_barrier"] = row.get("prefetches_then_barrier", True) \
+                        and got["prefetches_then_barrier"]
                 one_thread = got["atomics_by_one_thread"]
                 if one_thread is not None:
                     row["atomics_by_one_thread"] = row.get("atomics_by_one_thread", True) and one_thread
@@ -377,7 +403,7 @@ def main(argv=None) -> list[dict]:
                   json.loads(args.blocks) if args.blocks else None, args.arch, 0.0 if args.greedy else 0.9)
     print(f"CSM-1B depth decoder and backbone kernels compiled for sm_{args.arch} (no GPU: resources from ptxas -v)")
     print(f"  {'mode':14s} {'weights':7s} {'kernel':24s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
-          f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s} {'weight ld B':>11s}")
+          f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s} {'weight ld B':>11s} {'L2 pf':>5s}")
     for r in rows:
         if "error" in r:
             print(f"  {r['mode']:14s} {r['weights']:7s} {r['kernel']:24s} FAILED {r['error']}")
@@ -385,7 +411,7 @@ def main(argv=None) -> list[dict]:
         print(f"  {r['mode']:14s} {r['weights']:7s} {r['kernel']:24s} {r['launches_per_frame']:8d} "
               f"{r['compilations']:6d} {r['num_warps']:5d} "
               f"{r['registers']:4d} {r['spill_store_bytes']:6d}/{r['spill_load_bytes']:<6d} {r['stack_bytes']:7d} "
-              f"{r['shared_bytes']:7d} {r['min_weight_load_bytes']:11d}")
+              f"{r['shared_bytes']:7d} {r['min_weight_load_bytes']:11d} {r['l2_prefetches']:5d}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -221,17 +221,12 @@ def _variant(model, seg, variant: str, main_engine, args, main: dict) -> dict:
 
     from fern.tts.csm.engine import CsmEngine
 
-    spec, _, tuning = variant.partition("@")
-    kernels, _, rest = spec.partition(":")
-    weights, _, backbone = rest.partition(":")
+    tuning = variant.partition("@")[2]
     try:
-        blocks = {k: int(v) for k, v in (kv.split("=") for kv in tuning.split(";") if kv)}
-        # bb.<key>: the backbone's kernels (fused_backbone.GPU_BLOCKS / FRAME_GPU_BLOCKS keys); the rest the depth's
-        bb_blocks = {k[3:]: blocks.pop(k) for k in list(blocks) if k.startswith("bb.")}
+        kernels, weights, backbone, blocks, bb_blocks = parse_variant(variant)
         t0 = time.perf_counter()
-        engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, kernels=kernels, weights=weights or "bf16",
-                           blocks=blocks or None, backbone_kernels=backbone or "torch",
-                           backbone_blocks=bb_blocks or None)
+        engine = CsmEngine(model, cuda_graphs=args.cuda_graphs, kernels=kernels, weights=weights,
+                           blocks=blocks or None, backbone_kernels=backbone, backbone_blocks=bb_blocks or None)
         engine.temperature, engine.top_k = main_engine.temperature, main_engine.top_k
         engine.prepare([], seg)
         engine._run_frame()  # graph capture
@@ -259,6 +254,43 @@ def _variant(model, seg, variant: str, main_engine, args, main: dict) -> dict:
         return out
     except Exception as exc:  # one variant failing must not lose the others' figures
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def parse_variant(variant: str) -> tuple[str, str, str, dict, dict]:
+    """``kernels:weights[:backbone][@block=value;...]`` -> (kernels, weights, backbone kernels, the depth decoder's
+    launch shapes, the backbone's: keys prefixed ``bb.``). Checks names and keys against the defaults they override
+    (``fused`` / ``fused_backbone``'s GPU_BLOCKS or FRAME_GPU_BLOCKS) without building anything, so a typo in a device
+    recipe's variant fails on this machine's tests, not in a scarce device session. ValueError on anything wrong."""
+    from fern.tts.csm import fused, fused_backbone
+    from fern.tts.csm import kernels as K
+    from fern.tts.csm.engine import BACKBONE_KERNELS, KERNELS
+
+    spec, _, tuning = variant.partition("@")
+    kernels, _, rest = spec.partition(":")
+    weights, _, backbone = rest.partition(":")
+    weights, backbone = weights or "bf16", backbone or "torch"
+    for what, value, known in (("kernels", kernels, KERNELS), ("weights", weights, fused.WEIGHT_KINDS),
+                               ("backbone kernels", backbone, BACKBONE_KERNELS)):
+        if value not in known:
+            raise ValueError(f"variant {variant!r}: {what} must be one of {known}, got {value!r}")
+    blocks = {}
+    for kv in filter(None, tuning.split(";")):
+        key, eq, value = kv.partition("=")
+        if not eq or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"variant {variant!r}: {kv!r} is not block=integer")
+        blocks[key.strip()] = int(value)
+    bb_blocks = {k[3:]: blocks.pop(k) for k in list(blocks) if k.startswith("bb.")}
+    if blocks:
+        if kernels not in ("triton", "persistent"):
+            raise ValueError(f"variant {variant!r}: launch shapes need triton or persistent kernels")
+        K.check_blocks(blocks, fused.FRAME_GPU_BLOCKS if kernels == "persistent" else fused.GPU_BLOCKS,
+                       f"the depth decoder's kernels ({kernels})")
+    if bb_blocks:
+        if backbone == "torch":
+            raise ValueError(f"variant {variant!r}: bb. launch shapes need a triton or persistent backbone")
+        K.check_blocks(bb_blocks, fused_backbone.FRAME_GPU_BLOCKS if backbone == "persistent"
+                       else fused_backbone.GPU_BLOCKS, f"the backbone's kernels ({backbone})")
+    return kernels, weights, backbone, blocks, bb_blocks
 
 
 def launch_barrier_loop(sync, n: int, grid: int) -> None:

@@ -166,6 +166,22 @@ def test_full_size_persistent_kernel_agrees_with_module_path_and_replays_exactly
     assert not any(e.depth.barrier_timed_out() for e in engines)
 
 
+def test_full_size_l2_prefetch_changes_no_token(full_bf16):
+    """The persistent kernels' L2 prefetch (PREFETCH=1, bb.prefetch=1) is a hint: CSM-1B's frames with it equal
+    those without it, eagerly and as graph replays, and no barrier gives up."""
+    from fern.tts.csm.engine import CsmEngine, Segment
+
+    seg = Segment(torch.tensor([1, 40, 41, 42, 9]))
+    both = dict(kernels="persistent", backbone_kernels="persistent")
+    ref = torch.cat(list(CsmEngine(full_bf16, **both).generate([], seg, 4)))
+    for graphs in (False, True):
+        engine = CsmEngine(full_bf16, **both, cuda_graphs=graphs, blocks={"PREFETCH": 1},
+                           backbone_blocks={"prefetch": 1})
+        assert engine.depth.blocks["PREFETCH"] == 1 and engine.bb_fused.blocks["prefetch"] == 1
+        assert torch.equal(torch.cat(list(engine.generate([], seg, 4))), ref), graphs
+        assert not engine.depth.barrier_timed_out() and not engine.bb_fused.barrier_timed_out()
+
+
 @pytest.mark.parametrize("backbone", ["triton", "persistent"])
 def test_tiny_triton_backbone_equals_module_path_fp32(backbone):
     """fp32 on the GPU: the backbone's Triton step or persistent kernel (with the persistent depth decoder) gives

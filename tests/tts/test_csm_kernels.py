@@ -473,6 +473,35 @@ def test_weight_bytes_per_frame_rules_agree(tiny):
     assert rule["fused_int8"] == rule["fused_fp8"] < rule["fused_bf16"]
 
 
+def test_device_recipe_variants_name_known_kernels_and_shapes():
+    """Every variant recipes/gpu_bench.sh hands fern.bench.tts on the device names known kernels, weights and launch
+    shapes (a typo would cost its figures in a scarce device session; here it fails the tests), and the checker
+    refuses what the engine would: unknown keys, keys without an integer, shapes for kernels that take none."""
+    import re
+
+    from fern.bench.tts import parse_variant
+    from fern.paths import PROJECT_ROOT
+
+    script = (PROJECT_ROOT / "recipes" / "gpu_bench.sh").read_text()
+    lists = re.findall(r"\bP?VARIANTS\+?=\"([^\"]+)\"", script) + re.findall(r"\bP?VARIANTS=([\w:,]+);", script)
+    variants = [v.lstrip(",") for part in lists for v in part.split(",") if v.lstrip(",")]
+    assert "persistent:bf16:persistent@PREFETCH=1;bb.prefetch=1" in variants and len(variants) >= 8, variants
+    for variant in variants:
+        parse_variant(variant)
+    assert parse_variant("persistent:int8:persistent@BNG=32;bb.prefetch=1") == (
+        "persistent", "int8", "persistent", {"BNG": 32}, {"prefetch": 1})
+    for bad, why in (("persistent:bf16@BNGG=32", r"unknown launch shape\(s\) \['BNGG'\]"),
+                     ("persistent:bf16@BNG", "not block=integer"), ("persistent:bf16@BNG=x", "not block=integer"),
+                     ("persistent:bf16:persistent@bb.PREFETCH=1", r"unknown launch shape\(s\) \['PREFETCH'\]"),
+                     ("triton:bf16@PREFETCH=1", r"unknown launch shape\(s\) \['PREFETCH'\]"),
+                     ("persistent:bf16@bb.prefetch=1", "need a triton or persistent backbone"),
+                     ("torch:bf16@BNG=32", "need triton or persistent kernels"),
+                     ("persistent:bf8", "weights must be one of"), ("persistant:bf16", "kernels must be one of"),
+                     ("persistent:bf16:cuda", "backbone kernels must be one of")):
+        with pytest.raises(ValueError, match=why):
+            parse_variant(bad)
+
+
 def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     """fern.bench.tts on the tiny config: a persistent-kernel variant with its own launch shapes (the tuning syntax
     gpu_bench uses on the device) runs its frame loop, applies the shapes, and its figures reach a real SQLite
@@ -498,6 +527,23 @@ def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     assert run.data.metrics["backbone_share"] == res["backbone_share"]
     bad = bench_tts._variant(None, None, "persistent:bf16@BNG", None, None, res)
     assert "error" in bad  # a shape without a value is reported, not raised
+
+
+def test_l2_prefetch_is_refused_where_the_interpreter_runs_the_kernels(tiny):
+    """The persistent kernels' L2 prefetch is a PTX instruction: on the CPU (Triton's interpreter runs no PTX) asking
+    for it is an error that says so, not a silent no-op; values other than 0 / 1 are refused anywhere. Off, both
+    kernels still run (the tests above run them so)."""
+    from fern.tts.csm.fused_backbone import FusedBackbone
+
+    engine = CsmEngine(tiny)
+    with pytest.raises(ValueError, match="interpreter on the CPU cannot run"):
+        fused.FusedDepth(engine, "triton", "bf16", blocks={"PREFETCH": 1}, mode="frame")
+    with pytest.raises(ValueError, match="interpreter on the CPU cannot run"):
+        FusedBackbone(engine, blocks={"prefetch": 1}, mode="frame")
+    with pytest.raises(ValueError, match="prefetch must be 0 or 1, got 2"):
+        FusedBackbone(engine, blocks={"prefetch": 2}, mode="frame")
+    assert fused.FusedDepth(engine, "triton", "bf16", blocks={"PREFETCH": 0}, mode="frame").blocks["PREFETCH"] == 0
+    assert fused.FRAME_GPU_BLOCKS["PREFETCH"] == 0  # off by default until a GPU measures it
 
 
 def test_mistyped_launch_shapes_are_refused_not_ignored(tiny):

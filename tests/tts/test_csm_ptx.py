@@ -134,3 +134,48 @@ def test_one_thread_check_evaluates_the_guard_for_every_thread(guard, sync):
     assert atomics_by_one_thread(ptx) is want
     assert atomics_by_one_thread(ptx.replace("@%p1 ", "")) is False  # unguarded: every thread adds
     assert atomics_by_one_thread(ptx.replace(sync, "st.global.b32 [ %rd1 + 0 ], %r8;")) is None  # no atomics
+
+
+def test_no_prefetch_by_default(report):
+    """The persistent kernels' L2 prefetch (PREFETCH / prefetch) is off in the default launch shapes: the figures
+    fern.bench.tts credits to the defaults are measured without it."""
+    rows, _ = report
+    assert all(r.get("l2_prefetches", 0) == 0 for r in rows if "error" not in r), rows
+
+
+@pytest.mark.parametrize("mode,kinds,key", [("frame", "bf16,int8", "PREFETCH"), ("backbone_frame", "bf16", "prefetch")])
+def test_prefetch_is_issued_before_the_barrier_without_spills(tmp_path, mode, kinds, key):
+    """With the L2 prefetch on, the persistent kernels issue it (PTX prefetch.global.L2, one per 128-byte line of a
+    program's first block of the next phase) right before the grid barrier's arrival, with no memory access
+    between (DRAM fetches the next weights while the programs wait), and still fit the register file unspilled."""
+    out = tmp_path / "ptx.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "fern.bench.ptx", "--kinds", kinds, "--modes", mode,
+                        "--blocks", json.dumps({key: 1}), "--json", str(out)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == len(kinds.split(",")), rows
+    for row in rows:
+        assert "error" not in row, row
+        assert row["l2_prefetches"] > 0 and row["prefetches_then_barrier"] is True, row
+        assert row["spill_store_bytes"] == 0 and row["spill_load_bytes"] == 0 and row["registers"] <= 255, row
+        assert row["atomics_by_one_thread"] is True, row
+
+
+_RELEASE = "@%p1 atom.global.gpu.release.add.u32 %r9, [ %rd1 + 0 ], %r8;"
+
+
+@pytest.mark.parametrize("body,want", [
+    (f"prefetch.global.L2 [%rd5];\n prefetch.global.L2 [%rd6];\n bar.sync 0;\n {_RELEASE}", True),
+    (f"{_RELEASE}\n prefetch.global.L2 [%rd5];\n ld.global.v4.b32 {{%r1, %r2, %r3, %r4}}, [%rd5];", False),
+    (f"prefetch.global.L2 [%rd5];\n ld.global.v4.b32 {{%r1, %r2, %r3, %r4}}, [%rd5];\n {_RELEASE}", False),
+    ("prefetch.global.L2 [%rd5];\n ret;", False),
+    (f"ld.global.b32 %r1, [%rd5];\n {_RELEASE}", None),
+])
+def test_prefetch_placement_check(body, want):
+    """The placement check itself: a prefetch must be followed by a barrier arrival before any memory access (after
+    the barrier, or with a load between, it would no longer overlap the wait)."""
+    from fern.bench.ptx import prefetches_then_barrier
+
+    assert prefetches_then_barrier(f"{{\n {body}\n}}\n") is want

@@ -91,9 +91,11 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8,
 # the persistent kernel (mode "frame"): about one block per program per phase at CSM-1B's widths on ~132 SMs
 # (768 q|k|v row pairs / 8, 1024 rows / 8, 8192 gate|up rows / 64, 2051 logits / 16). One program per SM, so it may
 # take the whole register file: without maxnreg ptxas caps it at 128 registers (two programs per SM) and spills
-# 56-116 bytes per thread (fern.bench.ptx, sm_90); with it, none
+# 56-116 bytes per thread (fern.bench.ptx, sm_90); with it, none. PREFETCH=1: before each barrier, each program
+# asks for its first block of the next phase's weights into L2 (kernels._prefetch_l2), so DRAM works while the
+# programs wait; off until a GPU says it pays (fern.bench.tts variant @PREFETCH=1)
 FRAME_GPU_BLOCKS = dict(BP=8, BKA=256, BNO=8, BNG=64, BKG=128, BND=8, BKD=512, BNH=16, BKH=128, num_warps=8,
-                        maxnreg=255)
+                        maxnreg=255, PREFETCH=0)
 # 1-byte weights: twice the K tile where the tile is small, so that each thread still reads 16 bytes per load of the
 # q|k|v and head weights (8 with the bf16 tiles). The o-projection's [8, 128] tile stays (4 bytes per thread with
 # int8, 8 with bf16): wider, it would leave most programs idle for 1 % of the bytes
@@ -174,8 +176,9 @@ class FusedDepth:
             else:  # interpreter: one program (the barrier cannot wait for programs it runs one after another)
                 self.blocks = dict(BP=p2((self.NH + 2 * self.NKV) * self.HD // 2), BKA=p2(self.D), BNO=p2(self.D),
                                    BNG=p2(self.FF), BKG=p2(self.D), BND=p2(self.D), BKD=p2(self.FF), BNH=p2(self.V),
-                                   BKH=p2(self.D), num_warps=4)
+                                   BKH=p2(self.D), num_warps=4, PREFETCH=0)
                 self.blocks.update(blocks or {})
+            K.check_prefetch(self.blocks["PREFETCH"], dev)
             self.grid = self._frame_grid()
         elif dev.type == "cuda":
             self.blocks = dict(GPU_BLOCKS, **(blocks or {}))
@@ -286,8 +289,8 @@ class FusedDepth:
                  NL=len(self.o), L=self.L, BP=b["BP"], BKA=b["BKA"], BNO=b["BNO"], BNG=b["BNG"], BKG=b["BKG"],
                  BND=b["BND"], BKD=b["BKD"], BNH=b["BNH"], BKH=b["BKH"], BL=K.next_pow2(self.L),
                  BHD=K.next_pow2(self.HD), BD=K.next_pow2(self.D), HAS_SCALE=hw.scale is not None,
-                 SAMPLE=noise is not None, FORCE=force is not None, MAX_SPINS=MAX_SPINS, num_warps=b["num_warps"],
-                 maxnreg=b.get("maxnreg"))
+                 SAMPLE=noise is not None, FORCE=force is not None, MAX_SPINS=MAX_SPINS, PREFETCH=int(b["PREFETCH"]),
+                 num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))
 
     def barriers_per_frame(self) -> int:
         """Grid-wide barriers one frame waits at (mode ``frame``: after each phase of each step), else 0."""

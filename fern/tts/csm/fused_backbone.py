@@ -39,9 +39,10 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, attn_bt=64, o_bn=16, gu_bn=32, gu_bk=128
 # row pairs (3 rounds), 256 (KV head, chunk) items at 2048 positions, 128 blocks of o rows, 256 of gate|up, 128 of
 # down. With 8 warps every weight load is 16 bytes per thread but the o-projection's [16, 64] tile (8: wider, half
 # the programs would idle on it). One program per SM may take the whole register file (maxnreg, as the persistent
-# depth decoder): fern.bench.ptx, sm_90: 172 registers, no spills. Not tuned on a GPU yet
+# depth decoder): fern.bench.ptx, sm_90: 172 registers, no spills. Not tuned on a GPU yet. prefetch: as the depth
+# decoder's PREFETCH (fused.FRAME_GPU_BLOCKS), off until measured
 FRAME_GPU_BLOCKS = dict(qkv_bp=4, qkv_bk=512, attn_bt=64, o_bn=16, gu_bn=32, gu_bk=128, down_bn=16, down_bk=512,
-                        num_warps=8, maxnreg=255)
+                        num_warps=8, maxnreg=255, prefetch=0)
 MODES = ("layers", "frame")
 
 
@@ -79,8 +80,10 @@ class FusedBackbone:
         else:
             self.blocks = dict(qkv_bp=p2((self.NH + 2 * self.NKV) * self.HD // 2), qkv_bk=p2(self.D),
                                attn_bt=min(64, p2(self.L)), o_bn=p2(self.D), gu_bn=p2(self.FF), gu_bk=p2(self.D),
-                               down_bn=p2(self.D), down_bk=p2(self.FF), num_warps=4)
+                               down_bn=p2(self.D), down_bk=p2(self.FF), num_warps=4, prefetch=0)
             self.blocks.update(blocks or {})
+        if mode == "frame":
+            K.check_prefetch(self.blocks["prefetch"], dev)
         self.chunks = -(-self.L // self.blocks["attn_bt"])
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)
         self.q = torch.zeros(self.NH, self.HD, device=dev, dtype=torch.float32)  # the row's q, after rope
@@ -173,5 +176,5 @@ class FusedBackbone:
                  self.sync, D=self.D, NH=self.NH, NKV=self.NKV, HD=self.HD, FF=self.FF, NL=len(self.qkv), L=self.L,
                  BP=b["qkv_bp"], BKA=b["qkv_bk"], BT=b["attn_bt"], BC=K.next_pow2(self.chunks), BNO=b["o_bn"],
                  BNG=b["gu_bn"], BKG=b["gu_bk"], BND=b["down_bn"], BKD=b["down_bk"], BHD=K.next_pow2(self.HD),
-                 BD=K.next_pow2(self.D), ALIGN=self.align, MAX_SPINS=MAX_SPINS, num_warps=b["num_warps"],
-                 maxnreg=b.get("maxnreg"))
+                 BD=K.next_pow2(self.D), ALIGN=self.align, MAX_SPINS=MAX_SPINS, PREFETCH=int(b["prefetch"]),
+                 num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))

@@ -25,7 +25,8 @@ And the same as one persistent launch for all its layers:
 The kernels' bodies are jitted helpers (_qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
 _down_rows; _grid_barrier, _grid_exit) that take the block to compute: a step kernel passes its program id, a
 persistent kernel loops its programs over the blocks of each phase. So both run the same code, and the tests of one
-cover the other's math.
+cover the other's math. With PREFETCH, a persistent kernel's programs ask for their first block of the next phase's
+weights into L2 before each barrier (_prefetch_l2), so that DRAM does not idle while they wait.
 
 Why this split: a layer has four points where every output element needs the whole of a vector another program
 computes (q|k|v -> attention, o -> norm, gate|up -> down, down -> next norm). Without a grid-wide barrier each such
@@ -305,6 +306,57 @@ def _grid_exit(sync_ptr, failed):
         tl.atomic_xchg(sync_ptr + 3, arrivals // tl.num_programs(0))
 
 
+def _prefetch_l2(ptr, rows, rm, row_stride, COLS: tl.constexpr):
+    # asks DRAM for rows ``rows`` (COLS elements each, ``row_stride`` apart) into L2, one PTX prefetch per 128-byte
+    # line, and returns at once. A persistent kernel issues it for its next phase's weights before a grid barrier,
+    # so that DRAM works while the programs wait ("No Bubbles"); the loads after the barrier hit L2. A hint: it
+    # changes no result. GPU only (Triton's interpreter runs no PTX): callers pass PREFETCH=0 there
+    LINE: tl.constexpr = 1024 // ptr.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
+    NLINES: tl.constexpr = (COLS + LINE - 1) // LINE
+    lines = tl.arange(0, NLINES) * LINE
+    m = rm[:, None] & (lines[None, :] < COLS)
+    at = tl.where(m, ptr + rows[:, None] * row_stride + lines[None, :], ptr)  # masked: the tensor's first line
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [at], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+def _prefetch_qkv_pairs(w_ptr, blk, D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
+                        BP: tl.constexpr):
+    # the q|k|v weight rows of block ``blk`` of _qkv_rope_pairs: both rows of each of its BP pairs
+    HALF: tl.constexpr = HD // 2
+    pp = blk * BP + tl.arange(0, BP)
+    rows = pp // HALF * HD + pp % HALF
+    pm = pp < (NH + 2 * NKV) * HALF
+    _prefetch_l2(w_ptr, rows, pm, D, D)
+    _prefetch_l2(w_ptr, rows + HALF, pm, D, D)
+
+
+def _prefetch_depth_phase(ph, p, blk, qkv_ptr, o_ptr, gu_ptr, dn_ptr, hw_ptr, stride_hh, stride_hn,
+                          D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, FF: tl.constexpr,
+                          V: tl.constexpr, NL: tl.constexpr, BP: tl.constexpr, BNO: tl.constexpr,
+                          BNG: tl.constexpr, BND: tl.constexpr, BNH: tl.constexpr):
+    # block ``blk`` of phase ``ph`` of step ``p`` of _depth_frame, into L2: its weight rows (see _prefetch_l2)
+    layer = ph // 4
+    kind = ph % 4
+    if ph == 4 * NL:
+        if p > 0:  # codebook p's head, stored (vocab, hidden)
+            n = blk * BNH + tl.arange(0, BNH)
+            _prefetch_l2(hw_ptr + (p - 1) * stride_hh, n, n < V, stride_hn, D)
+    elif kind == 0:
+        _prefetch_qkv_pairs(qkv_ptr + layer * ((NH + 2 * NKV) * HD * D), blk, D, NH, NKV, HD, BP)
+    elif kind == 1:  # (names differ per branch: Triton merges a name's values across branches, shapes too)
+        o_rows = blk * BNO + tl.arange(0, BNO)
+        _prefetch_l2(o_ptr + layer * (D * NH * HD), o_rows, o_rows < D, NH * HD, NH * HD)
+    elif kind == 2:
+        gu_rows = blk * BNG + tl.arange(0, BNG)
+        gu_l = gu_ptr + layer * (2 * FF * D)
+        _prefetch_l2(gu_l, gu_rows, gu_rows < FF, D, D)
+        _prefetch_l2(gu_l + FF * D, gu_rows, gu_rows < FF, D, D)
+    else:
+        down_rows = blk * BND + tl.arange(0, BND)
+        _prefetch_l2(dn_ptr + layer * (D * FF), down_rows, down_rows < D, FF, FF)
+
+
 def _o_rows(w_ptr, rows, rm, head, d, dm, o, NH: tl.constexpr, HD: tl.constexpr):
     # the o-projection's rows ``rows`` applied to one head's attention output o (BHD,)
     w = tl.load(w_ptr + rows[:, None] * (NH * HD) + head * HD + d[None, :],
@@ -445,7 +497,8 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                  BP: tl.constexpr, BKA: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr,
                  BND: tl.constexpr, BKD: tl.constexpr, BNH: tl.constexpr, BKH: tl.constexpr,
                  BL: tl.constexpr, BHD: tl.constexpr, BD: tl.constexpr,
-                 HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr, FORCE: tl.constexpr, MAX_SPINS: tl.constexpr):
+                 HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr, FORCE: tl.constexpr, MAX_SPINS: tl.constexpr,
+                 PREFETCH: tl.constexpr):
     # The whole depth decoder of a frame in one launch: L steps x (4 phases per layer + the head), every phase split
     # over all programs, a grid-wide barrier after each (the programs must all be resident: grid <= SMs). See
     # FusedDepth (mode "frame") for the layout of the arguments; the phases are the step kernels' math.
@@ -568,6 +621,12 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                 for blk in range(pid, tl.cdiv(D, BND), G):
                     _down_rows(blk, act_ptr, dn_ptr + layer * (D * FF), dn_s + layer * D, h_ptr, D, FF, BND, BKD,
                                HAS_SCALE, ".cg")
+            if PREFETCH:  # this program's first block of the next phase (the next step's first, after the head)
+                nxt = p * (4 * NL + 1) + ph + 1
+                if nxt < L * (4 * NL + 1):
+                    _prefetch_depth_phase(nxt % (4 * NL + 1), nxt // (4 * NL + 1), pid, qkv_ptr, o_ptr, gu_ptr,
+                                          dn_ptr, hw_ptr, stride_hh, stride_hn, D, NH, NKV, HD, FF, V, NL, BP, BNO,
+                                          BNG, BND, BNH)
             failed = _grid_barrier(sync_ptr, (p * (4 * NL + 1) + ph + 1) * G, failed, MAX_SPINS)
         if p > 0:  # every program samples codebook p from the same logits (identical result: no barrier needed)
             v = tl.arange(0, VP)
@@ -600,12 +659,14 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
                     NL: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BKA: tl.constexpr, BT: tl.constexpr,
                     BC: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr, BND: tl.constexpr,
                     BKD: tl.constexpr, BHD: tl.constexpr, BD: tl.constexpr, ALIGN: tl.constexpr,
-                    MAX_SPINS: tl.constexpr):
+                    MAX_SPINS: tl.constexpr, PREFETCH: tl.constexpr):
     # The backbone's one-row step in one launch: the input row into h, then NL layers x the 5 phases of the step
     # kernels (q|k|v + rope + cache write; attention partials over (KV head, chunk); merge + o-proj + residual;
     # gate|up + SwiGLU; down + residual), each split over all programs, a grid-wide barrier after each (grid <= SMs).
     # Per layer, off[layer] holds the element offsets of its q|k|v, o, gate|up, down weights and KV cache from the
-    # ``*_ptr`` bases. See FusedBackbone (mode "frame") for the rest of the arguments.
+    # ``*_ptr`` bases. See FusedBackbone (mode "frame") for the rest of the arguments. PREFETCH: before each barrier,
+    # this program's first block of weights of the next phase into L2 (_prefetch_l2); the o-projection's at the
+    # barrier after q|k|v, two ahead: attention reads no weights, and keeps few programs busy
     pid = tl.program_id(0)
     G = tl.num_programs(0)
     NP: tl.constexpr = (NH + 2 * NKV) * (HD // 2)
@@ -618,6 +679,8 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
     for blk in range(pid, tl.cdiv(D, BND), G):  # the input row (model dtype) into the fp32 residual stream
         rows = blk * BND + tl.arange(0, BND)
         tl.store(h_ptr + rows, tl.load(emb_ptr + rows, mask=rows < D, other=0.0).to(tl.float32), mask=rows < D)
+    if PREFETCH:
+        _prefetch_qkv_pairs(_layer_ptr(qkv_ptr, off_ptr, ALIGN), pid, D, NH, NKV, HD, BP)
     arrivals += G
     failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
     for layer in range(NL):
@@ -629,6 +692,9 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         for blk in range(pid, tl.cdiv(NP, BP), G):
             _qkv_rope_pairs(blk, h_ptr, rstd, n1_ptr + layer * D, w, w, q_ptr, kv_l, pos, cos_ptr, sin_ptr,
                             D, NH, NKV, HD, 1, L, BP, BKA, True, False, ".cg")
+        if PREFETCH:
+            rows = pid * BNO + tl.arange(0, BNO)
+            _prefetch_l2(_layer_ptr(o_ptr, offs + 1, ALIGN), rows, rows < D, NH * HD, NH * HD)
         arrivals += G
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         # chunk-major: the chunks up to pos (the only ones with work) spread over the first programs
@@ -641,6 +707,11 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         w = _layer_ptr(o_ptr, offs + 1, ALIGN)
         for blk in range(pid, tl.cdiv(D, BNO), G):
             _attn_merge_o_rows(blk, part_ptr, pos, w, w, h_ptr, D, NH, HD, L, BT, BC, BHD, BNO, False, ".cg")
+        if PREFETCH:
+            rows = pid * BNG + tl.arange(0, BNG)
+            w = _layer_ptr(gu_ptr, offs + 2, ALIGN)
+            _prefetch_l2(w, rows, rows < FF, D, D)
+            _prefetch_l2(w + FF * D, rows, rows < FF, D, D)
         arrivals += G
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         x = tl.load(h_ptr + dd, mask=dm, other=0.0, cache_modifier=".cg")
@@ -648,12 +719,17 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         w = _layer_ptr(gu_ptr, offs + 2, ALIGN)
         for blk in range(pid, tl.cdiv(FF, BNG), G):
             _gateup_rows(blk, h_ptr, rstd, n2_ptr + layer * D, w, w, act_ptr, D, FF, BNG, BKG, False, ".cg")
+        if PREFETCH:
+            rows = pid * BND + tl.arange(0, BND)
+            _prefetch_l2(_layer_ptr(dn_ptr, offs + 3, ALIGN), rows, rows < D, FF, FF)
         arrivals += G
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         w = _layer_ptr(dn_ptr, offs + 3, ALIGN)
         for blk in range(pid, tl.cdiv(D, BND), G):
             _down_rows(blk, act_ptr, w, w, h_ptr, D, FF, BND, BKD, False, ".cg")
         if layer < NL - 1:  # after the last layer the launch's end orders h for the torch final norm
+            if PREFETCH:
+                _prefetch_qkv_pairs(_layer_ptr(qkv_ptr, offs + 5, ALIGN), pid, D, NH, NKV, HD, BP)
             arrivals += G
             failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
     _grid_exit(sync_ptr, failed)
@@ -672,7 +748,7 @@ def _barrier_loop(sync_ptr, n, MAX_SPINS: tl.constexpr):
 # ---- launching --------------------------------------------------------------------------------------------------
 
 _HELPERS = (_pick_token, _add_rows, _o_rows, _rstd, _qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
-            _down_rows, _grid_barrier, _grid_exit, _layer_ptr)
+            _down_rows, _grid_barrier, _grid_exit, _layer_ptr, _prefetch_l2, _prefetch_qkv_pairs, _prefetch_depth_phase)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
                                     _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual,
                                     _backbone_frame, _barrier_loop)}
@@ -768,6 +844,16 @@ def check_blocks(blocks: dict | None, known: dict, what: str) -> None:
     unknown = sorted(set(blocks or {}) - set(known))
     if unknown:
         raise ValueError(f"unknown launch shape(s) {unknown} for {what}: known are {sorted(known)}")
+
+
+def check_prefetch(prefetch, device) -> None:
+    """Refuse an L2 prefetch setting other than 0 / 1, or 1 where the kernels run in Triton's interpreter: it runs
+    no PTX, and the prefetch is a PTX instruction (it changes no result, so nothing is lost by leaving it off)."""
+    if prefetch not in (0, 1):
+        raise ValueError(f"prefetch must be 0 or 1, got {prefetch!r}")
+    if prefetch and device.type == "cpu":
+        raise ValueError("prefetch=1 issues PTX prefetches, which Triton's interpreter on the CPU cannot run: "
+                         "leave it 0 there")
 
 
 def usable_on(device) -> str | None:
