@@ -495,6 +495,7 @@ def test_device_recipe_variants_name_known_kernels_and_shapes():
                      ("persistent:bf16:persistent@bb.PREFETCH=1", r"unknown launch shape\(s\) \['PREFETCH'\]"),
                      ("triton:bf16@PREFETCH=1", r"unknown launch shape\(s\) \['PREFETCH'\]"),
                      ("persistent:bf16@bb.prefetch=1", "need a triton or persistent backbone"),
+                     ("persistent:bf16@PREFETCH=2", "prefetch must be 0 or 1, got 2"),
                      ("torch:bf16@BNG=32", "need triton or persistent kernels"),
                      ("persistent:bf8", "weights must be one of"), ("persistant:bf16", "kernels must be one of"),
                      ("persistent:bf16:cuda", "backbone kernels must be one of")):

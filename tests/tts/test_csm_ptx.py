@@ -143,7 +143,8 @@ def test_no_prefetch_by_default(report):
     assert all(r.get("l2_prefetches", 0) == 0 for r in rows if "error" not in r), rows
 
 
-@pytest.mark.parametrize("mode,kinds,key", [("frame", "bf16,int8", "PREFETCH"), ("backbone_frame", "bf16", "prefetch")])
+@pytest.mark.parametrize("mode,kinds,key", [("frame", "bf16,int8,fp8", "PREFETCH"),
+                                            ("backbone_frame", "bf16", "prefetch")])
 def test_prefetch_is_issued_before_the_barrier_without_spills(tmp_path, mode, kinds, key):
     """With the L2 prefetch on, the persistent kernels issue it (PTX prefetch.global.L2, one per 128-byte line of a
     program's first block of the next phase) right before the grid barrier's arrival, with no memory access

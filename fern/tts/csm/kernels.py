@@ -312,7 +312,13 @@ def _prefetch_l2(ptr, rows, rm, row_stride, COLS: tl.constexpr):
     # so that DRAM works while the programs wait ("No Bubbles"); the loads after the barrier hit L2. A hint: it
     # changes no result. GPU only (Triton's interpreter runs no PTX): callers pass PREFETCH=0 there
     LINE: tl.constexpr = 1024 // ptr.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
-    NLINES: tl.constexpr = (COLS + LINE - 1) // LINE
+    # lines per row, rounded up to a power of two (tl.arange's rule; the mask drops the extra ones)
+    N0: tl.constexpr = (COLS + LINE - 1) // LINE - 1
+    N1: tl.constexpr = N0 | (N0 >> 1)
+    N2: tl.constexpr = N1 | (N1 >> 2)
+    N3: tl.constexpr = N2 | (N2 >> 4)
+    N4: tl.constexpr = N3 | (N3 >> 8)
+    NLINES: tl.constexpr = (N4 | (N4 >> 16)) + 1
     lines = tl.arange(0, NLINES) * LINE
     m = rm[:, None] & (lines[None, :] < COLS)
     at = tl.where(m, ptr + rows[:, None] * row_stride + lines[None, :], ptr)  # masked: the tensor's first line
@@ -339,7 +345,7 @@ def _prefetch_depth_phase(ph, p, blk, qkv_ptr, o_ptr, gu_ptr, dn_ptr, hw_ptr, st
     layer = ph // 4
     kind = ph % 4
     if ph == 4 * NL:
-        if p > 0:  # codebook p's head, stored (vocab, hidden)
+        if p > 0:  # codebook p's head, stored (vocab, hidden) contiguous (FusedDepth.head_all): rows of D
             n = blk * BNH + tl.arange(0, BNH)
             _prefetch_l2(hw_ptr + (p - 1) * stride_hh, n, n < V, stride_hn, D)
     elif kind == 0:
