@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import struct
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -135,12 +136,14 @@ def _converted_gguf(path: Path) -> Path | None:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        except (ValueError, KeyError, IndexError, EOFError) as e:  # what a truncated or foreign file raises
+            lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                      **_dense_gguf())
+        except (ValueError, KeyError, IndexError, EOFError, struct.error) as e:  # a truncated or foreign file
             raise MissingWeightsError(
                 f"GGUF file {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): it is "
                 "truncated or not a causal LM in GGUF format (the offline model: delete it and run "
                 "`bash scripts/setup.sh` again)") from e
+        _forget_gguf_quantizer(lm)
         lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the copy from the file's other users
@@ -151,6 +154,30 @@ def _converted_gguf(path: Path) -> Path | None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _dense_gguf() -> dict:
+    """from_pretrained arguments that unpack a GGUF file's weights into a dense model. transformers 5 may otherwise
+    keep them in GGUF blocks (GgufConfig, a quantizer); 4.x always unpacks and has no such option."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _forget_gguf_quantizer(lm: Any) -> None:
+    """transformers 5 marks a model loaded from GGUF as quantized even when its weights were unpacked (see
+    _dense_gguf), and then refuses to save it. Ours is an ordinary dense model: drop the mark, so the copy saves and
+    its config loads without the GGUF file."""
+    if getattr(lm, "hf_quantizer", None) is None:
+        return
+    if not getattr(lm.hf_quantizer.quantization_config, "dequantize", True):
+        raise RuntimeError("the GGUF weights were kept packed; expected them unpacked (GgufConfig(dequantize=True))")
+    lm.hf_quantizer = None
+    for config in (lm.config, lm.config.get_text_config()):
+        if getattr(config, "quantization_config", None) is not None:
+            del config.quantization_config
 
 
 def _apply_lora(model: Any, path: str) -> Any:
@@ -305,6 +332,35 @@ class HFCausalLM:
                 kw[k] = v
         return StaticCache(**kw)
 
+    def _rewind_cache(self, keep: int) -> int:
+        """Roll the cache back to its first ``keep`` positions (the prefix the new prompt shares with it); returns
+        how many it kept (0 where it cannot rewind: the caller prefills the whole prompt).
+
+        A dynamic cache, and the static layers of transformers versions that can crop them, drop the rest (a negative
+        count removes tokens on 4.x and 5.x alike; 5.x rejects a positive length). Static layers that cannot crop
+        but keep their own write position (``cumulative_length``, transformers 5.17) have it set back in place, so
+        compiled graphs stay valid: the next tokens overwrite the stale ones, which the causal mask hides until then.
+        A sliding-window layer that has rolled holds no prefix to keep. 4.x static caches write wherever
+        ``cache_position`` says: nothing to rewind."""
+        layers = getattr(self._cache, "layers", None) or [None]
+        surplus = int(self._cache.get_seq_length()) - keep
+        if surplus <= 0:
+            return keep
+        if not self.static_cache or getattr(layers[0], "is_croppable", False):
+            self._cache.crop(-surplus)
+            return keep
+        if any(getattr(layer, "cumulative_length_int", 0) > getattr(layer, "max_cache_len", 0) for layer in layers):
+            keep = 0
+        for layer in layers:
+            length = getattr(layer, "cumulative_length", None)
+            if hasattr(length, "fill_"):
+                length.fill_(keep)
+            elif isinstance(length, int):
+                layer.cumulative_length = keep
+            if hasattr(layer, "cumulative_length_int"):  # sliding-window static layers count in a Python int too
+                layer.cumulative_length_int = keep
+        return keep
+
     def _forward(self, ids, positions, *, decode: bool):
         import torch
 
@@ -357,17 +413,11 @@ class HFCausalLM:
                 " lower dialogue.history_max_tokens"
             )
         keep = min(_common_prefix_len(prompt, self._cached_ids), len(prompt) - 1)
-        if self._cache is None or keep == 0:
-            if self._cache is None or not self.static_cache:
-                self._cache = self._new_cache()
+        if self._cache is None or (keep == 0 and not self.static_cache):
+            self._cache = self._new_cache()
             keep = 0
-        elif not self.static_cache or getattr(getattr(self._cache, "layers", [None])[0], "is_croppable", False):
-            # Roll the cache back to the shared prefix. A negative count removes tokens on transformers 4.x and 5.x
-            # alike (5.x rejects a positive length). Static layers of transformers 5 keep their own write position,
-            # which this rewinds in place (compiled graphs stay valid); 4.x static caches write at cache_position.
-            surplus = int(self._cache.get_seq_length()) - keep
-            if surplus > 0:
-                self._cache.crop(-surplus)
+        else:  # a static cache is kept, even for a new prompt: compiled decode steps hold its buffers
+            keep = self._rewind_cache(keep)
         info.reused_tokens = keep
         self._cached_ids = prompt[:keep]  # if we are interrupted, only this much is known to be valid
         dev = self.device

@@ -97,8 +97,10 @@ def test_the_converted_copy_loads_what_the_gguf_file_itself_gives(smollm2: HFCau
     direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                   attn_implementation="eager")  # as the fixture's
     direct_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # what save_pretrained records about the saving (where, by which version, the class) is not the model
-    saving = {"_name_or_path", "transformers_version", "architectures"}
+    # what save_pretrained records about the saving (where, by which version, the class) is not the model, nor is
+    # transformers 5's mark on a model loaded from GGUF (quantization_config: GGUF; the copy is dense, see
+    # _forget_gguf_quantizer)
+    saving = {"_name_or_path", "transformers_version", "architectures", "quantization_config"}
     assert ({k: v for k, v in smollm2.model.config.to_dict().items() if k not in saving}
             == {k: v for k, v in direct.config.to_dict().items() if k not in saving})
     gen = [{k: v for k, v in m.generation_config.to_dict().items() if k not in saving} for m in (smollm2.model, direct)]
