@@ -261,8 +261,6 @@ def parse_variant(variant: str) -> tuple[str, str, str, dict, dict]:
     launch shapes, the backbone's: keys prefixed ``bb.``). Checks names and keys against the defaults they override
     (``fused`` / ``fused_backbone``'s GPU_BLOCKS or FRAME_GPU_BLOCKS) without building anything, so a typo in a device
     recipe's variant fails on this machine's tests, not in a scarce device session. ValueError on anything wrong."""
-    import torch
-
     from fern.tts.csm import fused, fused_backbone
     from fern.tts.csm import kernels as K
     from fern.tts.csm.engine import BACKBONE_KERNELS, KERNELS
@@ -283,7 +281,7 @@ def parse_variant(variant: str) -> tuple[str, str, str, dict, dict]:
         blocks[key.strip()] = int(value)
     bb_blocks = {k[3:]: blocks.pop(k) for k in list(blocks) if k.startswith("bb.")}
     for value in (blocks.get("PREFETCH", 0), bb_blocks.get("prefetch", 0)):
-        K.check_prefetch(value, torch.device("cuda"))  # its value; the device is checked when the engine is built
+        K.check_prefetch(value)  # its value; the device is checked when the engine is built
     if blocks:
         if kernels not in ("triton", "persistent"):
             raise ValueError(f"variant {variant!r}: launch shapes need triton or persistent kernels")

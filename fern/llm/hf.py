@@ -355,8 +355,6 @@ class HFCausalLM:
             length = getattr(layer, "cumulative_length", None)
             if hasattr(length, "fill_"):
                 length.fill_(keep)
-            elif isinstance(length, int):
-                layer.cumulative_length = keep
             if hasattr(layer, "cumulative_length_int"):  # sliding-window static layers count in a Python int too
                 layer.cumulative_length_int = keep
         return keep

@@ -518,14 +518,12 @@ class CsmEngine:
         """Refuse a persistent kernel that gave up waiting at a grid barrier (its output is garbage): checked once,
         after the warm-up before graph capture or after the first eager frame (reading the flag syncs)."""
         self._barriers_checked = True
-        if self.depth is not None and self.depth.barrier_timed_out():
-            raise RuntimeError("CSM depth decoder: the persistent kernel (tts.kernels=persistent) gave up waiting at a "
-                               "grid barrier, so its programs were not all resident on this GPU; use "
-                               "tts.kernels=triton")
-        if self.bb_fused is not None and self.bb_fused.barrier_timed_out():
-            raise RuntimeError("CSM backbone: the persistent kernel (tts.backbone_kernels=persistent) gave up waiting "
-                               "at a grid barrier, so its programs were not all resident on this GPU; use "
-                               "tts.backbone_kernels=triton")
+        for part, what, setting in ((self.depth, "depth decoder", "tts.kernels"),
+                                    (self.bb_fused, "backbone", "tts.backbone_kernels")):
+            if part is not None and part.barrier_timed_out():
+                raise RuntimeError(f"CSM {what}: the persistent kernel ({setting}=persistent) gave up waiting at a "
+                                   f"grid barrier, so its programs were not all resident on this GPU; use "
+                                   f"{setting}=triton")
 
     def _run_frame(self) -> None:
         if not self.cuda_graphs:

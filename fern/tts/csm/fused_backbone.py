@@ -80,10 +80,10 @@ class FusedBackbone:
         else:
             self.blocks = dict(qkv_bp=p2((self.NH + 2 * self.NKV) * self.HD // 2), qkv_bk=p2(self.D),
                                attn_bt=min(64, p2(self.L)), o_bn=p2(self.D), gu_bn=p2(self.FF), gu_bk=p2(self.D),
-                               down_bn=p2(self.D), down_bk=p2(self.FF), num_warps=4, prefetch=0)
+                               down_bn=p2(self.D), down_bk=p2(self.FF), num_warps=4)
             self.blocks.update(blocks or {})
         if mode == "frame":
-            K.check_prefetch(self.blocks["prefetch"], dev)
+            K.check_prefetch(self.blocks.get("prefetch", 0), dev)
         self.chunks = -(-self.L // self.blocks["attn_bt"])
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)
         self.q = torch.zeros(self.NH, self.HD, device=dev, dtype=torch.float32)  # the row's q, after rope
@@ -176,5 +176,5 @@ class FusedBackbone:
                  self.sync, D=self.D, NH=self.NH, NKV=self.NKV, HD=self.HD, FF=self.FF, NL=len(self.qkv), L=self.L,
                  BP=b["qkv_bp"], BKA=b["qkv_bk"], BT=b["attn_bt"], BC=K.next_pow2(self.chunks), BNO=b["o_bn"],
                  BNG=b["gu_bn"], BKG=b["gu_bk"], BND=b["down_bn"], BKD=b["down_bk"], BHD=K.next_pow2(self.HD),
-                 BD=K.next_pow2(self.D), ALIGN=self.align, MAX_SPINS=MAX_SPINS, PREFETCH=int(b["prefetch"]),
+                 BD=K.next_pow2(self.D), ALIGN=self.align, MAX_SPINS=MAX_SPINS, PREFETCH=int(b.get("prefetch", 0)),
                  num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))

@@ -326,6 +326,12 @@ def _prefetch_l2(ptr, rows, rm, row_stride, COLS: tl.constexpr):
                               is_pure=False, pack=1)
 
 
+def _prefetch_block(w_ptr, blk, BN: tl.constexpr, N: tl.constexpr, COLS: tl.constexpr):
+    # rows [blk * BN, blk * BN + BN) of an (N, COLS) row-major weight: block ``blk`` of a GEMV phase, into L2
+    rows = blk * BN + tl.arange(0, BN)
+    _prefetch_l2(w_ptr, rows, rows < N, COLS, COLS)
+
+
 def _prefetch_qkv_pairs(w_ptr, blk, D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
                         BP: tl.constexpr):
     # the q|k|v weight rows of block ``blk`` of _qkv_rope_pairs: both rows of each of its BP pairs
@@ -350,17 +356,13 @@ def _prefetch_depth_phase(ph, p, blk, qkv_ptr, o_ptr, gu_ptr, dn_ptr, hw_ptr, st
             _prefetch_l2(hw_ptr + (p - 1) * stride_hh, n, n < V, stride_hn, D)
     elif kind == 0:
         _prefetch_qkv_pairs(qkv_ptr + layer * ((NH + 2 * NKV) * HD * D), blk, D, NH, NKV, HD, BP)
-    elif kind == 1:  # (names differ per branch: Triton merges a name's values across branches, shapes too)
-        o_rows = blk * BNO + tl.arange(0, BNO)
-        _prefetch_l2(o_ptr + layer * (D * NH * HD), o_rows, o_rows < D, NH * HD, NH * HD)
-    elif kind == 2:
-        gu_rows = blk * BNG + tl.arange(0, BNG)
-        gu_l = gu_ptr + layer * (2 * FF * D)
-        _prefetch_l2(gu_l, gu_rows, gu_rows < FF, D, D)
-        _prefetch_l2(gu_l + FF * D, gu_rows, gu_rows < FF, D, D)
+    elif kind == 1:
+        _prefetch_block(o_ptr + layer * (D * NH * HD), blk, BNO, D, NH * HD)
+    elif kind == 2:  # gate rows, then up rows
+        _prefetch_block(gu_ptr + layer * (2 * FF * D), blk, BNG, FF, D)
+        _prefetch_block(gu_ptr + layer * (2 * FF * D) + FF * D, blk, BNG, FF, D)
     else:
-        down_rows = blk * BND + tl.arange(0, BND)
-        _prefetch_l2(dn_ptr + layer * (D * FF), down_rows, down_rows < D, FF, FF)
+        _prefetch_block(dn_ptr + layer * (D * FF), blk, BND, D, FF)
 
 
 def _o_rows(w_ptr, rows, rm, head, d, dm, o, NH: tl.constexpr, HD: tl.constexpr):
@@ -699,8 +701,7 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
             _qkv_rope_pairs(blk, h_ptr, rstd, n1_ptr + layer * D, w, w, q_ptr, kv_l, pos, cos_ptr, sin_ptr,
                             D, NH, NKV, HD, 1, L, BP, BKA, True, False, ".cg")
         if PREFETCH:
-            rows = pid * BNO + tl.arange(0, BNO)
-            _prefetch_l2(_layer_ptr(o_ptr, offs + 1, ALIGN), rows, rows < D, NH * HD, NH * HD)
+            _prefetch_block(_layer_ptr(o_ptr, offs + 1, ALIGN), pid, BNO, D, NH * HD)
         arrivals += G
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         # chunk-major: the chunks up to pos (the only ones with work) spread over the first programs
@@ -713,11 +714,10 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         w = _layer_ptr(o_ptr, offs + 1, ALIGN)
         for blk in range(pid, tl.cdiv(D, BNO), G):
             _attn_merge_o_rows(blk, part_ptr, pos, w, w, h_ptr, D, NH, HD, L, BT, BC, BHD, BNO, False, ".cg")
-        if PREFETCH:
-            rows = pid * BNG + tl.arange(0, BNG)
+        if PREFETCH:  # gate rows, then up rows
             w = _layer_ptr(gu_ptr, offs + 2, ALIGN)
-            _prefetch_l2(w, rows, rows < FF, D, D)
-            _prefetch_l2(w + FF * D, rows, rows < FF, D, D)
+            _prefetch_block(w, pid, BNG, FF, D)
+            _prefetch_block(w + FF * D, pid, BNG, FF, D)
         arrivals += G
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         x = tl.load(h_ptr + dd, mask=dm, other=0.0, cache_modifier=".cg")
@@ -726,8 +726,7 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         for blk in range(pid, tl.cdiv(FF, BNG), G):
             _gateup_rows(blk, h_ptr, rstd, n2_ptr + layer * D, w, w, act_ptr, D, FF, BNG, BKG, False, ".cg")
         if PREFETCH:
-            rows = pid * BND + tl.arange(0, BND)
-            _prefetch_l2(_layer_ptr(dn_ptr, offs + 3, ALIGN), rows, rows < D, FF, FF)
+            _prefetch_block(_layer_ptr(dn_ptr, offs + 3, ALIGN), pid, BND, D, FF)
         arrivals += G
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         w = _layer_ptr(dn_ptr, offs + 3, ALIGN)
@@ -754,7 +753,8 @@ def _barrier_loop(sync_ptr, n, MAX_SPINS: tl.constexpr):
 # ---- launching --------------------------------------------------------------------------------------------------
 
 _HELPERS = (_pick_token, _add_rows, _o_rows, _rstd, _qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
-            _down_rows, _grid_barrier, _grid_exit, _layer_ptr, _prefetch_l2, _prefetch_qkv_pairs, _prefetch_depth_phase)
+            _down_rows, _grid_barrier, _grid_exit, _layer_ptr, _prefetch_l2, _prefetch_block, _prefetch_qkv_pairs,
+            _prefetch_depth_phase)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
                                     _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual,
                                     _backbone_frame, _barrier_loop)}
@@ -852,12 +852,13 @@ def check_blocks(blocks: dict | None, known: dict, what: str) -> None:
         raise ValueError(f"unknown launch shape(s) {unknown} for {what}: known are {sorted(known)}")
 
 
-def check_prefetch(prefetch, device) -> None:
-    """Refuse an L2 prefetch setting other than 0 / 1, or 1 where the kernels run in Triton's interpreter: it runs
-    no PTX, and the prefetch is a PTX instruction (it changes no result, so nothing is lost by leaving it off)."""
+def check_prefetch(prefetch, device=None) -> None:
+    """Refuse an L2 prefetch setting other than 0 / 1, or 1 where the kernels run in Triton's interpreter (``device``
+    cpu; None checks the value alone): it runs no PTX, and the prefetch is a PTX instruction (it changes no result,
+    so nothing is lost by leaving it off)."""
     if prefetch not in (0, 1):
         raise ValueError(f"prefetch must be 0 or 1, got {prefetch!r}")
-    if prefetch and device.type == "cpu":
+    if prefetch and device is not None and device.type == "cpu":
         raise ValueError("prefetch=1 issues PTX prefetches, which Triton's interpreter on the CPU cannot run: "
                          "leave it 0 there")
 
