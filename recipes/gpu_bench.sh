@@ -33,15 +33,16 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 else
   PY=python3; SIZE=full; DEV=cuda; FRAMES="--runs 5"; BASE="--baseline-frames 20"
   VARIANTS=triton:int8,triton:fp8; AGREE_FRAMES=8
-  # the backbone's persistent kernel and its Triton step beside the persistent depth decoder (does either beat the
-  # torch backbone?), both persistent kernels with the L2 prefetch of the next phase's weights before each barrier
-  # (does DRAM idle at the barriers?), int8 without and with it (half the bytes: the barriers weigh twice), then
-  # launch shapes other than FRAME_GPU_BLOCKS' untuned guesses (4 warps; half the rows per program; the persistent
-  # backbone with 4 warps). Most wanted first: each variant's figures reach the JSON as it ends, if the box cuts the
-  # rest
-  PVARIANTS="persistent:bf16:persistent,persistent:bf16:persistent@PREFETCH=1;bb.prefetch=1,persistent:bf16:triton"
-  PVARIANTS+=",persistent:int8,persistent:int8@PREFETCH=1,persistent:bf16@num_warps=4"
-  PVARIANTS+=",persistent:bf16@BNG=32;BND=4;BNO=4;BP=4,persistent:bf16:persistent@bb.num_warps=4"
+  # both persistent kernels; the same without pipelined weight loads (one tile in flight per program, as before
+  # fern.bench.ptx counted them: is the latency-bound estimate right?); with the L2 prefetch of the next phase's
+  # weights before each barrier (does DRAM idle at the barriers?); the backbone's Triton step; int8 without and with
+  # the prefetch (half the bytes: the barriers weigh twice); deeper pipelines; half the rows per program. Most wanted
+  # first: each variant's figures reach the JSON as it ends, if the box cuts the rest
+  PVARIANTS="persistent:bf16:persistent"
+  PVARIANTS+=",persistent:bf16:persistent@SD=1;BKH=128;bb.qkv_stages=1;bb.o_stages=1;bb.gu_stages=1;bb.down_stages=1"
+  PVARIANTS+=",persistent:bf16:persistent@PREFETCH=1;bb.prefetch=1,persistent:bf16:triton"
+  PVARIANTS+=",persistent:int8,persistent:int8@PREFETCH=1"
+  PVARIANTS+=",persistent:bf16:persistent@SD=9;bb.gu_stages=5;bb.down_stages=5,persistent:bf16@BNG=32;BND=4;BNO=4;BP=4"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD

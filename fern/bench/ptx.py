@@ -119,15 +119,21 @@ _WEIGHT_LOAD = re.compile(r"tl\.load\((w_ptr|w_l|hw) ")
 _LOC = re.compile(r"\s*\.loc\s+(\d+)\s+(\d+)\s")
 _FILE = re.compile(r'\s*\.file\s+(\d+)\s+"([^"]+)"')
 _LD = re.compile(r"\bld\.global(?:\.[a-z0-9_]+)*?(?:\.v(\d))?\.[bsuf](\d+)\b")
+# a pipelined loop's loads (tl.range(num_stages > 1)): asynchronous copies into shared memory, bytes per thread last
+_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global\s*\[[^\]]*\]\s*,\s*\[[^\]]*\]\s*,\s*(0x[0-9a-f]+|\d+)")
+
+
+def _weight_lines(src: list[str]) -> set[int]:
+    return {i + 1 for i, line in enumerate(src) if _WEIGHT_LOAD.search(line)}
 
 
 def weight_load_widths(ptx: str) -> dict[int, int]:
     """Bytes per thread of each global load instruction that reads weights (by the PTX's line info pointing at a
-    weight ``tl.load`` in fern/tts/csm/kernels.py) -> how many. 16 is a full vector load; less, a bandwidth loss."""
+    weight ``tl.load`` in fern/tts/csm/kernels.py) -> how many. 16 is a full vector load; less, a bandwidth loss.
+    Pipelined loops load through asynchronous copies into shared memory (``cp.async``), counted the same way."""
     from fern.tts.csm import kernels as K
 
-    src = open(K.__file__).read().splitlines()
-    weight_lines = {i + 1 for i, line in enumerate(src) if _WEIGHT_LOAD.search(line)}
+    weight_lines = _weight_lines(open(K.__file__).read().splitlines())
     files = {int(m.group(1)): m.group(2) for m in map(_FILE.match, ptx.splitlines()) if m}
     # by the path's tail, not the file itself: Triton's cache may hold PTX compiled from another checkout of the same
     # source (the cache key is the source), whose line info names that checkout
@@ -140,9 +146,11 @@ def weight_load_widths(ptx: str) -> dict[int, int]:
         if loc:
             line = int(loc.group(2)) if int(loc.group(1)) in ours else None
             continue
-        ld = _LD.search(text)
-        if ld and line in weight_lines:
-            nbytes = int(ld.group(1) or 1) * int(ld.group(2)) // 8
+        if line not in weight_lines:
+            continue
+        ld, cp = _LD.search(text), _CP_ASYNC.search(text)
+        if ld or cp:
+            nbytes = int(ld.group(1) or 1) * int(ld.group(2)) // 8 if ld else int(cp.group(1), 0)
             widths[nbytes] = widths.get(nbytes, 0) + 1
     return widths
 
@@ -277,12 +285,147 @@ def prefetches_then_barrier(ptx: str) -> bool | None:
             events.append("prefetch")
         elif re.search(r"\b(?:atom|red)\.[a-z0-9.]*\brelease\b", line):
             events.append("arrive")
-        elif re.search(r"\b(?:ld|st|atom|red)\.global\b|\b(?:atom|red)\.", line):
+        elif re.search(r"\b(?:ld|st|atom|red)\.global\b|\b(?:atom|red)\.|\bcp\.async\.c[ag]\.", line):
             events.append("access")
     if "prefetch" not in events:
         return None
     after = [nxt for cur, nxt in zip(events, events[1:] + ["end"]) if cur == "prefetch" and nxt != "prefetch"]
     return all(nxt == "arrive" for nxt in after)
+
+
+# ---- SASS: what ptxas made of the PTX (disassembled by the nvdisasm Triton ships) --------------------------------
+_SASS_LINE = re.compile(r'\s*//## File "([^"]+)", line (\d+)')
+_SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
+_SASS_INST = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;")
+_SASS_REG = re.compile(r"\bR(\d+)(\.64)?\b")
+_SASS_GUARD = re.compile(r"^@!?U?P\w+\s+")
+_SASS_LOAD = re.compile(r"^(?:@!?U?P\w+\s+)?(LDG|LDGSTS)((?:\.\w+)*)\s")
+_SASS_BACK = re.compile(r"\bBRA\s+`\((\.L_x_\d+)\)")
+_SASS_WAIT = re.compile(r"^DEPBAR\.LE\s+SB0,\s*(0x[0-9a-f]+|\d+)")
+_LOAD_BYTES = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}  # else 4 (32-bit)
+
+
+def _load_bytes(modifiers: str) -> int:
+    return next((_LOAD_BYTES[m] for m in modifiers.split(".") if m in _LOAD_BYTES), 4)
+
+
+def disassemble(cubin: bytes) -> str:
+    """A cubin's SASS with the source line of each instruction (``nvdisasm -c -g``, the nvdisasm Triton ships)."""
+    import triton
+
+    tool = getattr(getattr(getattr(triton, "knobs", None), "nvidia", None), "nvdisasm", None)
+    path = getattr(tool, "path", None)
+    if path is None:  # beside ptxas, as Triton ships them
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(90) if inspect.signature(get_ptxas).parameters else get_ptxas()
+        path = os.path.join(os.path.dirname(ptxas.path), "nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = os.path.join(tmp, "k.cubin")
+        with open(binary, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([path, "-c", "-g", binary], capture_output=True, text=True, check=True).stdout
+
+
+def _sass_program(sass: str, source_tail: str) -> tuple[list[tuple[str, int | None]], dict[str, int]]:
+    """(instruction, line in the file whose path ends with ``source_tail`` or None) in order, and label -> index."""
+    insts: list[tuple[str, int | None]] = []
+    labels: dict[str, int] = {}
+    line = None
+    for text in sass.splitlines():
+        m = _SASS_LINE.match(text)
+        if m:
+            line = int(m.group(2)) if m.group(1).endswith(source_tail) else None
+            continue
+        m = _SASS_LABEL.match(text)
+        if m:
+            labels[m.group(1)] = len(insts)
+            continue
+        m = _SASS_INST.match(text)
+        if m:
+            insts.append((m.group(1), line))
+    return insts, labels
+
+
+def _registers(operands: str) -> set[int]:
+    regs: set[int] = set()
+    for m in _SASS_REG.finditer(operands):
+        n = int(m.group(1))
+        regs |= {n, n + 1} if m.group(2) else {n}
+    return regs
+
+
+def _peak_in_flight(body: list[tuple[str, int | None]], weight_lines: set[int], reps: int = 8) -> int:
+    """The most bytes of weight loads one thread has in flight at once in ``body`` (a loop body, run ``reps`` times
+    so that loads issued for later iterations count). A load into registers (LDG) is in flight from its issue until
+    the first later instruction that names one of its registers (the warp waits there); an asynchronous copy into
+    shared memory (LDGSTS, Triton's ``num_stages`` pipelining) until a ``DEPBAR.LE SB0, n`` leaves at most n of the
+    groups committed after it (LDGDEPBAR) pending."""
+    pending: list[tuple[set[int], int]] = []  # LDG: (destination registers, bytes)
+    groups: list[int] = []  # LDGSTS: weight bytes per committed group, oldest first
+    open_group = 0
+    peak = 0
+    for _ in range(reps):
+        for text, line in body:
+            plain = _SASS_GUARD.sub("", text)
+            op, _sep, operands = plain.partition(" ")
+            touched = _registers(operands)
+            load = _SASS_LOAD.match(text)
+            if load and load.group(1) == "LDGSTS":
+                if line in weight_lines:
+                    open_group += _load_bytes(load.group(2))
+            elif op == "LDGDEPBAR":
+                groups.append(open_group)
+                open_group = 0
+            elif _SASS_WAIT.match(plain):
+                keep = int(_SASS_WAIT.match(plain).group(1), 0)
+                del groups[:max(0, len(groups) - keep)]
+            if not (load and load.group(1) == "LDG"):
+                pending = [(regs, n) for regs, n in pending if not regs & touched]
+            elif line in weight_lines:
+                nbytes = _load_bytes(load.group(2))
+                first = min(_registers(operands.split(",")[0]))
+                pending.append((set(range(first, first + max(1, nbytes // 4))), nbytes))
+            peak = max(peak, sum(n for _r, n in pending) + sum(groups) + open_group)
+    return peak
+
+
+def weight_bytes_in_flight(sass: str, weight_lines: set[int], source_tail: str) -> dict[int, int]:
+    """Per source line of a weight load: the most weight bytes one thread has in flight in the innermost loop that
+    issues it (the least over its copies, if ptxas duplicated the loop). A memory-bound kernel's bandwidth is at most
+    bytes in flight per SM / latency (Little's law); with one program per SM, as in the persistent kernels, that is
+    this figure times the program's threads."""
+    insts, labels = _sass_program(sass, source_tail)
+    loops = [(labels[m.group(1)], i) for i, (text, _l) in enumerate(insts)
+             for m in [_SASS_BACK.search(text)] if m and labels.get(m.group(1), len(insts)) <= i]
+    peaks: dict[tuple[int, int], int] = {}
+    out: dict[int, int] = {}
+    for i, (text, line) in enumerate(insts):
+        if line not in weight_lines or not _SASS_LOAD.match(text):
+            continue
+        inner = min((lp for lp in loops if lp[0] <= i <= lp[1]), key=lambda lp: lp[1] - lp[0], default=None)
+        span = inner or (0, len(insts) - 1)
+        if span not in peaks:
+            peaks[span] = _peak_in_flight(insts[span[0]:span[1] + 1], weight_lines, 8 if inner else 1)
+        out[line] = min(out.get(line, peaks[span]), peaks[span])
+    return out
+
+
+def _phase_of(src: list[str], line: int) -> str:
+    """A name for the kernel phase around source line ``line`` (1-based) of kernels.py: the comment of the
+    enclosing ``if``/``elif``/``else`` branch, else the enclosing function's name."""
+    indent = len(src[line - 1]) - len(src[line - 1].lstrip())
+    for text in reversed(src[:line - 1]):
+        stripped = text.lstrip()
+        depth = len(text) - len(stripped)
+        if not stripped or depth >= indent:
+            continue
+        indent = depth
+        if stripped.startswith(("if ", "elif ", "else")) and "#" in stripped:
+            return stripped.split("#", 1)[1].strip()
+        if stripped.startswith("def "):
+            return stripped[4:].split("(", 1)[0]
+    return f"line {line}"
 
 
 _PTXAS = re.compile(r"Used (\d+) registers")
@@ -329,6 +472,15 @@ def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dic
     # the persistent kernels' PREFETCH=1 (kernels._prefetch_l2): proof that the hint survived to the PTX
     out["l2_prefetches"] = len(_PREFETCH.findall(compiled.asm["ptx"]))
     out["prefetches_then_barrier"] = prefetches_then_barrier(compiled.asm["ptx"])
+    src = open(K.__file__).read().splitlines()
+    threads = 32 * options["num_warps"]
+    in_flight = weight_bytes_in_flight(disassemble(compiled.asm["cubin"]), _weight_lines(src),
+                                       os.path.join("fern", "tts", "csm", "kernels.py"))
+    out["weight_kb_in_flight"] = {}
+    for line, nbytes in sorted(in_flight.items()):  # per phase, the least over its loads
+        phase = _phase_of(src, line)
+        kb = nbytes * threads / 1024
+        out["weight_kb_in_flight"][phase] = min(out["weight_kb_in_flight"].get(phase, kb), kb)
     return out
 
 
@@ -380,6 +532,10 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
                 for nbytes, n in got["weight_load_bytes"].items():
                     by_bytes[nbytes] = max(by_bytes.get(nbytes, 0), n)
                 row["min_weight_load_bytes"] = min(by_bytes, default=0)
+                kb = row.setdefault("weight_kb_in_flight", {})
+                for phase, v in got["weight_kb_in_flight"].items():
+                    kb[phase] = min(kb.get(phase, v), v)
+                row["min_weight_kb_in_flight"] = min(kb.values(), default=0)
             for row in by_kernel.values():
                 del row["_keys"]
                 rows.append(row)
@@ -395,6 +551,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--blocks", default=None, help="JSON dict of block shapes to override (the mode's keys)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100 / H200)")
     p.add_argument("--greedy", action="store_true", help="temperature 0 (no sampling code in the head)")
+    p.add_argument("--sms", type=int, default=132, help="SMs, for the bytes in flight DRAM needs (H100 / H200: 132)")
+    p.add_argument("--peak-tbps", type=float, default=4.8, help="DRAM bandwidth (H200: 4.8 TB/s)")
+    p.add_argument("--latency-ns", type=float, default=600.0,
+                   help="DRAM latency under load assumed for that figure (H100 / H200: ~500-700 ns)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET"):
@@ -403,7 +563,8 @@ def main(argv=None) -> list[dict]:
                   json.loads(args.blocks) if args.blocks else None, args.arch, 0.0 if args.greedy else 0.9)
     print(f"CSM-1B depth decoder and backbone kernels compiled for sm_{args.arch} (no GPU: resources from ptxas -v)")
     print(f"  {'mode':14s} {'weights':7s} {'kernel':24s} {'launches':>8s} {'builds':>6s} {'warps':>5s} {'regs':>4s} "
-          f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s} {'weight ld B':>11s} {'L2 pf':>5s}")
+          f"{'spill st/ld B':>13s} {'stack B':>7s} {'smem B':>7s} {'weight ld B':>11s} {'L2 pf':>5s} "
+          f"{'KB in flight':>12s}")
     for r in rows:
         if "error" in r:
             print(f"  {r['mode']:14s} {r['weights']:7s} {r['kernel']:24s} FAILED {r['error']}")
@@ -411,7 +572,17 @@ def main(argv=None) -> list[dict]:
         print(f"  {r['mode']:14s} {r['weights']:7s} {r['kernel']:24s} {r['launches_per_frame']:8d} "
               f"{r['compilations']:6d} {r['num_warps']:5d} "
               f"{r['registers']:4d} {r['spill_store_bytes']:6d}/{r['spill_load_bytes']:<6d} {r['stack_bytes']:7d} "
-              f"{r['shared_bytes']:7d} {r['min_weight_load_bytes']:11d} {r['l2_prefetches']:5d}")
+              f"{r['shared_bytes']:7d} {r['min_weight_load_bytes']:11d} {r['l2_prefetches']:5d} "
+              f"{r['min_weight_kb_in_flight']:12.0f}")
+    need = args.peak_tbps * 1e12 * args.latency_ns * 1e-9 / args.sms / 1024
+    print(f"Weight bytes one program (8 warps, one per SM) has in flight, per phase of the persistent kernels (SASS).\n"
+          f"  DRAM's peak ({args.peak_tbps} TB/s, {args.latency_ns:.0f} ns, {args.sms} SMs) needs {need:.0f} KB per "
+          f"SM (Little's law); a phase whose block of weights takes n times its bytes in flight waits n latencies")
+    for r in rows:
+        if "error" in r or r["mode"] not in ("frame", "backbone_frame"):
+            continue
+        for phase, kb in r["weight_kb_in_flight"].items():
+            print(f"  {r['kernel']:15s} {r['weights']:5s} {kb:5.0f} KB  {phase[:90]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -282,6 +282,8 @@ def parse_variant(variant: str) -> tuple[str, str, str, dict, dict]:
     bb_blocks = {k[3:]: blocks.pop(k) for k in list(blocks) if k.startswith("bb.")}
     for value in (blocks.get("PREFETCH", 0), bb_blocks.get("prefetch", 0)):
         K.check_prefetch(value)  # its value; the device is checked when the engine is built
+    K.check_stages(blocks)
+    K.check_stages(bb_blocks)
     if blocks:
         if kernels not in ("triton", "persistent"):
             raise ValueError(f"variant {variant!r}: launch shapes need triton or persistent kernels")

@@ -182,6 +182,24 @@ def test_full_size_l2_prefetch_changes_no_token(full_bf16):
         assert not engine.depth.barrier_timed_out() and not engine.bb_fused.barrier_timed_out()
 
 
+def test_full_size_pipelined_loads_change_no_token(full_bf16):
+    """The persistent kernels' pipelined K loops (SA / SG / SD, bb.*_stages: the same arithmetic, loads issued
+    earlier through shared memory) give CSM-1B the frames of the same kernels without pipelining, eagerly and as
+    graph replays, and no barrier gives up."""
+    from fern.tts.csm.engine import CsmEngine, Segment
+
+    seg = Segment(torch.tensor([1, 40, 41, 42, 9]))
+    both = dict(kernels="persistent", backbone_kernels="persistent")
+    flat = CsmEngine(full_bf16, **both, blocks={"SA": 1, "SG": 1, "SD": 1},
+                     backbone_blocks={"qkv_stages": 1, "o_stages": 1, "gu_stages": 1, "down_stages": 1})
+    ref = torch.cat(list(flat.generate([], seg, 4)))
+    for graphs in (False, True):
+        engine = CsmEngine(full_bf16, **both, cuda_graphs=graphs)
+        assert engine.depth.blocks["SD"] > 1 and engine.bb_fused.blocks["down_stages"] > 1
+        assert torch.equal(torch.cat(list(engine.generate([], seg, 4))), ref), graphs
+        assert not engine.depth.barrier_timed_out() and not engine.bb_fused.barrier_timed_out()
+
+
 @pytest.mark.parametrize("backbone", ["triton", "persistent"])
 def test_tiny_triton_backbone_equals_module_path_fp32(backbone):
     """fp32 on the GPU: the backbone's Triton step or persistent kernel (with the persistent depth decoder) gives

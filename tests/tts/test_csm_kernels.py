@@ -496,6 +496,8 @@ def test_device_recipe_variants_name_known_kernels_and_shapes():
                      ("triton:bf16@PREFETCH=1", r"unknown launch shape\(s\) \['PREFETCH'\]"),
                      ("persistent:bf16@bb.prefetch=1", "need a triton or persistent backbone"),
                      ("persistent:bf16@PREFETCH=2", "prefetch must be 0 or 1, got 2"),
+                     ("persistent:bf16@SD=0", r"pipeline stages must be integers >= 1 \(1: none\), got \{'SD': 0\}"),
+                     ("persistent:bf16:persistent@bb.down_stages=-1", "pipeline stages must be integers >= 1"),
                      ("torch:bf16@BNG=32", "need triton or persistent kernels"),
                      ("persistent:bf8", "weights must be one of"), ("persistant:bf16", "kernels must be one of"),
                      ("persistent:bf16:cuda", "backbone kernels must be one of")):

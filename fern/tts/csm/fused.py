@@ -93,13 +93,16 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8,
 # take the whole register file: without maxnreg ptxas caps it at 128 registers (two programs per SM) and spills
 # 56-116 bytes per thread (fern.bench.ptx, sm_90); with it, none. PREFETCH=1: before each barrier, each program
 # asks for its first block of the next phase's weights into L2 (kernels._prefetch_l2), so DRAM works while the
-# programs wait; off until a GPU says it pays (fern.bench.tts variant @PREFETCH=1)
-FRAME_GPU_BLOCKS = dict(BP=8, BKA=256, BNO=8, BNG=64, BKG=128, BND=8, BKD=512, BNH=16, BKH=128, num_warps=8,
-                        maxnreg=255, PREFETCH=0)
-# 1-byte weights: twice the K tile where the tile is small, so that each thread still reads 16 bytes per load of the
-# q|k|v and head weights (8 with the bf16 tiles). The o-projection's [8, 128] tile stays (4 bytes per thread with
-# int8, 8 with bf16): wider, it would leave most programs idle for 1 % of the bytes
-FRAME_GPU_BLOCKS_1BYTE = dict(BKA=512, BKH=256)
+# programs wait; off until a GPU says it pays (fern.bench.tts variant @PREFETCH=1). SA / SG / SD: pipeline stages of
+# the q|k|v, gate|up and down K loops (tl.range num_stages: the next tiles copied into shared memory while this one
+# is multiplied), so that each phase keeps >= 32 KB of weights in flight per program where DRAM's latency needs ~22
+# KB per SM (fern.bench.ptx counts them in the SASS); SD=5: four 8 KB tiles ahead, 41 KB of shared memory. BKH=1024:
+# the head's whole 32 KB block at once
+FRAME_GPU_BLOCKS = dict(BP=8, BKA=256, BNO=8, BNG=64, BKG=128, BND=8, BKD=512, BNH=16, BKH=1024, num_warps=8,
+                        maxnreg=255, PREFETCH=0, SA=1, SG=1, SD=5)
+# 1-byte weights: twice the K tile, so that a tile holds as many bytes as in bf16 (the q|k|v block whole at once,
+# gate|up and down 32 KB in flight)
+FRAME_GPU_BLOCKS_1BYTE = dict(BKA=1024, BKG=256, BKD=1024)
 MODES = ("steps", "frame")
 MAX_SPINS = 1 << 20  # polls of a grid barrier before the persistent kernel gives up (~1 s: it would hang instead)
 
@@ -176,9 +179,10 @@ class FusedDepth:
             else:  # interpreter: one program (the barrier cannot wait for programs it runs one after another)
                 self.blocks = dict(BP=p2((self.NH + 2 * self.NKV) * self.HD // 2), BKA=p2(self.D), BNO=p2(self.D),
                                    BNG=p2(self.FF), BKG=p2(self.D), BND=p2(self.D), BKD=p2(self.FF), BNH=p2(self.V),
-                                   BKH=p2(self.D), num_warps=4, PREFETCH=0)
+                                   BKH=p2(self.D), num_warps=4, PREFETCH=0, SA=1, SG=1, SD=1)
                 self.blocks.update(blocks or {})
             K.check_prefetch(self.blocks["PREFETCH"], dev)
+            K.check_stages(self.blocks)
             self.grid = self._frame_grid()
         elif dev.type == "cuda":
             self.blocks = dict(GPU_BLOCKS, **(blocks or {}))
@@ -288,8 +292,9 @@ class FusedDepth:
                  D=self.D, NH=self.NH, NKV=self.NKV, HD=self.HD, FF=self.FF, V=self.V, VP=K.next_pow2(self.V),
                  NL=len(self.o), L=self.L, BP=b["BP"], BKA=b["BKA"], BNO=b["BNO"], BNG=b["BNG"], BKG=b["BKG"],
                  BND=b["BND"], BKD=b["BKD"], BNH=b["BNH"], BKH=b["BKH"], BL=K.next_pow2(self.L),
-                 BHD=K.next_pow2(self.HD), BD=K.next_pow2(self.D), HAS_SCALE=hw.scale is not None,
-                 SAMPLE=noise is not None, FORCE=force is not None, MAX_SPINS=MAX_SPINS, PREFETCH=int(b["PREFETCH"]),
+                 BHD=K.next_pow2(self.HD), BH=K.next_pow2(self.NH), BD=K.next_pow2(self.D),
+                 HAS_SCALE=hw.scale is not None, SAMPLE=noise is not None, FORCE=force is not None,
+                 MAX_SPINS=MAX_SPINS, PREFETCH=int(b["PREFETCH"]), SA=b["SA"], SG=b["SG"], SD=b["SD"],
                  num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))
 
     def barriers_per_frame(self) -> int:

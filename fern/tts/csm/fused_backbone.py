@@ -39,10 +39,13 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, attn_bt=64, o_bn=16, gu_bn=32, gu_bk=128
 # row pairs (3 rounds), 256 (KV head, chunk) items at 2048 positions, 128 blocks of o rows, 256 of gate|up, 128 of
 # down. With 8 warps every weight load is 16 bytes per thread but the o-projection's [16, 64] tile (8: wider, half
 # the programs would idle on it). One program per SM may take the whole register file (maxnreg, as the persistent
-# depth decoder): fern.bench.ptx, sm_90: 172 registers, no spills. Not tuned on a GPU yet. prefetch: as the depth
-# decoder's PREFETCH (fused.FRAME_GPU_BLOCKS), off until measured
+# depth decoder): fern.bench.ptx, sm_90: 221 registers, no spills. Not tuned on a GPU yet. prefetch: as the depth
+# decoder's PREFETCH (fused.FRAME_GPU_BLOCKS), off until measured. *_stages: each K loop pipelined so that a
+# program keeps 32 KB of weights in flight (16 in the o-projection, 2 KB per head: 8 heads ahead), where DRAM's
+# latency needs ~22 KB per SM (fern.bench.ptx counts them in the SASS; unpipelined: 8, 16, 16 and 2 KB); 87 KB of
+# shared memory
 FRAME_GPU_BLOCKS = dict(qkv_bp=4, qkv_bk=512, attn_bt=64, o_bn=16, gu_bn=32, gu_bk=128, down_bn=16, down_bk=512,
-                        num_warps=8, maxnreg=255, prefetch=0)
+                        num_warps=8, maxnreg=255, prefetch=0, qkv_stages=5, o_stages=9, gu_stages=3, down_stages=3)
 MODES = ("layers", "frame")
 
 
@@ -84,6 +87,7 @@ class FusedBackbone:
             self.blocks.update(blocks or {})
         if mode == "frame":
             K.check_prefetch(self.blocks.get("prefetch", 0), dev)
+            K.check_stages(self.blocks)
         self.chunks = -(-self.L // self.blocks["attn_bt"])
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)
         self.q = torch.zeros(self.NH, self.HD, device=dev, dtype=torch.float32)  # the row's q, after rope
@@ -177,4 +181,5 @@ class FusedBackbone:
                  BP=b["qkv_bp"], BKA=b["qkv_bk"], BT=b["attn_bt"], BC=K.next_pow2(self.chunks), BNO=b["o_bn"],
                  BNG=b["gu_bn"], BKG=b["gu_bk"], BND=b["down_bn"], BKD=b["down_bk"], BHD=K.next_pow2(self.HD),
                  BD=K.next_pow2(self.D), ALIGN=self.align, MAX_SPINS=MAX_SPINS, PREFETCH=int(b.get("prefetch", 0)),
-                 num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))
+                 SA=b.get("qkv_stages", 1), SO=b.get("o_stages", 1), SG=b.get("gu_stages", 1),
+                 SD=b.get("down_stages", 1), num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))

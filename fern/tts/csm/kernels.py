@@ -138,11 +138,11 @@ def _rstd(x_ptr, eps, D: tl.constexpr, BK: tl.constexpr, MOD: tl.constexpr):
 def _qkv_rope_pairs(blk, x_ptr, rstd, nw_ptr, w_ptr, s_ptr, q_ptr, kv_ptr, pos, cos_ptr, sin_ptr,
                     D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, QL: tl.constexpr,
                     L: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, ROPE: tl.constexpr,
-                    HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
+                    HAS_SCALE: tl.constexpr, MOD: tl.constexpr, STAGES: tl.constexpr):
     # block ``blk`` of BP row pairs (j, j + HD/2) of the q|k|v weight applied to rms-norm(x), so rope's partner rows
     # are in the same program. q goes to (NH, QL, HD) at row ``pos`` (QL > 1: the depth decoder's buffer, which
     # keeps every position's q) or to (NH, HD) (QL == 1); k and v to the cache (2 * NKV, L, HD) at row ``pos``, each
-    # in its buffer's dtype
+    # in its buffer's dtype. STAGES: see _gateup_rows
     HALF: tl.constexpr = HD // 2
     NP: tl.constexpr = (NH + 2 * NKV) * HALF
     p = blk * BP + tl.arange(0, BP)
@@ -153,7 +153,7 @@ def _qkv_rope_pairs(blk, x_ptr, rstd, nw_ptr, w_ptr, s_ptr, q_ptr, kv_ptr, pos, 
     rows2 = rows1 + HALF
     a = tl.zeros([BP], dtype=tl.float32)
     b = tl.zeros([BP], dtype=tl.float32)
-    for k0 in range(0, D, BK):
+    for k0 in tl.range(0, D, BK, num_stages=STAGES):
         k = k0 + tl.arange(0, BK)
         km = k < D
         x = tl.load(x_ptr + k, mask=km, other=0.0, cache_modifier=MOD).to(tl.float32) * rstd \
@@ -217,9 +217,10 @@ def _attn_partial(g, c, q_ptr, kv_ptr, pos, part_ptr, scaling, NH: tl.constexpr,
 
 def _attn_merge_o_rows(blk, part_ptr, pos, w_ptr, s_ptr, h_ptr, D: tl.constexpr, NH: tl.constexpr,
                        HD: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BHD: tl.constexpr,
-                       BN: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
+                       BN: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr, STAGES: tl.constexpr):
     # merges the partial attention results of every head (a few KB from L2: cheaper than a launch or a barrier),
-    # then block ``blk`` of BN rows of the o-projection, added into the residual stream
+    # then block ``blk`` of BN rows of the o-projection, added into the residual stream. STAGES > 1: the loads of
+    # STAGES - 1 heads ahead in flight (see _gateup_rows), where one head at a time costs a round trip per head
     NC: tl.constexpr = (L + BT - 1) // BT
     rows = blk * BN + tl.arange(0, BN)
     rm = rows < D
@@ -228,7 +229,7 @@ def _attn_merge_o_rows(blk, part_ptr, pos, w_ptr, s_ptr, h_ptr, D: tl.constexpr,
     d = tl.arange(0, BHD)
     dm = d < HD
     acc = tl.zeros([BN], dtype=tl.float32)
-    for head in range(NH):
+    for head in tl.range(NH, num_stages=STAGES):
         part = part_ptr + (head * NC + c) * (HD + 2)
         m = tl.load(part, mask=cm, other=float("-inf"), cache_modifier=MOD)
         scale = tl.where(cm, tl.exp(m - tl.max(m, axis=0)), 0.0)
@@ -240,13 +241,17 @@ def _attn_merge_o_rows(blk, part_ptr, pos, w_ptr, s_ptr, h_ptr, D: tl.constexpr,
 
 
 def _gateup_rows(blk, x_ptr, rstd, nw_ptr, w_ptr, s_ptr, act_ptr, D: tl.constexpr, FF: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
-    # block ``blk`` of BN rows of gate and of up applied to rms-norm(x) -> silu(gate) * up to act
+                 BN: tl.constexpr, BK: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr,
+                 STAGES: tl.constexpr):
+    # block ``blk`` of BN rows of gate and of up applied to rms-norm(x) -> silu(gate) * up to act. STAGES > 1: the
+    # K loop's loads go through shared memory, STAGES - 1 tiles ahead (Triton's pipelining: cp.async), so that a
+    # program keeps enough bytes in flight to cover DRAM's latency (fern.bench.ptx reports them per phase); the
+    # reduction after each tile's multiply waits for every warp, so without it a warp has one tile in flight
     rows = blk * BN + tl.arange(0, BN)
     rm = rows < FF
     g = tl.zeros([BN], dtype=tl.float32)
     u = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, D, BK):
+    for k0 in tl.range(0, D, BK, num_stages=STAGES):
         k = k0 + tl.arange(0, BK)
         km = k < D
         x = tl.load(x_ptr + k, mask=km, other=0.0, cache_modifier=MOD) * rstd \
@@ -263,12 +268,13 @@ def _gateup_rows(blk, x_ptr, rstd, nw_ptr, w_ptr, s_ptr, act_ptr, D: tl.constexp
 
 
 def _down_rows(blk, act_ptr, w_ptr, s_ptr, h_ptr, D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr,
-               BK: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
-    # block ``blk`` of BN rows of the down projection of act, added into the residual stream
+               BK: tl.constexpr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr, STAGES: tl.constexpr):
+    # block ``blk`` of BN rows of the down projection of act, added into the residual stream. STAGES: see
+    # _gateup_rows
     rows = blk * BN + tl.arange(0, BN)
     rm = rows < D
     acc = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, FF, BK):
+    for k0 in tl.range(0, FF, BK, num_stages=STAGES):
         k = k0 + tl.arange(0, BK)
         km = k < FF
         x = tl.load(act_ptr + k, mask=km, other=0.0, cache_modifier=MOD)
@@ -382,7 +388,7 @@ def _norm_qkv_cache(h_ptr, nw_ptr, eps, w_ptr, s_ptr, q_ptr, kv_ptr, pos_ptr, co
     # its torch prefill writes too
     rstd = _rstd(h_ptr, eps, D, BK, "")
     _qkv_rope_pairs(tl.program_id(0), h_ptr, rstd, nw_ptr, w_ptr, s_ptr, q_ptr, kv_ptr, tl.load(pos_ptr), cos_ptr,
-                    sin_ptr, D, NH, NKV, HD, QL, L, BP, BK, ROPE, HAS_SCALE, "")
+                    sin_ptr, D, NH, NKV, HD, QL, L, BP, BK, ROPE, HAS_SCALE, "", 1)
 
 
 def _attn_split(q_ptr, kv_ptr, pos_ptr, part_ptr, scaling,
@@ -403,7 +409,7 @@ def _attn_combine_o_residual(part_ptr, pos_ptr, w_ptr, s_ptr, h_ptr,
                              HAS_SCALE: tl.constexpr):
     # every program merges the partial attention results of every head, then adds its BN rows of the o-projection
     _attn_merge_o_rows(tl.program_id(0), part_ptr, tl.load(pos_ptr), w_ptr, s_ptr, h_ptr, D, NH, HD, L, BT, BC, BHD,
-                       BN, HAS_SCALE, "")
+                       BN, HAS_SCALE, "", 1)
 
 
 def _attn_o_residual(buf_ptr, pos_ptr, w_ptr, s_ptr, h_ptr, scaling,
@@ -441,13 +447,13 @@ def _norm_gateup_swiglu(h_ptr, nw_ptr, eps, w_ptr, s_ptr, act_ptr,
                         D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         HAS_SCALE: tl.constexpr):
     rstd = _rstd(h_ptr, eps, D, BK, "")
-    _gateup_rows(tl.program_id(0), h_ptr, rstd, nw_ptr, w_ptr, s_ptr, act_ptr, D, FF, BN, BK, HAS_SCALE, "")
+    _gateup_rows(tl.program_id(0), h_ptr, rstd, nw_ptr, w_ptr, s_ptr, act_ptr, D, FF, BN, BK, HAS_SCALE, "", 1)
 
 
 def _down_residual(act_ptr, w_ptr, s_ptr, h_ptr,
                    D: tl.constexpr, FF: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                    HAS_SCALE: tl.constexpr):
-    _down_rows(tl.program_id(0), act_ptr, w_ptr, s_ptr, h_ptr, D, FF, BN, BK, HAS_SCALE, "")
+    _down_rows(tl.program_id(0), act_ptr, w_ptr, s_ptr, h_ptr, D, FF, BN, BK, HAS_SCALE, "", 1)
 
 
 def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, logits_ptr, counter_ptr, noise_ptr,
@@ -504,12 +510,13 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                  V: tl.constexpr, VP: tl.constexpr, NL: tl.constexpr, L: tl.constexpr,
                  BP: tl.constexpr, BKA: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr,
                  BND: tl.constexpr, BKD: tl.constexpr, BNH: tl.constexpr, BKH: tl.constexpr,
-                 BL: tl.constexpr, BHD: tl.constexpr, BD: tl.constexpr,
+                 BL: tl.constexpr, BHD: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
                  HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr, FORCE: tl.constexpr, MAX_SPINS: tl.constexpr,
-                 PREFETCH: tl.constexpr):
+                 PREFETCH: tl.constexpr, SA: tl.constexpr, SG: tl.constexpr, SD: tl.constexpr):
     # The whole depth decoder of a frame in one launch: L steps x (4 phases per layer + the head), every phase split
     # over all programs, a grid-wide barrier after each (the programs must all be resident: grid <= SMs). See
-    # FusedDepth (mode "frame") for the layout of the arguments; the phases are the step kernels' math.
+    # FusedDepth (mode "frame") for the layout of the arguments; the phases are the step kernels' math. SA / SG /
+    # SD: pipeline stages of the q|k|v, gate|up and down loops (see _gateup_rows)
     pid = tl.program_id(0)
     G = tl.num_programs(0)
     HALF: tl.constexpr = HD // 2
@@ -565,7 +572,7 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                     rows2 = rows1 + HALF
                     a = tl.zeros([BP], dtype=tl.float32)
                     b = tl.zeros([BP], dtype=tl.float32)
-                    for k0 in range(0, D, BKA):
+                    for k0 in tl.range(0, D, BKA, num_stages=SA):
                         k = k0 + tl.arange(0, BKA)
                         km = k < D
                         x = (tl.load(src + k, mask=km & first, other=0.0).to(tl.float32)
@@ -596,10 +603,15 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                 e = tl.arange(0, BHD)
                 em = e < HD
                 m2 = tm[:, None] & em[None, :]
+                hh3 = tl.arange(0, BH)
                 for blk in range(pid, tl.cdiv(D, BNO), G):
                     rows = blk * BNO + tl.arange(0, BNO)
                     rm = rows < D
-                    acc = tl.zeros([BNO], dtype=tl.float32)
+                    # the block's weights for every head, loaded before the attention math: their latency hides
+                    # behind it, where one head's weights at a time would cost a DRAM round trip per head
+                    w = tl.load(w_l + rows[:, None, None] * (NH * HD) + hh3[None, :, None] * HD + e[None, None, :],
+                                mask=rm[:, None, None] & (hh3 < NH)[None, :, None] & em[None, None, :], other=0.0)
+                    o_all = tl.zeros([BH, BHD], dtype=tl.float32)
                     for g in range(NKV):
                         kt = tl.load(bl + ((NH + g) * L + t[:, None]) * HD + e[None, :], mask=m2, other=0.0,
                                      cache_modifier=".cg")
@@ -613,9 +625,8 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                             pr = tl.exp(s - tl.max(s, axis=0))
                             pr = pr / tl.sum(pr, axis=0)
                             o = tl.sum(vt * pr[:, None], axis=0)
-                            w = tl.load(w_l + rows[:, None] * (NH * HD) + hh * HD + e[None, :],
-                                        mask=rm[:, None] & em[None, :], other=0.0).to(tl.float32)
-                            acc += tl.sum(w * o[None, :], axis=1)
+                            o_all = tl.where((hh3 == hh)[:, None], o[None, :], o_all)
+                    acc = tl.sum(tl.sum(w.to(tl.float32) * o_all[None, :, :], axis=2), axis=1)
                     if HAS_SCALE:
                         acc = acc * tl.load(o_s + layer * D + rows, mask=rm, other=0.0)
                     res = tl.load(src + rows, mask=rm & first, other=0.0).to(tl.float32) \
@@ -624,11 +635,11 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
             elif kind == 2:  # norm -> gate|up -> silu(g) * u
                 for blk in range(pid, tl.cdiv(FF, BNG), G):
                     _gateup_rows(blk, h_ptr, rstd, n2_ptr + layer * D, gu_ptr + layer * (2 * FF * D),
-                                 gu_s + layer * (2 * FF), act_ptr, D, FF, BNG, BKG, HAS_SCALE, ".cg")
+                                 gu_s + layer * (2 * FF), act_ptr, D, FF, BNG, BKG, HAS_SCALE, ".cg", SG)
             else:  # down -> residual
                 for blk in range(pid, tl.cdiv(D, BND), G):
                     _down_rows(blk, act_ptr, dn_ptr + layer * (D * FF), dn_s + layer * D, h_ptr, D, FF, BND, BKD,
-                               HAS_SCALE, ".cg")
+                               HAS_SCALE, ".cg", SD)
             if PREFETCH:  # this program's first block of the next phase (the next step's first, after the head)
                 nxt = p * (4 * NL + 1) + ph + 1
                 if nxt < L * (4 * NL + 1):
@@ -667,14 +678,16 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
                     NL: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BKA: tl.constexpr, BT: tl.constexpr,
                     BC: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr, BND: tl.constexpr,
                     BKD: tl.constexpr, BHD: tl.constexpr, BD: tl.constexpr, ALIGN: tl.constexpr,
-                    MAX_SPINS: tl.constexpr, PREFETCH: tl.constexpr):
+                    MAX_SPINS: tl.constexpr, PREFETCH: tl.constexpr, SA: tl.constexpr, SO: tl.constexpr,
+                    SG: tl.constexpr, SD: tl.constexpr):
     # The backbone's one-row step in one launch: the input row into h, then NL layers x the 5 phases of the step
     # kernels (q|k|v + rope + cache write; attention partials over (KV head, chunk); merge + o-proj + residual;
     # gate|up + SwiGLU; down + residual), each split over all programs, a grid-wide barrier after each (grid <= SMs).
     # Per layer, off[layer] holds the element offsets of its q|k|v, o, gate|up, down weights and KV cache from the
     # ``*_ptr`` bases. See FusedBackbone (mode "frame") for the rest of the arguments. PREFETCH: before each barrier,
     # this program's first block of weights of the next phase into L2 (_prefetch_l2); the o-projection's at the
-    # barrier after q|k|v, two ahead: attention reads no weights, and keeps few programs busy
+    # barrier after q|k|v, two ahead: attention reads no weights, and keeps few programs busy. SA / SO / SG / SD:
+    # pipeline stages of the q|k|v, merge + o, gate|up and down loops (see _gateup_rows)
     pid = tl.program_id(0)
     G = tl.num_programs(0)
     NP: tl.constexpr = (NH + 2 * NKV) * (HD // 2)
@@ -699,7 +712,7 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         w = _layer_ptr(qkv_ptr, offs, ALIGN)
         for blk in range(pid, tl.cdiv(NP, BP), G):
             _qkv_rope_pairs(blk, h_ptr, rstd, n1_ptr + layer * D, w, w, q_ptr, kv_l, pos, cos_ptr, sin_ptr,
-                            D, NH, NKV, HD, 1, L, BP, BKA, True, False, ".cg")
+                            D, NH, NKV, HD, 1, L, BP, BKA, True, False, ".cg", SA)
         if PREFETCH:
             _prefetch_block(_layer_ptr(o_ptr, offs + 1, ALIGN), pid, BNO, D, NH * HD)
         arrivals += G
@@ -713,7 +726,7 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         w = _layer_ptr(o_ptr, offs + 1, ALIGN)
         for blk in range(pid, tl.cdiv(D, BNO), G):
-            _attn_merge_o_rows(blk, part_ptr, pos, w, w, h_ptr, D, NH, HD, L, BT, BC, BHD, BNO, False, ".cg")
+            _attn_merge_o_rows(blk, part_ptr, pos, w, w, h_ptr, D, NH, HD, L, BT, BC, BHD, BNO, False, ".cg", SO)
         if PREFETCH:  # gate rows, then up rows
             w = _layer_ptr(gu_ptr, offs + 2, ALIGN)
             _prefetch_block(w, pid, BNG, FF, D)
@@ -724,14 +737,14 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         w = _layer_ptr(gu_ptr, offs + 2, ALIGN)
         for blk in range(pid, tl.cdiv(FF, BNG), G):
-            _gateup_rows(blk, h_ptr, rstd, n2_ptr + layer * D, w, w, act_ptr, D, FF, BNG, BKG, False, ".cg")
+            _gateup_rows(blk, h_ptr, rstd, n2_ptr + layer * D, w, w, act_ptr, D, FF, BNG, BKG, False, ".cg", SG)
         if PREFETCH:
             _prefetch_block(_layer_ptr(dn_ptr, offs + 3, ALIGN), pid, BND, D, FF)
         arrivals += G
         failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
         w = _layer_ptr(dn_ptr, offs + 3, ALIGN)
         for blk in range(pid, tl.cdiv(D, BND), G):
-            _down_rows(blk, act_ptr, w, w, h_ptr, D, FF, BND, BKD, False, ".cg")
+            _down_rows(blk, act_ptr, w, w, h_ptr, D, FF, BND, BKD, False, ".cg", SD)
         if layer < NL - 1:  # after the last layer the launch's end orders h for the torch final norm
             if PREFETCH:
                 _prefetch_qkv_pairs(_layer_ptr(qkv_ptr, offs + 5, ALIGN), pid, D, NH, NKV, HD, BP)
@@ -850,6 +863,17 @@ def check_blocks(blocks: dict | None, known: dict, what: str) -> None:
     unknown = sorted(set(blocks or {}) - set(known))
     if unknown:
         raise ValueError(f"unknown launch shape(s) {unknown} for {what}: known are {sorted(known)}")
+
+
+STAGE_KEYS = ("SA", "SG", "SD", "qkv_stages", "o_stages", "gu_stages", "down_stages")
+
+
+def check_stages(blocks: dict) -> None:
+    """Refuse a pipeline depth (the persistent kernels' ``tl.range(num_stages=...)`` keys) that is not an integer
+    >= 1 (1: no pipelining)."""
+    bad = {k: v for k, v in blocks.items() if k in STAGE_KEYS and (not isinstance(v, int) or v < 1)}
+    if bad:
+        raise ValueError(f"pipeline stages must be integers >= 1 (1: none), got {bad}")
 
 
 def check_prefetch(prefetch, device=None) -> None:
