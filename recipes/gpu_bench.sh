@@ -16,8 +16,9 @@
 #      Whisper large-v3-turbo through transformers (asr=hf_whisper_turbo: no faster-whisper on the H200 image),
 #      a Llama-3.2-1B-size LLM, CSM-1B streaming (tts.random_weights); the per-turn table and the medians
 #   6. a summary table against the issue's goals (last lines of the output)
+#   2c. where the persistent kernels' frame goes, phase by phase (the kernels' own clocks: TIMING=1)
 # Every step is time-boxed against one deadline (DEADLINE_S, default 570 s), so one failure cannot eat the call;
-# they run in the order 1, 2, 5, 4, 3 (the README's tables first).
+# they run in the order 1, 2, 2b, 5, 2c, 4, 3 (the README's tables first).
 # STEPS="1 2 3 4 5" (default) picks the steps to run, e.g. STEPS=5 for the voice-to-voice replay alone.
 # DRY_RUN=1 runs the same steps on this CPU with the tiny config (Triton in its interpreter) to check the logic;
 # its step 5 checks that the GPU command composes, then replays with tiny random Whisper/Llama and espeak-ng.
@@ -170,6 +171,17 @@ print(f"voice-to-voice medians over {len(rows)} turns (ms): " + ", ".join(f"{c} 
 EOF
 fi
 
+# where the persistent kernels' frame goes, phase by phase (their own clocks, TIMING=1): work and barrier wait of
+# q|k|v, attention, o, gate|up, down and the head, which says what to tune next. DRY_RUN: refused in the interpreter,
+# as the table says
+if want 2; then
+echo "== 2c. phase times of the persistent kernels at $(elapsed) s"
+box 120 $PY -m fern.bench.tts --size $SIZE --device $DEV --frames 4 --runs 1 --baseline-frames 0 \
+  --kernels persistent --backbone-kernels persistent --no-compare-modules \
+  --phase-times persistent:bf16:persistent --json "$OUT/bench_phases.json" 2>&1 | grep -v "^{" \
+  | tee "$OUT/bench_phases.txt"
+fi
+
 # token agreement after the replay: the issue's done-when needs the voice-to-voice table, not this
 if want 4; then
 echo "== 4. token agreement (teacher-forced, random weights) at $(elapsed) s"
@@ -242,6 +254,13 @@ try:
     print(open(os.path.join(out, "v2v_medians.txt")).read().strip())
 except OSError:
     pass
+pt = (load("bench_phases.json") or {}).get("phase_times", {})
+if "error" in pt:
+    print(f"phase times: FAILED {pt['error']}")
+for part in ("depth", "backbone"):
+    if part in pt:  # program 0's work + barrier wait per phase, and how many per frame
+        print(f"{part} kernel {pt[part]['launch_ms']:.3f} ms: " + ", ".join(
+            f"{k} {r['work_us']:.1f}+{r['wait_us']:.1f} us x{r['per_launch']}" for k, r in pt[part]["phases"].items()))
 a = load("agreement.json")
 if a:
     print("token agreement with the bf16 torch path (teacher-forced, random weights): "

@@ -472,6 +472,8 @@ def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dic
     # the persistent kernels' PREFETCH=1 (kernels._prefetch_l2): proof that the hint survived to the PTX
     out["l2_prefetches"] = len(_PREFETCH.findall(compiled.asm["ptx"]))
     out["prefetches_then_barrier"] = prefetches_then_barrier(compiled.asm["ptx"])
+    # the persistent kernels' TIMING=1 (kernels._stamp): reads of the SM's cycle counter and the GPU's timer
+    out["clock_reads"] = len(re.findall(r"%clock64|%globaltimer", compiled.asm["ptx"]))
     src = open(K.__file__).read().splitlines()
     threads = 32 * options["num_warps"]
     in_flight = weight_bytes_in_flight(disassemble(compiled.asm["cubin"]), _weight_lines(src),
@@ -519,7 +521,7 @@ def report(kinds=("bf16", "int8", "fp8"), modes=("steps", "frame"), blocks: dict
                     continue
                 row["num_warps"] = got["num_warps"]
                 for fig in ("registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes",
-                            "l2_prefetches"):
+                            "l2_prefetches", "clock_reads"):
                     row[fig] = max(row.get(fig, 0), got[fig])
                 row["compile_s"] = row.get("compile_s", 0.0) + got["compile_s"]
                 if got["prefetches_then_barrier"] is not None:

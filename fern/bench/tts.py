@@ -180,7 +180,38 @@ def _bench(args) -> dict:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(res, partial=True), f, indent=1)
+    if args.phase_times:
+        try:
+            res["phase_times"] = phase_times(model, seg, args.phase_times, synth.engine)
+        except Exception as exc:  # noqa: BLE001 - a figure of its own: the rest of the run stands without it
+            res["phase_times"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     return res
+
+
+def phase_times(model, seg, variant: str, main_engine, frames: int = 3) -> dict:
+    """Where a persistent variant's frame goes inside its kernels, phase by phase (GPU only: the kernels read PTX
+    clocks, TIMING=1 / timing=1 added to its launch shapes): program 0's work and barrier wait per phase kind, from
+    the last of ``frames`` eager frames (the first compiles). {"depth": ..., "backbone": ...} as
+    kernels.phase_breakdown, for whichever of the two runs persistent."""
+    from fern.tts.csm.engine import CsmEngine
+
+    kernels, weights, backbone, blocks, bb_blocks = parse_variant(variant)
+    if "persistent" not in (kernels, backbone):
+        raise ValueError(f"phase times need a persistent kernel, got {variant!r}")
+    engine = CsmEngine(model, kernels=kernels, weights=weights, backbone_kernels=backbone,
+                       blocks=dict(blocks, TIMING=1) if kernels == "persistent" else blocks or None,
+                       backbone_blocks=dict(bb_blocks, timing=1) if backbone == "persistent" else bb_blocks or None)
+    engine.temperature, engine.top_k = main_engine.temperature, main_engine.top_k
+    engine.prepare([], seg)
+    for _ in range(frames):
+        engine._run_frame()
+    _sync(str(engine.device))
+    out = {"variant": variant}
+    if kernels == "persistent":
+        out["depth"] = engine.depth.phase_times()
+    if backbone == "persistent":
+        out["backbone"] = engine.bb_fused.phase_times()
+    return out
 
 
 def frame_weight_bytes(engine) -> int:
@@ -282,6 +313,8 @@ def parse_variant(variant: str) -> tuple[str, str, str, dict, dict]:
     bb_blocks = {k[3:]: blocks.pop(k) for k in list(blocks) if k.startswith("bb.")}
     for value in (blocks.get("PREFETCH", 0), bb_blocks.get("prefetch", 0)):
         K.check_prefetch(value)  # its value; the device is checked when the engine is built
+    for value in (blocks.get("TIMING", 0), bb_blocks.get("timing", 0)):
+        K.check_timing(value)
     K.check_stages(blocks)
     K.check_stages(bb_blocks)
     if blocks:
@@ -441,6 +474,21 @@ def _print_profile(label: str, prof: dict) -> None:
         print(f"    {k['share']:5.1%} {k['per_repeat']:6.1f}/frame {k['avg_us']:7.2f} us  {k['name']}")
 
 
+def _print_phase_times(pt: dict) -> None:
+    if "error" in pt:
+        print(f"  phase times FAILED {pt['error']}")
+        return
+    print(f"  phase times of {pt['variant']} (program 0, per phase kind: mean work and barrier wait, how many per "
+          f"frame, ms per frame)")
+    for part in ("depth", "backbone"):
+        if part not in pt:
+            continue
+        print(f"    {part}: {pt[part]['launch_ms']:.3f} ms per launch ({pt[part]['ns_per_cycle']:.3f} ns per cycle)")
+        for kind, r in pt[part]["phases"].items():
+            print(f"      {kind:15s} work {r['work_us']:8.2f} us  wait {r['wait_us']:7.2f} us  x{r['per_launch']:4d}"
+                  f"  = {r['ms_per_launch']:.3f} ms")
+
+
 def _log_mlflow(res: dict, args) -> None:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -461,6 +509,11 @@ def _log_mlflow(res: dict, args) -> None:
         for key, v in res.items():  # variants: one metric per figure, prefixed with the variant
             if key.startswith("variant_") and isinstance(v, dict):
                 flat.update({f"{key}.{k}": x for k, x in v.items() if isinstance(x, (int, float))})
+        for part, pt in res.get("phase_times", {}).items():  # phase_times.depth.down.work_us, ...
+            if isinstance(pt, dict):
+                flat[f"phase_times.{part}.launch_ms"] = pt["launch_ms"]
+                flat.update({f"phase_times.{part}.{kind}.{k}": x for kind, r in pt["phases"].items()
+                             for k, x in r.items()})
         # metric names allow letters, digits and _ - . / space: a variant's ":", "@", "=", ";" become "_"
         mlflow.log_metrics({re.sub(r"[^\w\-. /]", "_", k): float(v) for k, v in flat.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -492,6 +545,9 @@ def main(argv=None) -> dict:
                    help="comma list of kernels:weights[:backbone][@block=value;...], e.g. triton:int8,"
                         "persistent:bf16@num_warps=4,persistent:bf16:persistent")
     p.add_argument("--peak-tbps", type=float, default=4.8, help="memory bandwidth for the share (H200: 4.8 TB/s)")
+    p.add_argument("--phase-times", default="", metavar="VARIANT",
+                   help="GPU: where this persistent variant's frame goes inside its kernels, phase by phase "
+                        "(e.g. persistent:bf16:persistent; the kernels time themselves with TIMING=1)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     import torch
@@ -540,6 +596,8 @@ def main(argv=None) -> dict:
                   f"capture {v['graph_capture_s']:.2f} s")
             if "profile_replay" in v:
                 _print_profile("replay", v["profile_replay"])
+    if "phase_times" in res:
+        _print_phase_times(res["phase_times"])
     print(json.dumps(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -496,6 +496,7 @@ def test_device_recipe_variants_name_known_kernels_and_shapes():
                      ("triton:bf16@PREFETCH=1", r"unknown launch shape\(s\) \['PREFETCH'\]"),
                      ("persistent:bf16@bb.prefetch=1", "need a triton or persistent backbone"),
                      ("persistent:bf16@PREFETCH=2", "prefetch must be 0 or 1, got 2"),
+                     ("persistent:bf16@TIMING=2", "timing must be 0 or 1, got 2"),
                      ("persistent:bf16@SD=0", r"pipeline stages must be integers >= 1 \(1: none\), got \{'SD': 0\}"),
                      ("persistent:bf16:persistent@bb.down_stages=-1", "pipeline stages must be integers >= 1"),
                      ("torch:bf16@BNG=32", "need triton or persistent kernels"),
@@ -517,7 +518,10 @@ def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     variant = "persistent:int8@BNG=32;BND=8"
     res = bench_tts.main(["--size", "tiny", "--device", str(DEV), "--frames", "1", "--runs", "1",
-                          "--baseline-frames", "0", "--no-compare-modules", "--variants", variant])
+                          "--baseline-frames", "0", "--no-compare-modules", "--variants", variant,
+                          "--phase-times", "persistent:bf16:persistent"])
+    # the phase timing reads PTX clocks: on the CPU it is reported as refused, and the other figures stand
+    assert "interpreter on the CPU cannot run" in res["phase_times"]["error"]
     v = res[f"variant_{variant}"]
     assert "error" not in v, v
     assert (v["kernels"], v["weights"], v["blocks"]) == ("persistent", "int8", "BNG=32;BND=8")
@@ -532,21 +536,73 @@ def test_bench_variant_with_launch_shapes_logs_to_mlflow(tmp_path, monkeypatch):
     assert "error" in bad  # a shape without a value is reported, not raised
 
 
-def test_l2_prefetch_is_refused_where_the_interpreter_runs_the_kernels(tiny):
-    """The persistent kernels' L2 prefetch is a PTX instruction: on the CPU (Triton's interpreter runs no PTX) asking
-    for it is an error that says so, not a silent no-op; values other than 0 / 1 are refused anywhere. Off, both
-    kernels still run (the tests above run them so)."""
+def test_phase_times_print_and_reach_mlflow(tmp_path, monkeypatch, capsys):
+    """fern.bench.tts's phase table (as a GPU run would fill it) prints one line per phase kind and reaches a real
+    SQLite MLflow store as phase_times.<part>.<kind>.<figure> metrics."""
+    import argparse
+
+    import mlflow
+
+    from fern.bench import tts as bench_tts
+    from fern.tts.csm.kernels import phase_breakdown
+
+    depth = phase_breakdown([0, 0, 10, 14, 30, 31, 1200, 60], ["q|k|v", "attention + o"])
+    res = {"phase_times": {"variant": "persistent:bf16:persistent", "depth": depth}, "gen_ms_per_frame": 4.0}
+    bench_tts._print_phase_times(res["phase_times"])
+    out = capsys.readouterr().out
+    assert "depth: 0.001 ms per launch" in out and "q|k|v" in out and "attention + o" in out
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    args = argparse.Namespace(size="full", device="cuda", kernels="persistent", weights="bf16",
+                              backbone_kernels="persistent", cuda_graphs=True, compile=False, variants="")
+    bench_tts._log_mlflow(res, args)
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["fern-bench-tts"], output_format="list")[0]
+    assert run.data.metrics["phase_times.depth.q_k_v.work_us"] == pytest.approx(depth["phases"]["q|k|v"]["work_us"])
+    assert run.data.metrics["phase_times.depth.launch_ms"] == pytest.approx(depth["launch_ms"])
+
+
+@pytest.mark.parametrize("depth_key,backbone_key,why", [("PREFETCH", "prefetch", "issues PTX prefetches"),
+                                                        ("TIMING", "timing", "reads the GPU's clocks in PTX")])
+def test_ptx_only_switches_are_refused_where_the_interpreter_runs_the_kernels(tiny, depth_key, backbone_key, why):
+    """The persistent kernels' L2 prefetch and phase timing are PTX instructions: on the CPU (Triton's interpreter
+    runs no PTX) asking for them is an error that says so, not a silent no-op; values other than 0 / 1 are refused
+    anywhere. Off (the default until a GPU measures them), both kernels still run (the tests above run them so)."""
     from fern.tts.csm.fused_backbone import FusedBackbone
 
     engine = CsmEngine(tiny)
+    with pytest.raises(ValueError, match=f"{backbone_key}=1 {why}, which Triton's interpreter on the CPU cannot run"):
+        fused.FusedDepth(engine, "triton", "bf16", blocks={depth_key: 1}, mode="frame")
     with pytest.raises(ValueError, match="interpreter on the CPU cannot run"):
-        fused.FusedDepth(engine, "triton", "bf16", blocks={"PREFETCH": 1}, mode="frame")
-    with pytest.raises(ValueError, match="interpreter on the CPU cannot run"):
-        FusedBackbone(engine, blocks={"prefetch": 1}, mode="frame")
-    with pytest.raises(ValueError, match="prefetch must be 0 or 1, got 2"):
-        FusedBackbone(engine, blocks={"prefetch": 2}, mode="frame")
-    assert fused.FusedDepth(engine, "triton", "bf16", blocks={"PREFETCH": 0}, mode="frame").blocks["PREFETCH"] == 0
-    assert fused.FRAME_GPU_BLOCKS["PREFETCH"] == 0  # off by default until a GPU measures it
+        FusedBackbone(engine, blocks={backbone_key: 1}, mode="frame")
+    with pytest.raises(ValueError, match=f"{backbone_key} must be 0 or 1, got 2"):
+        FusedBackbone(engine, blocks={backbone_key: 2}, mode="frame")
+    depth = fused.FusedDepth(engine, "triton", "bf16", blocks={depth_key: 0}, mode="frame")
+    assert depth.blocks[depth_key] == 0 and fused.FRAME_GPU_BLOCKS[depth_key] == 0
+    with pytest.raises(ValueError, match="TIMING=1"):  # stamps without a timed launch: an error, not zeros
+        depth.phase_times()
+
+
+def test_phase_breakdown_from_stamps():
+    """Program 0's stamps -> per phase kind: mean work and barrier wait (cycles into time by the launch's own ratio of
+    timer ns to cycles), how many per launch, and ms per launch that add up to the launch."""
+    from fern.tts.csm.kernels import phase_breakdown
+
+    # start: 1000 ns / cycle 0; barriers 1-3 (kinds a, b, a) before / after at cycles 10/14, 30/31, 40/50; the tail
+    # (kind c) to the end: 1120 ns / cycle 60 -> 2 ns per cycle
+    times = [1000, 0, 10, 14, 30, 31, 40, 50, 1120, 60]
+    got = phase_breakdown(times, ["a", "b", "a"], tail="c")
+    assert got["launch_ms"] == pytest.approx(120e-6) and got["ns_per_cycle"] == pytest.approx(2.0)
+    a, b, c = (got["phases"][k] for k in "abc")
+    assert a["per_launch"] == 2 and a["work_us"] == pytest.approx((10 + 9) / 2 * 2e-3)
+    assert a["wait_us"] == pytest.approx((4 + 10) / 2 * 2e-3)
+    assert (b["work_us"], b["wait_us"]) == (pytest.approx(16 * 2e-3), pytest.approx(1 * 2e-3))
+    assert (c["per_launch"], c["work_us"], c["wait_us"]) == (1, pytest.approx(10 * 2e-3), 0.0)
+    assert sum(r["ms_per_launch"] for r in got["phases"].values()) == pytest.approx(got["launch_ms"])
+    with pytest.raises(ValueError, match="no timed launch"):
+        phase_breakdown([0] * 10, ["a", "b", "a"], tail="c")
+    with pytest.raises(ValueError, match="9 stamps for 3 barriers: need 10"):
+        phase_breakdown(times[:9], ["a", "b", "a"])
 
 
 def test_mistyped_launch_shapes_are_refused_not_ignored(tiny):

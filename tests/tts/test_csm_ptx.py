@@ -206,11 +206,27 @@ def test_one_thread_check_evaluates_the_guard_for_every_thread(guard, sync):
     assert atomics_by_one_thread(ptx.replace(sync, "st.global.b32 [ %rd1 + 0 ], %r8;")) is None  # no atomics
 
 
-def test_no_prefetch_by_default(report):
-    """The persistent kernels' L2 prefetch (PREFETCH / prefetch) is off in the default launch shapes: the figures
-    fern.bench.tts credits to the defaults are measured without it."""
+def test_no_prefetch_or_timing_by_default(report):
+    """The persistent kernels' L2 prefetch (PREFETCH / prefetch) and phase timing (TIMING / timing) are off in the
+    default launch shapes: the figures fern.bench.tts credits to the defaults are measured without them."""
     rows, _ = report
-    assert all(r.get("l2_prefetches", 0) == 0 for r in rows if "error" not in r), rows
+    assert all(r.get("l2_prefetches", 0) == 0 and r.get("clock_reads", 0) == 0 for r in rows if "error" not in r)
+
+
+@pytest.mark.parametrize("mode,key", [("frame", "TIMING"), ("backbone_frame", "timing")])
+def test_phase_timing_compiles_unspilled(tmp_path, mode, key):
+    """With the phase timing on, the persistent kernels read the SM's cycle counter around every barrier and the
+    GPU's timer at the launch's ends, and still fit the register file unspilled with one arrival per program."""
+    out = tmp_path / "ptx.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "fern.bench.ptx", "--kinds", "bf16", "--modes", mode,
+                        "--blocks", json.dumps({key: 1}), "--json", str(out)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert "error" not in row, row
+    assert row["clock_reads"] >= 4, row  # before and after the barrier, and both clocks at the ends
+    assert row["spill_store_bytes"] == 0 and row["registers"] <= 255 and row["atomics_by_one_thread"] is True, row
 
 
 @pytest.mark.parametrize("mode,kinds,key", [("frame", "bf16,int8,fp8", "PREFETCH"),

@@ -99,7 +99,7 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8,
 # KB per SM (fern.bench.ptx counts them in the SASS); SD=5: four 8 KB tiles ahead, 41 KB of shared memory. BKH=1024:
 # the head's whole 32 KB block at once
 FRAME_GPU_BLOCKS = dict(BP=8, BKA=256, BNO=8, BNG=64, BKG=128, BND=8, BKD=512, BNH=16, BKH=1024, num_warps=8,
-                        maxnreg=255, PREFETCH=0, SA=1, SG=1, SD=5)
+                        maxnreg=255, PREFETCH=0, SA=1, SG=1, SD=5, TIMING=0)
 # 1-byte weights: twice the K tile, so that a tile holds as many bytes as in bf16 (the q|k|v block whole at once,
 # gate|up and down 32 KB in flight)
 FRAME_GPU_BLOCKS_1BYTE = dict(BKA=1024, BKG=256, BKD=1024)
@@ -179,9 +179,10 @@ class FusedDepth:
             else:  # interpreter: one program (the barrier cannot wait for programs it runs one after another)
                 self.blocks = dict(BP=p2((self.NH + 2 * self.NKV) * self.HD // 2), BKA=p2(self.D), BNO=p2(self.D),
                                    BNG=p2(self.FF), BKG=p2(self.D), BND=p2(self.D), BKD=p2(self.FF), BNH=p2(self.V),
-                                   BKH=p2(self.D), num_warps=4, PREFETCH=0, SA=1, SG=1, SD=1)
+                                   BKH=p2(self.D), num_warps=4, PREFETCH=0, SA=1, SG=1, SD=1, TIMING=0)
                 self.blocks.update(blocks or {})
             K.check_prefetch(self.blocks["PREFETCH"], dev)
+            K.check_timing(self.blocks["TIMING"], dev)
             K.check_stages(self.blocks)
             self.grid = self._frame_grid()
         elif dev.type == "cuda":
@@ -222,6 +223,8 @@ class FusedDepth:
         # barrier arrivals, programs done, a flag set when a barrier gave up waiting (see barrier_timed_out), and
         # the barriers the last launch passed
         self.sync = torch.zeros(4, device=engine.device, dtype=torch.int32)
+        # TIMING=1: program 0's clock around each barrier (kernels.phase_breakdown)
+        self.times = torch.zeros(2 * self.barriers_per_frame() + 4, device=engine.device, dtype=torch.int64)
 
     def _frame_grid(self) -> int:
         """Programs of the persistent kernel: at most one per SM, so all are resident at once (the barriers wait for
@@ -288,18 +291,28 @@ class FusedDepth:
                  self.codes if force is None else force, self.logits if noise is None else noise, k,
                  *[t for w in ws for t in (w.w, _s(w))], shh, shk, shn,
                  self.norm1_all, self.norm2_all, self.final_norm, self.eps1[0], self.final_eps, self.cos, self.sin,
-                 self.scaling, self.buf_all, self.h, self.act, self.logits, self.sync,
+                 self.scaling, self.buf_all, self.h, self.act, self.logits, self.sync, self.times,
                  D=self.D, NH=self.NH, NKV=self.NKV, HD=self.HD, FF=self.FF, V=self.V, VP=K.next_pow2(self.V),
                  NL=len(self.o), L=self.L, BP=b["BP"], BKA=b["BKA"], BNO=b["BNO"], BNG=b["BNG"], BKG=b["BKG"],
                  BND=b["BND"], BKD=b["BKD"], BNH=b["BNH"], BKH=b["BKH"], BL=K.next_pow2(self.L),
                  BHD=K.next_pow2(self.HD), BH=K.next_pow2(self.NH), BD=K.next_pow2(self.D),
                  HAS_SCALE=hw.scale is not None, SAMPLE=noise is not None, FORCE=force is not None,
                  MAX_SPINS=MAX_SPINS, PREFETCH=int(b["PREFETCH"]), SA=b["SA"], SG=b["SG"], SD=b["SD"],
+                 TIMING=int(b["TIMING"]),
                  num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))
 
     def barriers_per_frame(self) -> int:
         """Grid-wide barriers one frame waits at (mode ``frame``: after each phase of each step), else 0."""
         return self.L * (4 * len(self.o) + 1) if self.mode == "frame" and self.backend == "triton" else 0
+
+    def phase_times(self) -> dict:
+        """Where the last launch of the persistent kernel (launched with TIMING=1) went, per phase: see
+        kernels.phase_breakdown. q|k|v of layer 0 includes sampling the previous codebook; step 0 has no head."""
+        if self.mode != "frame" or not self.blocks.get("TIMING"):
+            raise ValueError("phase times need the persistent kernel launched with TIMING=1")
+        per_step = ["head" if i == 4 * len(self.o) else ("q|k|v", "attention + o", "gate|up", "down")[i % 4]
+                    for i in range(4 * len(self.o) + 1)]
+        return K.phase_breakdown(self.times.tolist(), per_step * self.L)
 
     def barrier_timed_out(self) -> bool:
         """Whether a launch of the persistent kernel gave up waiting at a grid barrier (its programs were not all

@@ -45,7 +45,8 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, attn_bt=64, o_bn=16, gu_bn=32, gu_bk=128
 # latency needs ~22 KB per SM (fern.bench.ptx counts them in the SASS; unpipelined: 8, 16, 16 and 2 KB); 87 KB of
 # shared memory
 FRAME_GPU_BLOCKS = dict(qkv_bp=4, qkv_bk=512, attn_bt=64, o_bn=16, gu_bn=32, gu_bk=128, down_bn=16, down_bk=512,
-                        num_warps=8, maxnreg=255, prefetch=0, qkv_stages=5, o_stages=9, gu_stages=3, down_stages=3)
+                        num_warps=8, maxnreg=255, prefetch=0, qkv_stages=5, o_stages=9, gu_stages=3, down_stages=3,
+                        timing=0)
 MODES = ("layers", "frame")
 
 
@@ -87,6 +88,7 @@ class FusedBackbone:
             self.blocks.update(blocks or {})
         if mode == "frame":
             K.check_prefetch(self.blocks.get("prefetch", 0), dev)
+            K.check_timing(self.blocks.get("timing", 0), dev)
             K.check_stages(self.blocks)
         self.chunks = -(-self.L // self.blocks["attn_bt"])
         self.h = torch.zeros(self.D, device=dev, dtype=torch.float32)
@@ -123,6 +125,7 @@ class FusedBackbone:
         # barrier arrivals, programs done, a flag set when a barrier gave up waiting (see barrier_timed_out), and
         # the barriers the last launch passed
         self.sync = torch.zeros(4, device=self.device, dtype=torch.int32)
+        self.times = torch.zeros(2 * self.barriers_per_frame() + 4, device=self.device, dtype=torch.int64)
         self.grid = self._frame_grid()
 
     def _frame_grid(self) -> int:
@@ -134,6 +137,14 @@ class FusedBackbone:
         most = max(cd((self.NH + 2 * self.NKV) * self.HD // 2, b["qkv_bp"]), self.NKV * self.chunks,
                    cd(self.D, b["o_bn"]), cd(self.FF, b["gu_bn"]), cd(self.D, b["down_bn"]))
         return max(1, min(most, torch.cuda.get_device_properties(self.device).multi_processor_count))
+
+    def phase_times(self) -> dict:
+        """Where the last launch of the persistent kernel (launched with timing=1) went, per phase: see
+        kernels.phase_breakdown."""
+        if self.mode != "frame" or not self.blocks.get("timing"):
+            raise ValueError("phase times need the persistent backbone launched with timing=1")
+        layer = ["q|k|v", "attention", "merge + o", "gate|up", "down"]
+        return K.phase_breakdown(self.times.tolist(), (["input row"] + layer * len(self.qkv))[:-1], tail="down")
 
     def barriers_per_frame(self) -> int:
         """Grid-wide barriers one frame waits at (mode ``frame``: after the input row and each phase of each layer,
@@ -177,9 +188,11 @@ class FusedBackbone:
         b = self.blocks
         K.launch("_backbone_frame", (self.grid,), emb.reshape(-1), pos, *self.bases, self.offsets, self.norm1_all,
                  self.norm2_all, self.eps1[0], self.cos, self.sin, self.scaling, self.h, self.q, self.part, self.act,
-                 self.sync, D=self.D, NH=self.NH, NKV=self.NKV, HD=self.HD, FF=self.FF, NL=len(self.qkv), L=self.L,
+                 self.sync, self.times, D=self.D, NH=self.NH, NKV=self.NKV, HD=self.HD, FF=self.FF, NL=len(self.qkv),
+                 L=self.L,
                  BP=b["qkv_bp"], BKA=b["qkv_bk"], BT=b["attn_bt"], BC=K.next_pow2(self.chunks), BNO=b["o_bn"],
                  BNG=b["gu_bn"], BKG=b["gu_bk"], BND=b["down_bn"], BKD=b["down_bk"], BHD=K.next_pow2(self.HD),
                  BD=K.next_pow2(self.D), ALIGN=self.align, MAX_SPINS=MAX_SPINS, PREFETCH=int(b.get("prefetch", 0)),
                  SA=b.get("qkv_stages", 1), SO=b.get("o_stages", 1), SG=b.get("gu_stages", 1),
-                 SD=b.get("down_stages", 1), num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))
+                 SD=b.get("down_stages", 1), TIMING=int(b.get("timing", 0)),
+                 num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))

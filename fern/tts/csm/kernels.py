@@ -298,6 +298,45 @@ def _grid_barrier(sync_ptr, target, failed, MAX_SPINS: tl.constexpr):
     return failed
 
 
+def _clock(pid, GLOBAL: tl.constexpr):
+    # this SM's cycle counter (%clock64), or with GLOBAL the GPU's nanosecond timer (%globaltimer, which may tick only
+    # every microsecond: it calibrates the cycles over a whole launch). PTX: GPU only
+    if GLOBAL:
+        t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=tl.int64, is_pure=False,
+                                      pack=1)
+    else:
+        t = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [pid], dtype=tl.int64, is_pure=False, pack=1)
+    return t
+
+
+def _stamp(times_ptr, slot, pid):
+    # program 0's cycle count into times_ptr[slot] (TIMING=1): where a persistent kernel's time goes, phase by phase
+    # (FusedDepth.phase_times / FusedBackbone.phase_times). Program 0 has a block in every phase
+    t = _clock(pid, False)
+    if pid == 0:
+        tl.store(times_ptr + slot, t)
+
+
+def _stamp_ends(times_ptr, slot, pid):
+    # the launch's start or end for the calibration: the nanosecond timer at slot, the cycle count at slot + 1
+    t = _clock(pid, True)
+    c = _clock(pid, False)
+    if pid == 0:
+        tl.store(times_ptr + slot, t)
+        tl.store(times_ptr + slot + 1, c)
+
+
+def _timed_barrier(sync_ptr, target, failed, MAX_SPINS: tl.constexpr, times_ptr, pid, TIMING: tl.constexpr):
+    # _grid_barrier (the target-th arrival is the barrier's number times the grid), with TIMING program 0's clock
+    # before and after it: barrier n (from 1) at slots 2n and 2n + 1, after the launch's start at 0 and 1
+    if TIMING:
+        _stamp(times_ptr, 2 * (target // tl.num_programs(0)), pid)
+    failed = _grid_barrier(sync_ptr, target, failed, MAX_SPINS)
+    if TIMING:
+        _stamp(times_ptr, 2 * (target // tl.num_programs(0)) + 1, pid)
+    return failed
+
+
 def _grid_exit(sync_ptr, failed):
     # a persistent kernel's end: flag a barrier that gave up (sync[2]); the last program out resets the counters
     # (sync[0] arrivals, sync[1] programs done) for the next launch or graph replay (all have left every barrier),
@@ -505,20 +544,24 @@ def _norm_head_sample(h_ptr, nw_ptr, eps, w_ptr, stride_wk, stride_wn, s_ptr, lo
 def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                  qkv_ptr, qkv_s, o_ptr, o_s, gu_ptr, gu_s, dn_ptr, dn_s, hw_ptr, hw_s, stride_hh, stride_hk, stride_hn,
                  n1_ptr, n2_ptr, nf_ptr, eps, eps_f, cos_ptr, sin_ptr, scaling,
-                 buf_ptr, h_ptr, act_ptr, logits_ptr, sync_ptr,
+                 buf_ptr, h_ptr, act_ptr, logits_ptr, sync_ptr, times_ptr,
                  D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, FF: tl.constexpr,
                  V: tl.constexpr, VP: tl.constexpr, NL: tl.constexpr, L: tl.constexpr,
                  BP: tl.constexpr, BKA: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr,
                  BND: tl.constexpr, BKD: tl.constexpr, BNH: tl.constexpr, BKH: tl.constexpr,
                  BL: tl.constexpr, BHD: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
                  HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr, FORCE: tl.constexpr, MAX_SPINS: tl.constexpr,
-                 PREFETCH: tl.constexpr, SA: tl.constexpr, SG: tl.constexpr, SD: tl.constexpr):
+                 PREFETCH: tl.constexpr, SA: tl.constexpr, SG: tl.constexpr, SD: tl.constexpr,
+                 TIMING: tl.constexpr):
     # The whole depth decoder of a frame in one launch: L steps x (4 phases per layer + the head), every phase split
     # over all programs, a grid-wide barrier after each (the programs must all be resident: grid <= SMs). See
     # FusedDepth (mode "frame") for the layout of the arguments; the phases are the step kernels' math. SA / SG /
-    # SD: pipeline stages of the q|k|v, gate|up and down loops (see _gateup_rows)
+    # SD: pipeline stages of the q|k|v, gate|up and down loops (see _gateup_rows). TIMING: program 0's clock after
+    # each phase's work and after its barrier into times_ptr (_timed_barrier; the launch's end after the last)
     pid = tl.program_id(0)
     G = tl.num_programs(0)
+    if TIMING:
+        _stamp_ends(times_ptr, 0, pid)
     HALF: tl.constexpr = HD // 2
     NQ: tl.constexpr = NH + 2 * NKV
     NP: tl.constexpr = NQ * HALF
@@ -646,7 +689,8 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                     _prefetch_depth_phase(nxt % (4 * NL + 1), nxt // (4 * NL + 1), pid, qkv_ptr, o_ptr, gu_ptr,
                                           dn_ptr, hw_ptr, stride_hh, stride_hn, D, NH, NKV, HD, FF, V, NL, BP, BNO,
                                           BNG, BND, BNH)
-            failed = _grid_barrier(sync_ptr, (p * (4 * NL + 1) + ph + 1) * G, failed, MAX_SPINS)
+            failed = _timed_barrier(sync_ptr, (p * (4 * NL + 1) + ph + 1) * G, failed, MAX_SPINS, times_ptr, pid,
+                                    TIMING)
         if p > 0:  # every program samples codebook p from the same logits (identical result: no barrier needed)
             v = tl.arange(0, VP)
             vm = v < V
@@ -660,6 +704,8 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                 tl.store(code_ptr + p, c)
             if FORCE:  # teacher forcing: the next input is the given token
                 c = tl.load(force_ptr + p)
+    if TIMING:
+        _stamp_ends(times_ptr, 2 * L * (4 * NL + 1) + 2, pid)
     _grid_exit(sync_ptr, failed)
 
 
@@ -673,13 +719,13 @@ def _layer_ptr(base, off_ptr, ALIGN: tl.constexpr):
 
 
 def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, off_ptr, n1_ptr, n2_ptr, eps,
-                    cos_ptr, sin_ptr, scaling, h_ptr, q_ptr, part_ptr, act_ptr, sync_ptr,
+                    cos_ptr, sin_ptr, scaling, h_ptr, q_ptr, part_ptr, act_ptr, sync_ptr, times_ptr,
                     D: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, FF: tl.constexpr,
                     NL: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BKA: tl.constexpr, BT: tl.constexpr,
                     BC: tl.constexpr, BNO: tl.constexpr, BNG: tl.constexpr, BKG: tl.constexpr, BND: tl.constexpr,
                     BKD: tl.constexpr, BHD: tl.constexpr, BD: tl.constexpr, ALIGN: tl.constexpr,
                     MAX_SPINS: tl.constexpr, PREFETCH: tl.constexpr, SA: tl.constexpr, SO: tl.constexpr,
-                    SG: tl.constexpr, SD: tl.constexpr):
+                    SG: tl.constexpr, SD: tl.constexpr, TIMING: tl.constexpr):
     # The backbone's one-row step in one launch: the input row into h, then NL layers x the 5 phases of the step
     # kernels (q|k|v + rope + cache write; attention partials over (KV head, chunk); merge + o-proj + residual;
     # gate|up + SwiGLU; down + residual), each split over all programs, a grid-wide barrier after each (grid <= SMs).
@@ -687,9 +733,11 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
     # ``*_ptr`` bases. See FusedBackbone (mode "frame") for the rest of the arguments. PREFETCH: before each barrier,
     # this program's first block of weights of the next phase into L2 (_prefetch_l2); the o-projection's at the
     # barrier after q|k|v, two ahead: attention reads no weights, and keeps few programs busy. SA / SO / SG / SD:
-    # pipeline stages of the q|k|v, merge + o, gate|up and down loops (see _gateup_rows)
+    # pipeline stages of the q|k|v, merge + o, gate|up and down loops (see _gateup_rows). TIMING: as _depth_frame's
     pid = tl.program_id(0)
     G = tl.num_programs(0)
+    if TIMING:
+        _stamp_ends(times_ptr, 0, pid)
     NP: tl.constexpr = (NH + 2 * NKV) * (HD // 2)
     NC: tl.constexpr = (L + BT - 1) // BT
     pos = tl.load(pos_ptr)
@@ -703,7 +751,7 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
     if PREFETCH:
         _prefetch_qkv_pairs(_layer_ptr(qkv_ptr, off_ptr, ALIGN), pid, D, NH, NKV, HD, BP)
     arrivals += G
-    failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+    failed = _timed_barrier(sync_ptr, arrivals, failed, MAX_SPINS, times_ptr, pid, TIMING)
     for layer in range(NL):
         offs = off_ptr + layer * 5
         kv_l = _layer_ptr(kv_ptr, offs + 4, ALIGN)
@@ -716,14 +764,14 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         if PREFETCH:
             _prefetch_block(_layer_ptr(o_ptr, offs + 1, ALIGN), pid, BNO, D, NH * HD)
         arrivals += G
-        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        failed = _timed_barrier(sync_ptr, arrivals, failed, MAX_SPINS, times_ptr, pid, TIMING)
         # chunk-major: the chunks up to pos (the only ones with work) spread over the first programs
         for item in range(pid, NKV * NC, G):
             c = item // NKV
             if c * BT <= pos:
                 _attn_partial(item % NKV, c, q_ptr, kv_l, pos, part_ptr, scaling, NH, NKV, HD, L, BT, BHD, ".cg")
         arrivals += G
-        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        failed = _timed_barrier(sync_ptr, arrivals, failed, MAX_SPINS, times_ptr, pid, TIMING)
         w = _layer_ptr(o_ptr, offs + 1, ALIGN)
         for blk in range(pid, tl.cdiv(D, BNO), G):
             _attn_merge_o_rows(blk, part_ptr, pos, w, w, h_ptr, D, NH, HD, L, BT, BC, BHD, BNO, False, ".cg", SO)
@@ -732,7 +780,7 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
             _prefetch_block(w, pid, BNG, FF, D)
             _prefetch_block(w + FF * D, pid, BNG, FF, D)
         arrivals += G
-        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        failed = _timed_barrier(sync_ptr, arrivals, failed, MAX_SPINS, times_ptr, pid, TIMING)
         x = tl.load(h_ptr + dd, mask=dm, other=0.0, cache_modifier=".cg")
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
         w = _layer_ptr(gu_ptr, offs + 2, ALIGN)
@@ -741,7 +789,7 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
         if PREFETCH:
             _prefetch_block(_layer_ptr(dn_ptr, offs + 3, ALIGN), pid, BND, D, FF)
         arrivals += G
-        failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+        failed = _timed_barrier(sync_ptr, arrivals, failed, MAX_SPINS, times_ptr, pid, TIMING)
         w = _layer_ptr(dn_ptr, offs + 3, ALIGN)
         for blk in range(pid, tl.cdiv(D, BND), G):
             _down_rows(blk, act_ptr, w, w, h_ptr, D, FF, BND, BKD, False, ".cg", SD)
@@ -749,7 +797,9 @@ def _backbone_frame(emb_ptr, pos_ptr, qkv_ptr, o_ptr, gu_ptr, dn_ptr, kv_ptr, of
             if PREFETCH:
                 _prefetch_qkv_pairs(_layer_ptr(qkv_ptr, offs + 5, ALIGN), pid, D, NH, NKV, HD, BP)
             arrivals += G
-            failed = _grid_barrier(sync_ptr, arrivals, failed, MAX_SPINS)
+            failed = _timed_barrier(sync_ptr, arrivals, failed, MAX_SPINS, times_ptr, pid, TIMING)
+    if TIMING:  # the last down phase ends the launch: its work until here (no barrier after it)
+        _stamp_ends(times_ptr, 2 * (5 * NL) + 2, pid)
     _grid_exit(sync_ptr, failed)
 
 
@@ -767,7 +817,7 @@ def _barrier_loop(sync_ptr, n, MAX_SPINS: tl.constexpr):
 
 _HELPERS = (_pick_token, _add_rows, _o_rows, _rstd, _qkv_rope_pairs, _attn_partial, _attn_merge_o_rows, _gateup_rows,
             _down_rows, _grid_barrier, _grid_exit, _layer_ptr, _prefetch_l2, _prefetch_block, _prefetch_qkv_pairs,
-            _prefetch_depth_phase)
+            _prefetch_depth_phase, _clock, _stamp, _stamp_ends, _timed_barrier)
 _SOURCES = {f.__name__: f for f in (_norm_qkv_cache, _attn_o_residual, _norm_gateup_swiglu, _down_residual,
                                     _norm_head_sample, _depth_frame, _attn_split, _attn_combine_o_residual,
                                     _backbone_frame, _barrier_loop)}
@@ -876,15 +926,48 @@ def check_stages(blocks: dict) -> None:
         raise ValueError(f"pipeline stages must be integers >= 1 (1: none), got {bad}")
 
 
-def check_prefetch(prefetch, device=None) -> None:
+def check_prefetch(prefetch, device=None, what: str = "prefetch", why: str = "issues PTX prefetches") -> None:
     """Refuse an L2 prefetch setting other than 0 / 1, or 1 where the kernels run in Triton's interpreter (``device``
     cpu; None checks the value alone): it runs no PTX, and the prefetch is a PTX instruction (it changes no result,
-    so nothing is lost by leaving it off)."""
+    so nothing is lost by leaving it off). ``what`` / ``why``: another such PTX-only switch (the phase timing)."""
     if prefetch not in (0, 1):
-        raise ValueError(f"prefetch must be 0 or 1, got {prefetch!r}")
+        raise ValueError(f"{what} must be 0 or 1, got {prefetch!r}")
     if prefetch and device is not None and device.type == "cpu":
-        raise ValueError("prefetch=1 issues PTX prefetches, which Triton's interpreter on the CPU cannot run: "
-                         "leave it 0 there")
+        raise ValueError(f"{what}=1 {why}, which Triton's interpreter on the CPU cannot run: leave it 0 there")
+
+
+def check_timing(timing, device=None) -> None:
+    """The persistent kernels' phase timing (TIMING / timing): 0 or 1, and 1 on a GPU only (it reads PTX clocks)."""
+    check_prefetch(timing, device, "timing", "reads the GPU's clocks in PTX")
+
+
+def phase_breakdown(times: list[int], kinds: list[str], tail: str | None = None) -> dict:
+    """Where a persistent kernel's launch went, from its TIMING stamps (``_timed_barrier``: slots 0 / 1 the
+    launch's start in ns / cycles, 2b / 2b + 1 program 0's cycles before / after barrier b (from 1), the two after the
+    last barrier its end): per phase kind (``kinds[b - 1]`` names the phase barrier b ends; ``tail`` the phase after
+    the last barrier, if any), program 0's mean work and wait at the barrier in us, how many per launch, and their
+    ms per launch; cycles become time by the launch's own ratio of ns to cycles."""
+    nb = len(kinds)
+    if len(times) < 2 * nb + 4:
+        raise ValueError(f"{len(times)} stamps for {nb} barriers: need {2 * nb + 4}")
+    cycles = times[2 * nb + 3] - times[1]
+    if cycles <= 0 or times[2 * nb + 2] <= times[0]:
+        raise ValueError("no timed launch in these stamps (run one with TIMING=1 first)")
+    us = (times[2 * nb + 2] - times[0]) / cycles / 1e3  # per cycle
+    out: dict = {}
+    spans = [(kinds[b - 1], times[2 * b] - times[2 * b - 1], times[2 * b + 1] - times[2 * b]) for b in range(1, nb + 1)]
+    if tail is not None:
+        spans.append((tail, times[2 * nb + 3] - times[2 * nb + 1], 0))
+    for kind, work, wait in spans:
+        row = out.setdefault(kind, {"work_us": 0.0, "wait_us": 0.0, "per_launch": 0})
+        row["work_us"] += work * us
+        row["wait_us"] += wait * us
+        row["per_launch"] += 1
+    for row in out.values():
+        row["ms_per_launch"] = (row["work_us"] + row["wait_us"]) / 1e3
+        row["work_us"] /= row["per_launch"]
+        row["wait_us"] /= row["per_launch"]
+    return {"phases": out, "launch_ms": (times[2 * nb + 2] - times[0]) / 1e6, "ns_per_cycle": us * 1e3}
 
 
 def usable_on(device) -> str | None:
