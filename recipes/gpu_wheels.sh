@@ -15,10 +15,12 @@ TARGET=(--python-version 3.12 --implementation cp --only-binary=:all: --no-deps 
 "$PY" -m pip download -q "${TARGET[@]}" moshi==0.2.13 transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2
 # run.py itself (the replay of step 5): the versions this checkout's .venv runs, and webrtcvad for vad=webrtc
 pinned() { "$PY" -c "import importlib.metadata as m; print('$1==' + m.version('$1'))"; }
-# (soundfile reads the WAVs, with cffi; scipy resamples between the stages' rates: none of them is on the machine's
-# image as far as ../shared/README.md knows; gpu_bench.sh step 5 names any module still missing)
+# (soundfile reads the WAVs, with cffi; scipy resamples between the stages' rates; jiwer scores each turn's round
+# trip at the end of the run, which crashed there without it: none of them is on the machine's image as far as
+# ../shared/README.md knows; gpu_bench.sh step 5 names any module still missing)
 "$PY" -m pip download -q "${TARGET[@]}" "$(pinned hydra-core)" "$(pinned omegaconf)" "$(pinned webrtcvad-wheels)" \
-  "$(pinned soundfile)" "$(pinned cffi)" "$(pinned pycparser)" "$(pinned scipy)"
+  "$(pinned soundfile)" "$(pinned cffi)" "$(pinned pycparser)" "$(pinned scipy)" \
+  "$(pinned jiwer)" "$(pinned rapidfuzz)" "$(pinned click)"
 # omegaconf's parser runtime is published as a source archive only: build its (pure Python) wheel here
 "$PY" -m pip wheel -q --no-deps -w "$DEST" "$(pinned antlr4-python3-runtime)"
 rm -f "$DEST"/*.tar.gz

@@ -300,7 +300,7 @@ _SASS_INST = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;")
 _SASS_REG = re.compile(r"\bR(\d+)(\.64)?\b")
 _SASS_GUARD = re.compile(r"^@!?U?P\w+\s+")
 _SASS_LOAD = re.compile(r"^(?:@!?U?P\w+\s+)?(LDG|LDGSTS)((?:\.\w+)*)\s")
-_SASS_BACK = re.compile(r"\bBRA\s+`\((\.L_x_\d+)\)")
+_SASS_BACK = re.compile(r"\bBRA(?:\.\w+)*\s+(?:!?U?P\w+,\s*)?`\((\.L_x_\d+)\)")
 _SASS_WAIT = re.compile(r"^DEPBAR\.LE\s+SB0,\s*(0x[0-9a-f]+|\d+)")
 _LOAD_BYTES = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}  # else 4 (32-bit)
 

@@ -599,6 +599,9 @@ def test_phase_breakdown_from_stamps():
     assert (b["work_us"], b["wait_us"]) == (pytest.approx(16 * 2e-3), pytest.approx(1 * 2e-3))
     assert (c["per_launch"], c["work_us"], c["wait_us"]) == (1, pytest.approx(10 * 2e-3), 0.0)
     assert sum(r["ms_per_launch"] for r in got["phases"].values()) == pytest.approx(got["launch_ms"])
+    # without the tail, the phases miss the 10 cycles after the last barrier
+    bare = phase_breakdown(times, ["a", "b", "a"])
+    assert sum(r["ms_per_launch"] for r in bare["phases"].values()) == pytest.approx(got["launch_ms"] - 20e-6)
     with pytest.raises(ValueError, match="no timed launch"):
         phase_breakdown([0] * 10, ["a", "b", "a"], tail="c")
     with pytest.raises(ValueError, match="9 stamps for 3 barriers: need 10"):

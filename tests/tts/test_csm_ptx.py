@@ -143,6 +143,9 @@ def _sass(*lines: str) -> str:
     # in a loop: R8, loaded at the end of an iteration, is still in flight when the next one loads R20
     ([".L_x_1:", "line 7", "LDG.E.128 R20, desc[UR4][R2.64]", "line 9", "FFMA R12, R8, R9, R12",
       "FADD R13, R20, R13", "line 7", "LDG.E.128 R8, desc[UR4][R2.64+0x10]", "BRA `(.L_x_1)"], {7: 32}),
+    # the same loop closed by a predicated branch (as ptxas writes some): still a loop
+    ([".L_x_1:", "line 7", "LDG.E.128 R20, desc[UR4][R2.64]", "line 9", "FFMA R12, R8, R9, R12",
+      "FADD R13, R20, R13", "line 7", "LDG.E.128 R8, desc[UR4][R2.64+0x10]", "@P1 BRA P0, `(.L_x_1)"], {7: 32}),
     # the same outside a loop: one pass, one load at a time
     (["line 7", "LDG.E.128 R20, desc[UR4][R2.64]", "line 9", "FFMA R12, R8, R9, R12", "FADD R13, R20, R13",
       "line 7", "LDG.E.128 R8, desc[UR4][R2.64+0x10]", "BRA `(.L_x_9)"], {7: 16}),

@@ -287,7 +287,9 @@ class FusedDepth:
         hw = self.head_all
         shh, shk, shn = hw.w.stride(0), hw.w.stride(2), hw.w.stride(1)  # (n_cb - 1, vocab, hidden)
         ws = (self.qkv_all, self.o_all, self.gu_all, self.down_all, hw)
-        K.launch("_depth_frame", (self.grid,), x.contiguous(), self.table_all, self.codes,
+        # the input rows in the embedding table's dtype: the kernel reads the step's row from either through one
+        # pointer type (a no-op for the engine, which passes the model's dtype)
+        K.launch("_depth_frame", (self.grid,), x.to(self.table_all.dtype).contiguous(), self.table_all, self.codes,
                  self.codes if force is None else force, self.logits if noise is None else noise, k,
                  *[t for w in ws for t in (w.w, _s(w))], shh, shk, shn,
                  self.norm1_all, self.norm2_all, self.final_norm, self.eps1[0], self.final_eps, self.cos, self.sin,
@@ -307,12 +309,15 @@ class FusedDepth:
 
     def phase_times(self) -> dict:
         """Where the last launch of the persistent kernel (launched with TIMING=1) went, per phase: see
-        kernels.phase_breakdown. q|k|v of layer 0 includes sampling the previous codebook; step 0 has no head."""
+        kernels.phase_breakdown. q|k|v of layer 0 includes sampling the previous codebook (top-k by bisection)."""
         if self.mode != "frame" or not self.blocks.get("TIMING"):
             raise ValueError("phase times need the persistent kernel launched with TIMING=1")
         per_step = ["head" if i == 4 * len(self.o) else ("q|k|v", "attention + o", "gate|up", "down")[i % 4]
                     for i in range(4 * len(self.o) + 1)]
-        return K.phase_breakdown(self.times.tolist(), per_step * self.L)
+        kinds = per_step * self.L
+        kinds[4 * len(self.o)] = "step 0 (no head)"  # the first step's head phase is empty: its barrier alone
+        # after the last barrier every program samples the last codebook
+        return K.phase_breakdown(self.times.tolist(), kinds, tail="last sample")
 
     def barrier_timed_out(self) -> bool:
         """Whether a launch of the persistent kernel gave up waiting at a grid barrier (its programs were not all

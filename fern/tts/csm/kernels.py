@@ -118,7 +118,9 @@ def _pick_token(logits, vm, noise, top_k, SAMPLE: tl.constexpr):
 
 def _add_rows(h_ptr, rows, rm, acc, s_ptr, HAS_SCALE: tl.constexpr, MOD: tl.constexpr):
     # a GEMV's rows (times their scales, for quantized weights) added into the residual stream. MOD: the cache
-    # modifier of loads of what other programs of the same launch wrote (".cg", past L1, in the persistent kernels)
+    # modifier of loads of what other programs of the same launch wrote (".cg", past L1, in the persistent kernels;
+    # a pipelined loop's copies of such data go through cp.async, which may cache in L1: safe, as each grid
+    # barrier's acquire invalidates L1 (CCTL.IVALL in the SASS) before the bar.sync that releases the program)
     if HAS_SCALE:
         acc = acc * tl.load(s_ptr + rows, mask=rm, other=0.0)
     hv = tl.load(h_ptr + rows, mask=rm, other=0.0, cache_modifier=MOD)
@@ -921,7 +923,8 @@ STAGE_KEYS = ("SA", "SG", "SD", "qkv_stages", "o_stages", "gu_stages", "down_sta
 def check_stages(blocks: dict) -> None:
     """Refuse a pipeline depth (the persistent kernels' ``tl.range(num_stages=...)`` keys) that is not an integer
     >= 1 (1: no pipelining)."""
-    bad = {k: v for k, v in blocks.items() if k in STAGE_KEYS and (not isinstance(v, int) or v < 1)}
+    bad = {k: v for k, v in blocks.items()
+           if k in STAGE_KEYS and (not isinstance(v, int) or isinstance(v, bool) or v < 1)}
     if bad:
         raise ValueError(f"pipeline stages must be integers >= 1 (1: none), got {bad}")
 
