@@ -212,15 +212,14 @@ FRAME_SMALL_BLOCKS = dict(BP=8, BKA=32, BNO=32, BNG=32, BKG=32, BND=16, BKD=64, 
 @pytest.mark.parametrize(("kind", "mode", "dmode"), [
     ("bf16", "greedy", "steps"), ("bf16", "forced", "steps"), ("int8", "top_k", "steps"), ("fp8", "top_k", "steps"),
     ("bf16", "greedy", "frame"), ("bf16", "forced", "frame"), ("int8", "top_k", "frame"), ("fp8", "top_k", "frame"),
-    ("bf16", "top_k", "frame_small_blocks"), ("bf16", "top_k", "frame_attn_group"),
-    ("int8", "forced", "frame_attn_group")])
+    ("bf16", "top_k", "frame_small_blocks")])
 def test_fused_depth_triton_equals_its_torch_reference(tiny, kind, mode, dmode):
     """A whole frame's depth decoder (31 codebooks, sampling, next-input rows) through the kernels gives the torch
     reference's tokens: greedy, with sampling noise, and with teacher forcing; as step kernels and as the one
-    persistent kernel (mode frame), also with its attention a KV group's heads at once (ATTN_GROUP=1)."""
+    persistent kernel (mode frame)."""
     engine = CsmEngine(tiny)
-    blocks = {"frame_small_blocks": FRAME_SMALL_BLOCKS, "frame_attn_group": {"ATTN_GROUP": 1}}.get(dmode)
-    dmode = dmode.removesuffix("_small_blocks").removesuffix("_attn_group")
+    blocks = FRAME_SMALL_BLOCKS if dmode == "frame_small_blocks" else None
+    dmode = dmode.removesuffix("_small_blocks")
     tri = fused.FusedDepth(engine, "triton", kind, blocks=blocks, mode=dmode)
     ref = fused.FusedDepth(engine, "torch", kind, mode=dmode)
     x = torch.randn(1, 2, tri.D, generator=_g(5)).to(DEV)

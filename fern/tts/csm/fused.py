@@ -97,10 +97,9 @@ GPU_BLOCKS = dict(qkv_bp=8, qkv_bk=256, o_bn=16, gu_bn=32, gu_bk=128, down_bn=8,
 # the q|k|v, gate|up and down K loops (tl.range num_stages: the next tiles copied into shared memory while this one
 # is multiplied), so that each phase keeps >= 32 KB of weights in flight per program where DRAM's latency needs ~22
 # KB per SM (fern.bench.ptx counts them in the SASS); SD=5: four 8 KB tiles ahead, 41 KB of shared memory. BKH=1024:
-# the head's whole 32 KB block at once. ATTN_GROUP=1: a KV group's query heads as one softmax (kernels._depth_frame;
-# near the register cap: 254 with Triton 3.5, and with PREFETCH=1 it spills), off until a GPU says it pays
+# the head's whole 32 KB block at once
 FRAME_GPU_BLOCKS = dict(BP=8, BKA=256, BNO=8, BNG=64, BKG=128, BND=8, BKD=512, BNH=16, BKH=1024, num_warps=8,
-                        maxnreg=255, PREFETCH=0, SA=1, SG=1, SD=5, TIMING=0, ATTN_GROUP=0)
+                        maxnreg=255, PREFETCH=0, SA=1, SG=1, SD=5, TIMING=0)
 # 1-byte weights: twice the K tile, so that a tile holds as many bytes as in bf16 (the q|k|v block whole at once,
 # gate|up and down 32 KB in flight)
 FRAME_GPU_BLOCKS_1BYTE = dict(BKA=1024, BKG=256, BKD=1024)
@@ -180,8 +179,7 @@ class FusedDepth:
             else:  # interpreter: one program (the barrier cannot wait for programs it runs one after another)
                 self.blocks = dict(BP=p2((self.NH + 2 * self.NKV) * self.HD // 2), BKA=p2(self.D), BNO=p2(self.D),
                                    BNG=p2(self.FF), BKG=p2(self.D), BND=p2(self.D), BKD=p2(self.FF), BNH=p2(self.V),
-                                   BKH=p2(self.D), num_warps=4, PREFETCH=0, SA=1, SG=1, SD=1, TIMING=0,
-                                   ATTN_GROUP=0)
+                                   BKH=p2(self.D), num_warps=4, PREFETCH=0, SA=1, SG=1, SD=1, TIMING=0)
                 self.blocks.update(blocks or {})
             K.check_prefetch(self.blocks["PREFETCH"], dev)
             K.check_timing(self.blocks["TIMING"], dev)
@@ -303,7 +301,7 @@ class FusedDepth:
                  BD=K.next_pow2(self.D),
                  HAS_SCALE=hw.scale is not None, SAMPLE=noise is not None, FORCE=force is not None,
                  MAX_SPINS=MAX_SPINS, PREFETCH=int(b["PREFETCH"]), SA=b["SA"], SG=b["SG"], SD=b["SD"],
-                 TIMING=int(b["TIMING"]), ATTN_GROUP=int(b["ATTN_GROUP"]),
+                 TIMING=int(b["TIMING"]),
                  num_warps=b["num_warps"], maxnreg=b.get("maxnreg"))
 
     def barriers_per_frame(self) -> int:

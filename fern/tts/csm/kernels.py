@@ -554,14 +554,12 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                  BL: tl.constexpr, BHD: tl.constexpr, BH: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
                  HAS_SCALE: tl.constexpr, SAMPLE: tl.constexpr, FORCE: tl.constexpr, MAX_SPINS: tl.constexpr,
                  PREFETCH: tl.constexpr, SA: tl.constexpr, SG: tl.constexpr, SD: tl.constexpr,
-                 TIMING: tl.constexpr, ATTN_GROUP: tl.constexpr):
+                 TIMING: tl.constexpr):
     # The whole depth decoder of a frame in one launch: L steps x (4 phases per layer + the head), every phase split
     # over all programs, a grid-wide barrier after each (the programs must all be resident: grid <= SMs). See
     # FusedDepth (mode "frame") for the layout of the arguments; the phases are the step kernels' math. SA / SG /
     # SD: pipeline stages of the q|k|v, gate|up and down loops (see _gateup_rows). TIMING: program 0's clock after
-    # each phase's work and after its barrier into times_ptr (_timed_barrier; the launch's end after the last).
-    # ATTN_GROUP: the attention phase computes a KV group's REP query heads as one [REP, positions] softmax (fewer,
-    # larger reductions; more registers) instead of head by head
+    # each phase's work and after its barrier into times_ptr (_timed_barrier; the launch's end after the last)
     pid = tl.program_id(0)
     G = tl.num_programs(0)
     if TIMING:
@@ -665,30 +663,19 @@ def _depth_frame(x_ptr, tab_ptr, code_ptr, force_ptr, noise_ptr, top_k,
                                      cache_modifier=".cg")
                         vt = tl.load(bl + ((NH + NKV + g) * L + t[:, None]) * HD + e[None, :], mask=m2, other=0.0,
                                      cache_modifier=".cg")
-                        if ATTN_GROUP:
-                            # the group's REP query heads at once ([BR, BL] scores, one softmax): fewer, larger
-                            # reductions than head by head
-                            q = tl.load(bl + ((g * REP + rr[:, None]) * L + p) * HD + e[None, :],
-                                        mask=(rr < REP)[:, None] & em[None, :], other=0.0, cache_modifier=".cg")
-                            s = tl.where(tm[None, :], tl.sum(kt[None, :, :] * q[:, None, :], axis=2) * scaling,
-                                         float("-inf"))
-                            pr = tl.exp(s - tl.max(s, axis=1)[:, None])
-                            pr = pr / tl.sum(pr, axis=1)[:, None]
-                            o = tl.sum(vt[None, :, :] * pr[:, :, None], axis=1)  # [BR, BHD]
-                            pick = (hh3[:, None] == g * REP + rr[None, :]) & (rr < REP)[None, :]  # its rows of o_all
-                            o_all += tl.sum(tl.where(pick[:, :, None], o[None, :, :], 0.0), axis=1)
-                        else:
-                            # the group's REP query heads loaded at once (loaded head by head, each was one more L2
-                            # round trip in the chain of small reductions: 14 us for this phase on the H200)
-                            q3 = tl.load(bl + ((g * REP + rr[:, None]) * L + p) * HD + e[None, :],
-                                         mask=(rr < REP)[:, None] & em[None, :], other=0.0, cache_modifier=".cg")
-                            for r in range(REP):
-                                q = tl.sum(tl.where((rr == r)[:, None], q3, 0.0), axis=0)
-                                s = tl.where(tm, tl.sum(kt * q[None, :], axis=1) * scaling, float("-inf"))
-                                pr = tl.exp(s - tl.max(s, axis=0))
-                                pr = pr / tl.sum(pr, axis=0)
-                                o = tl.sum(vt * pr[:, None], axis=0)
-                                o_all = tl.where((hh3 == g * REP + r)[:, None], o[None, :], o_all)
+                        # the group's REP query heads loaded at once (loaded head by head, each was one more L2
+                        # round trip in the chain of small reductions: 14.2 us of work in this phase on the H200,
+                        # 13.1 now; one [REP, positions] softmax per group instead ran slower there, 7.29 ms/frame
+                        # against 7.07, near the register cap)
+                        q3 = tl.load(bl + ((g * REP + rr[:, None]) * L + p) * HD + e[None, :],
+                                     mask=(rr < REP)[:, None] & em[None, :], other=0.0, cache_modifier=".cg")
+                        for r in range(REP):
+                            q = tl.sum(tl.where((rr == r)[:, None], q3, 0.0), axis=0)
+                            s = tl.where(tm, tl.sum(kt * q[None, :], axis=1) * scaling, float("-inf"))
+                            pr = tl.exp(s - tl.max(s, axis=0))
+                            pr = pr / tl.sum(pr, axis=0)
+                            o = tl.sum(vt * pr[:, None], axis=0)
+                            o_all = tl.where((hh3 == g * REP + r)[:, None], o[None, :], o_all)
                     acc = tl.sum(tl.sum(w.to(tl.float32) * o_all[None, :, :], axis=2), axis=1)
                     if HAS_SCALE:
                         acc = acc * tl.load(o_s + layer * D + rows, mask=rm, other=0.0)
