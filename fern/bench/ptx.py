@@ -127,13 +127,14 @@ def _weight_lines(src: list[str]) -> set[int]:
     return {i + 1 for i, line in enumerate(src) if _WEIGHT_LOAD.search(line)}
 
 
-def weight_load_widths(ptx: str) -> dict[int, int]:
+def weight_load_widths(ptx: str, weight_lines: set[int] | None = None) -> dict[int, int]:
     """Bytes per thread of each global load instruction that reads weights (by the PTX's line info pointing at a
     weight ``tl.load`` in fern/tts/csm/kernels.py) -> how many. 16 is a full vector load; less, a bandwidth loss.
     Pipelined loops load through asynchronous copies into shared memory (``cp.async``), counted the same way."""
     from fern.tts.csm import kernels as K
 
-    weight_lines = _weight_lines(open(K.__file__).read().splitlines())
+    if weight_lines is None:
+        weight_lines = _weight_lines(open(K.__file__).read().splitlines())
     files = {int(m.group(1)): m.group(2) for m in map(_FILE.match, ptx.splitlines()) if m}
     # by the path's tail, not the file itself: Triton's cache may hold PTX compiled from another checkout of the same
     # source (the cache key is the source), whose line info names that checkout
@@ -467,16 +468,17 @@ def compile_kernel(name: str, sig: dict, consts: dict, attrs: dict, options: dic
     out["spill_store_bytes"], out["spill_load_bytes"] = (int(spill.group(1)), int(spill.group(2))) if spill else (0, 0)
     stack = _STACK.search(log)
     out["stack_bytes"] = int(stack.group(1)) if stack else 0
-    out["weight_load_bytes"] = weight_load_widths(compiled.asm["ptx"])
+    src = open(K.__file__).read().splitlines()
+    weight_lines = _weight_lines(src)
+    out["weight_load_bytes"] = weight_load_widths(compiled.asm["ptx"], weight_lines)
     out["atomics_by_one_thread"] = atomics_by_one_thread(compiled.asm["ptx"])
     # the persistent kernels' PREFETCH=1 (kernels._prefetch_l2): proof that the hint survived to the PTX
     out["l2_prefetches"] = len(_PREFETCH.findall(compiled.asm["ptx"]))
     out["prefetches_then_barrier"] = prefetches_then_barrier(compiled.asm["ptx"])
     # the persistent kernels' TIMING=1 (kernels._stamp): reads of the SM's cycle counter and the GPU's timer
     out["clock_reads"] = len(re.findall(r"%clock64|%globaltimer", compiled.asm["ptx"]))
-    src = open(K.__file__).read().splitlines()
     threads = 32 * options["num_warps"]
-    in_flight = weight_bytes_in_flight(disassemble(compiled.asm["cubin"]), _weight_lines(src),
+    in_flight = weight_bytes_in_flight(disassemble(compiled.asm["cubin"]), weight_lines,
                                        os.path.join("fern", "tts", "csm", "kernels.py"))
     out["weight_kb_in_flight"] = {}
     for line, nbytes in sorted(in_flight.items()):  # per phase, the least over its loads

@@ -934,19 +934,23 @@ def check_stages(blocks: dict) -> None:
         raise ValueError(f"pipeline stages must be integers >= 1 (1: none), got {bad}")
 
 
-def check_prefetch(prefetch, device=None, what: str = "prefetch", why: str = "issues PTX prefetches") -> None:
-    """Refuse an L2 prefetch setting other than 0 / 1, or 1 where the kernels run in Triton's interpreter (``device``
-    cpu; None checks the value alone): it runs no PTX, and the prefetch is a PTX instruction (it changes no result,
-    so nothing is lost by leaving it off). ``what`` / ``why``: another such PTX-only switch (the phase timing)."""
-    if prefetch not in (0, 1):
-        raise ValueError(f"{what} must be 0 or 1, got {prefetch!r}")
-    if prefetch and device is not None and device.type == "cpu":
+def _check_ptx_switch(value, device, what: str, why: str) -> None:
+    # a persistent kernel's PTX-only switch: 0 or 1, and 1 only where the kernels run on a GPU (``device`` cpu means
+    # Triton's interpreter, which runs no PTX; None checks the value alone). Both switches change no result
+    if value not in (0, 1):
+        raise ValueError(f"{what} must be 0 or 1, got {value!r}")
+    if value and device is not None and device.type == "cpu":
         raise ValueError(f"{what}=1 {why}, which Triton's interpreter on the CPU cannot run: leave it 0 there")
+
+
+def check_prefetch(prefetch, device=None) -> None:
+    """The L2 prefetch before each barrier (PREFETCH / prefetch): 0 or 1, and 1 on a GPU only (a PTX instruction)."""
+    _check_ptx_switch(prefetch, device, "prefetch", "issues PTX prefetches")
 
 
 def check_timing(timing, device=None) -> None:
     """The persistent kernels' phase timing (TIMING / timing): 0 or 1, and 1 on a GPU only (it reads PTX clocks)."""
-    check_prefetch(timing, device, "timing", "reads the GPU's clocks in PTX")
+    _check_ptx_switch(timing, device, "timing", "reads the GPU's clocks in PTX")
 
 
 def phase_breakdown(times: list[int], kinds: list[str], tail: str | None = None) -> dict:
