@@ -45,7 +45,12 @@ class PrivatePulse:
                                        f"scripts/setup.sh does it)")
         self.runtime = Path(tempfile.mkdtemp(prefix="fern-pulse-"))
         loads = ["--load=module-native-protocol-unix"]
-        loads += [f"--load=module-null-sink sink_name={s} rate={self.rate} channels=1" for s in self.sinks]
+        # norewinds: an idle null sink renders up to 2 s ahead and relies on a rewind when a stream joins; on this
+        # machine (PulseAudio 16.1) the rewind did not happen, and a new stream stalled for 1.5-2 s after its first
+        # few blocks (8 output callbacks in 2 s where 400 were due). Without rewinds the sink runs at the latency
+        # its streams ask for: 395-404 callbacks of 400 with the same client.
+        loads += [f"--load=module-null-sink sink_name={s} rate={self.rate} channels=1 norewinds=1"
+                  for s in self.sinks]
         cmd = ["pulseaudio", "-D", "--exit-idle-time=-1", "-n", "--disallow-exit=false", "--log-target=stderr",
                "--high-priority=yes", "--realtime=yes",
                "--use-pid-file=true", *loads]
