@@ -55,6 +55,15 @@ def test_optim_bf16_decides_what_auto_dtype_means_on_a_gpu(compose):
     assert resolve_torch_dtype("bfloat16", "cuda", half=False) is torch.bfloat16  # an explicit dtype wins
 
 
+def test_optim_full_picks_the_persistent_kernels_where_they_run_and_the_others_keep_torch(compose):
+    full, native, none = (compose([f"optim={o}", "tts=csm_streaming"]) for o in ("full", "native", "none"))
+    assert (full.tts.kernels, full.tts.backbone_kernels) == ("auto", "auto")
+    assert {native.tts.kernels, native.tts.backbone_kernels, none.tts.kernels, none.tts.backbone_kernels} == {"torch"}
+    # one flag for a sweep, each part on its own for a comparison
+    mixed = compose(["optim=full", "tts=csm_streaming", "tts.backbone_kernels=torch", "optim.tts_kernels=persistent"])
+    assert (mixed.tts.kernels, mixed.tts.backbone_kernels) == ("persistent", "torch")
+
+
 @pytest.mark.parametrize("override,message", [
     ("asr=nope", "Available options in 'asr'"),
     ("vad.start_threshold=loud", "start_threshold"),
@@ -62,7 +71,8 @@ def test_optim_bf16_decides_what_auto_dtype_means_on_a_gpu(compose):
     ("listener.reply_words=turn", "expected one of [asr, detector]"),
     ("optim.tts_weights=int4", "expected one of [bf16, int8, fp8]"),
     ("tts=csm_streaming,tts.kernels=megakernel", "expected one of [torch, triton, persistent, auto]"),
-    ("tts=csm_streaming,tts.backbone_kernels=cuda", "expected one of [torch, triton, persistent]"),
+    ("tts=csm_streaming,tts.backbone_kernels=cuda", "expected one of [torch, triton, persistent, auto]"),
+    ("optim.tts_kernels=fast", "expected one of [torch, triton, persistent, auto]"),
 ])
 def test_bad_config_fails_at_compose_time(compose, override, message):
     with pytest.raises(Exception) as info:

@@ -26,6 +26,18 @@ class TTSWeights(str, Enum):
         return self.value
 
 
+class TTSKernels(str, Enum):
+    """CSM kernels (fern.tts.csm.engine.KERNELS), for the depth decoder and the backbone alike."""
+
+    torch = "torch"
+    triton = "triton"
+    persistent = "persistent"
+    auto = "auto"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class OptimConfig:
     """Speed flags; fern.optim.apply_optim applies the global ones and logs each."""
@@ -39,6 +51,9 @@ class OptimConfig:
     cuda_graphs: bool = False
     bf16: bool = False
     tts_weights: TTSWeights = TTSWeights.bf16  # CSM depth decoder: the model's own, or int8 | fp8, per-channel scales
+    # CSM kernels of the depth decoder and the backbone (tts.kernels, tts.backbone_kernels): torch | triton |
+    # persistent | auto (persistent on CUDA where Triton runs, else torch)
+    tts_kernels: TTSKernels = TTSKernels.torch
 
 
 @dataclass

@@ -254,3 +254,23 @@ def test_grid_barrier_timing_passes_every_barrier():
     print("one grid barrier:", res)
     assert res["grid_barrier_programs"] == torch.cuda.get_device_properties(0).multi_processor_count
     assert 0.05 < res["grid_barrier_us"] < 50
+
+
+def test_auto_kernels_are_the_persistent_ones_and_fall_back_under_graphs_too():
+    """tts.kernels=auto (optim=full) on CUDA: both persistent kernels, the frames of an engine that names them; a
+    barrier that gave up during the warm-up before graph capture swaps that part for its step kernels, and the
+    captured graph gives the step kernels' frames."""
+    from fern.tts.csm.engine import CsmEngine, Segment
+
+    model = make_tiny_csm(device="cuda")
+    seg = Segment(torch.tensor([1, 5, 6]))
+    auto = CsmEngine(model, kernels="auto", backbone_kernels="auto", cuda_graphs=True)
+    assert (auto.kernels, auto.backbone_kernels) == ("persistent", "persistent")
+    assert auto.barrier_fallback == {"depth": True, "backbone": True}
+    named = CsmEngine(model, kernels="persistent", backbone_kernels="persistent", cuda_graphs=True)
+    assert torch.equal(torch.cat(list(auto.generate([], seg, 4))), torch.cat(list(named.generate([], seg, 4))))
+    fallback = CsmEngine(model, kernels="auto", backbone_kernels="auto", cuda_graphs=True)
+    fallback.depth.sync[2] = 1  # as a barrier that gave up leaves it
+    steps = CsmEngine(model, kernels="triton", backbone_kernels="persistent", cuda_graphs=True)
+    assert torch.equal(torch.cat(list(fallback.generate([], seg, 4))), torch.cat(list(steps.generate([], seg, 4))))
+    assert (fallback.kernels, fallback.backbone_kernels) == ("triton", "persistent")

@@ -693,3 +693,43 @@ def test_a_barrier_that_gave_up_is_refused_after_the_first_eager_frame(tiny, ker
     with pytest.raises(RuntimeError, match=f"gave up waiting at a grid barrier.*{names}"):
         engine._run_frame()
     assert engine._barriers_checked  # once: later frames do not sync to read the flag
+
+
+@pytest.mark.parametrize("part", ["depth", "backbone"])
+def test_a_barrier_that_gave_up_falls_back_to_the_step_kernels_and_the_frame_is_run_again(tiny, part):
+    """What tts.kernels=auto does on a GPU where the persistent kernels' programs are not all resident: that part's
+    step kernels replace it, and the frame its garbage came from is computed again, so the first frame is the step
+    kernels' frame (greedy: the same tokens as an engine built with them) and no frame is skipped."""
+    engine = CsmEngine(tiny, kernels="persistent", backbone_kernels="persistent", barrier_fallback=True)
+    reference = CsmEngine(tiny, kernels="triton" if part == "depth" else "persistent",
+                          backbone_kernels="triton" if part == "backbone" else "persistent")
+    for e in (engine, reference):
+        e.prepare([], Segment(torch.tensor([1, 5, 6])))
+    (engine.depth if part == "depth" else engine.bb_fused).sync[2] = 1
+    with K.LaunchCounter() as first:
+        engine._run_frame()
+    with K.LaunchCounter() as steps:
+        reference._run_frame()
+    assert (engine.kernels, engine.backbone_kernels) == (reference.kernels, reference.backbone_kernels)
+    # the persistent frame (both kernels once), then the frame again: the reference's launches
+    assert first.launches - steps.launches == {"triton:depth_frame": 1, "triton:backbone_frame": 1}
+    assert engine.frame_out.tolist() == reference.frame_out.tolist()
+    assert engine.pos.item() == reference.pos.item() == 3  # one frame after the prompt's 3 rows, not two
+    engine._run_frame()
+    reference._run_frame()
+    assert engine.frame_out.tolist() == reference.frame_out.tolist()
+
+
+def test_auto_kernels_are_torch_on_a_cpu_and_fall_back_where_they_were_chosen(tiny, caplog):
+    """auto means the persistent kernels on CUDA only (Triton's interpreter is for tests); on a CPU both parts run
+    torch with no warning (the expected path there, not a problem). auto also arms the barrier fallback, which an
+    explicit persistent does not (refused with an error, test above)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="fern.tts.csm.engine"):
+        engine = CsmEngine(tiny, kernels="auto", backbone_kernels="auto")
+    assert (engine.kernels, engine.backbone_kernels, engine.depth, engine.bb_fused) == ("torch", "torch", None, None)
+    assert engine.barrier_fallback == {"depth": True, "backbone": True}
+    named = CsmEngine(tiny, kernels="persistent", backbone_kernels="auto")  # per part: what the config named stays
+    assert named.barrier_fallback == {"depth": False, "backbone": True}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
