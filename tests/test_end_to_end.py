@@ -40,6 +40,12 @@ def replay(tmp_path_factory):
             "transcript": json.loads((out / "transcript.json").read_text())}
 
 
+def test_the_run_log_and_hydra_files_go_to_the_output_dir(replay):
+    """io.output_dir holds the whole run: Hydra's log and composed config too, nothing left under outputs/."""
+    assert (replay["out"] / ".hydra" / "config.yaml").is_file()
+    assert "stages ready" in (replay["out"] / "run.log").read_text()
+
+
 def test_user_speech_is_recognised(replay):
     turns = replay["transcript"]["turns"]
     assert len(turns) == 2

@@ -48,4 +48,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("fern.root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("fern.asset", lambda name: str(ASSETS_DIR / name), replace=True)
     OmegaConf.register_new_resolver("fern.models", lambda name="": str(models_dir() / name), replace=True)
+    # the first argument that is set: ${fern.first:${io.output_dir},<default>} (oc.select keeps an explicit null)
+    OmegaConf.register_new_resolver("fern.first", lambda *values: next((v for v in values if v is not None), None),
+                                    replace=True)
     _registered = True
