@@ -149,6 +149,8 @@ def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, text
     log.info("stages ready in %.1f s", startup_s)
     if tracker:
         tracker.log_metrics({"startup_s": startup_s})
+        if applied := applied_stage_params(tts):
+            tracker.log_params(applied)
 
     sink = stages["sink"]
     pipeline = VoicePipeline(asr=asr, llm=llm, tts=tts, history=history, preroll_ms=cfg.listener.preroll_ms,
@@ -173,6 +175,16 @@ def _converse(cfg: DictConfig, out_dir: Path, t_start: float, tracker: Any, text
     finally:
         report_speculation(pipeline.speculation, tracker)
     return pipeline.records
+
+
+def applied_stage_params(tts: Any) -> dict[str, str]:
+    """What a stage resolved its settings to once built, beside the settings themselves (``tts.kernels=auto`` runs
+    persistent, triton after a fallback, or torch): a sweep compares what ran."""
+    engine = getattr(tts, "engine", None)
+    if engine is None or not hasattr(engine, "kernels"):
+        return {}
+    return {"tts.applied.kernels": engine.kernels, "tts.applied.backbone_kernels": engine.backbone_kernels,
+            "tts.applied.weights": engine.weights}
 
 
 def report_speculation(counts: dict[str, int], tracker: Any) -> None:

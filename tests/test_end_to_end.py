@@ -40,10 +40,11 @@ def replay(tmp_path_factory):
             "transcript": json.loads((out / "transcript.json").read_text())}
 
 
-def test_the_run_log_and_hydra_files_go_to_the_output_dir(replay):
-    """io.output_dir holds the whole run: Hydra's log and composed config too, nothing left under outputs/."""
-    assert (replay["out"] / ".hydra" / "config.yaml").is_file()
+def test_the_run_log_goes_to_the_output_dir_and_no_unredacted_config_beside_it(replay):
+    """io.output_dir holds the whole run, Hydra's log included; the config there is the run's own (secrets
+    redacted), without Hydra's .hydra/ copy of the command line."""
     assert "stages ready" in (replay["out"] / "run.log").read_text()
+    assert (replay["out"] / "config.yaml").is_file() and not (replay["out"] / ".hydra").exists()
 
 
 def test_user_speech_is_recognised(replay):

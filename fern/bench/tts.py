@@ -318,15 +318,15 @@ def parse_variant(variant: str) -> tuple[str, str, str, dict, dict]:
     K.check_stages(blocks)
     K.check_stages(bb_blocks)
     if blocks:
-        if kernels not in ("triton", "persistent"):
-            raise ValueError(f"variant {variant!r}: launch shapes need triton or persistent kernels")
-        K.check_blocks(blocks, fused.FRAME_GPU_BLOCKS if kernels == "persistent" else fused.GPU_BLOCKS,
+        if kernels not in ("triton", "persistent", "auto"):
+            raise ValueError(f"variant {variant!r}: launch shapes need triton, persistent or auto kernels")
+        K.check_blocks(blocks, fused.GPU_BLOCKS if kernels == "triton" else fused.FRAME_GPU_BLOCKS,
                        f"the depth decoder's kernels ({kernels})")
     if bb_blocks:
         if backbone == "torch":
             raise ValueError(f"variant {variant!r}: bb. launch shapes need a triton or persistent backbone")
-        K.check_blocks(bb_blocks, fused_backbone.FRAME_GPU_BLOCKS if backbone == "persistent"
-                       else fused_backbone.GPU_BLOCKS, f"the backbone's kernels ({backbone})")
+        K.check_blocks(bb_blocks, fused_backbone.GPU_BLOCKS if backbone == "triton"
+                       else fused_backbone.FRAME_GPU_BLOCKS, f"the backbone's kernels ({backbone})")
     return kernels, weights, backbone, blocks, bb_blocks
 
 
@@ -539,7 +539,7 @@ def main(argv=None) -> dict:
                    help="depth decoder kernels of the main figures (tts.kernels)")
     p.add_argument("--weights", default="bf16", choices=["bf16", "int8", "fp8"],
                    help="depth decoder weights of the main figures (optim.tts_weights)")
-    p.add_argument("--backbone-kernels", default="torch", choices=["torch", "triton", "persistent"],
+    p.add_argument("--backbone-kernels", default="torch", choices=["torch", "triton", "persistent", "auto"],
                    help="the backbone's step of the main figures (tts.backbone_kernels)")
     p.add_argument("--variants", default="",
                    help="comma list of kernels:weights[:backbone][@block=value;...], e.g. triton:int8,"

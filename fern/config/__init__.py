@@ -29,6 +29,13 @@ def schema_modules() -> list[str]:
     return found
 
 
+def _output_dir_or(output_dir: str | None, default: str) -> str:
+    """``output_dir`` expanded like the app expands it (``~``), or ``default`` when it is unset or empty."""
+    from pathlib import Path
+
+    return str(Path(output_dir).expanduser()) if output_dir else default
+
+
 def register() -> None:
     """Register schemas in Hydra's ConfigStore (as ``schema/<group>/<name>``) and our resolvers. Idempotent."""
     global _registered
@@ -48,7 +55,6 @@ def register() -> None:
     OmegaConf.register_new_resolver("fern.root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("fern.asset", lambda name: str(ASSETS_DIR / name), replace=True)
     OmegaConf.register_new_resolver("fern.models", lambda name="": str(models_dir() / name), replace=True)
-    # the first argument that is set: ${fern.first:${io.output_dir},<default>} (oc.select keeps an explicit null)
-    OmegaConf.register_new_resolver("fern.first", lambda *values: next((v for v in values if v is not None), None),
-                                    replace=True)
+    # Hydra's run directory: io.output_dir where set (as fern.app.output_dir_for reads it), else the default
+    OmegaConf.register_new_resolver("fern.output_dir_or", _output_dir_or, replace=True)
     _registered = True

@@ -13,6 +13,8 @@ it was captured, so the earliest arrival (minus its position) is the recording's
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 import subprocess
@@ -24,6 +26,19 @@ from pathlib import Path
 import numpy as np
 
 from fern.audio import resample
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _null_sink_takes(argument: str) -> bool:
+    """Whether this pulseaudio's module-null-sink lists ``argument`` in its usage."""
+    out = subprocess.run(["pulseaudio", "--dump-modules", "--verbose"], capture_output=True, text=True, timeout=30)
+    usage = out.stdout.split("Name: module-null-sink", 1)[-1].split("\nName: ", 1)[0] if out.returncode == 0 else ""
+    if argument not in usage:
+        log.warning("PulseAudio's module-null-sink has no %s argument here: new streams may start late", argument)
+        return False
+    return True
 
 
 class PulseUnavailable(RuntimeError):
@@ -48,9 +63,10 @@ class PrivatePulse:
         # norewinds: an idle null sink renders up to 2 s ahead and relies on a rewind when a stream joins; on this
         # machine (PulseAudio 16.1) the rewind did not happen, and a new stream stalled for 1.5-2 s after its first
         # few blocks (8 output callbacks in 2 s where 400 were due). Without rewinds the sink runs at the latency
-        # its streams ask for: 395-404 callbacks of 400 with the same client.
-        loads += [f"--load=module-null-sink sink_name={s} rate={self.rate} channels=1 norewinds=1"
-                  for s in self.sinks]
+        # its streams ask for: 395-404 callbacks of 400 with the same client. A server too old for the argument
+        # would refuse the module, so it is passed only where the module lists it.
+        extra = " norewinds=1" if _null_sink_takes("norewinds") else ""
+        loads += [f"--load=module-null-sink sink_name={s} rate={self.rate} channels=1{extra}" for s in self.sinks]
         cmd = ["pulseaudio", "-D", "--exit-idle-time=-1", "-n", "--disallow-exit=false", "--log-target=stderr",
                "--high-priority=yes", "--realtime=yes",
                "--use-pid-file=true", *loads]

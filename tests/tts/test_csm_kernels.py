@@ -490,6 +490,8 @@ def test_device_recipe_variants_name_known_kernels_and_shapes():
         parse_variant(variant)
     assert parse_variant("persistent:int8:persistent@BNG=32;bb.prefetch=1") == (
         "persistent", "int8", "persistent", {"BNG": 32}, {"prefetch": 1})
+    # auto runs the persistent kernels where it runs Triton at all: their launch shapes
+    assert parse_variant("auto:bf16:auto@SD=3;bb.gu_stages=2")[3:] == ({"SD": 3}, {"gu_stages": 2})
     for bad, why in (("persistent:bf16@BNGG=32", r"unknown launch shape\(s\) \['BNGG'\]"),
                      ("persistent:bf16@BNG", "not block=integer"), ("persistent:bf16@BNG=x", "not block=integer"),
                      ("persistent:bf16:persistent@bb.PREFETCH=1", r"unknown launch shape\(s\) \['PREFETCH'\]"),
@@ -499,7 +501,7 @@ def test_device_recipe_variants_name_known_kernels_and_shapes():
                      ("persistent:bf16@TIMING=2", "timing must be 0 or 1, got 2"),
                      ("persistent:bf16@SD=0", r"pipeline stages must be integers >= 1 \(1: none\), got \{'SD': 0\}"),
                      ("persistent:bf16:persistent@bb.down_stages=-1", "pipeline stages must be integers >= 1"),
-                     ("torch:bf16@BNG=32", "need triton or persistent kernels"),
+                     ("torch:bf16@BNG=32", "need triton, persistent or auto kernels"),
                      ("persistent:bf8", "weights must be one of"), ("persistant:bf16", "kernels must be one of"),
                      ("persistent:bf16:cuda", "backbone kernels must be one of")):
         with pytest.raises(ValueError, match=why):
@@ -718,6 +720,70 @@ def test_a_barrier_that_gave_up_falls_back_to_the_step_kernels_and_the_frame_is_
     engine._run_frame()
     reference._run_frame()
     assert engine.frame_out.tolist() == reference.frame_out.tolist()
+
+
+def test_persistent_kernels_that_fail_their_first_frame_give_way_to_the_step_kernels(tiny, monkeypatch):
+    """auto probes its persistent kernels with one frame when the engine is built: a launch that raises there (a GPU
+    whose registers or shared memory the kernel does not fit: a Triton error at launch) leaves the step kernels in
+    their place, and the engine then generates their tokens. The failure is injected at the launch; nothing else
+    is replaced."""
+    real = K.launch
+
+    def launch(name, *args, **kwargs):
+        if name == "_depth_frame":
+            raise RuntimeError("out of resource: shared memory, Required: 300000, Hardware limit: 232448")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(K, "launch", launch)
+    engine = CsmEngine(tiny, kernels="persistent", backbone_kernels="persistent", barrier_fallback=True)
+    monkeypatch.setattr(K, "launch", real)
+    assert (engine.kernels, engine.backbone_kernels) == ("triton", "triton")
+    seg = Segment(torch.tensor([1, 5, 6]))
+    steps = CsmEngine(tiny, kernels="triton", backbone_kernels="triton")
+    assert torch.equal(torch.cat(list(engine.generate([], seg, 3))), torch.cat(list(steps.generate([], seg, 3))))
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_barrier_that_gives_up_later_is_caught_after_the_utterance(tiny, fallback, caplog):
+    """A barrier can give up mid-session (another process holding SMs): the flag is read again after each
+    utterance, when the GPU is idle anyway. auto: an error in the log (that utterance was noise) and the step kernels
+    from the next utterance on; a named persistent kernel: the error is raised."""
+    import logging
+
+    engine = CsmEngine(tiny, kernels="persistent", backbone_kernels="torch", barrier_fallback=fallback)
+    seg = Segment(torch.tensor([1, 5, 6]))
+    list(engine.generate([], seg, 1))  # the first frame's check passes
+    engine.depth.sync[2] = 1
+    if not fallback:
+        with pytest.raises(RuntimeError, match="gave up waiting at a grid barrier"):
+            list(engine.generate([], seg, 2))
+        return
+    with caplog.at_level(logging.ERROR, logger="fern.tts.csm.engine"):
+        list(engine.generate([], seg, 2))
+    assert engine.kernels == "triton" and "its audio is noise" in caplog.text
+    reference = CsmEngine(tiny, kernels="triton", backbone_kernels="torch")
+    assert torch.equal(torch.cat(list(engine.generate([], seg, 3))), torch.cat(list(reference.generate([], seg, 3))))
+
+
+def test_what_the_kernels_resolved_to_is_logged_beside_the_setting(tiny, tmp_path):
+    """tts.kernels=auto says what was asked; the MLflow run also says what ran (tts.applied.*), so a sweep member
+    that fell back or ran torch on a CPU is told apart."""
+    from fern.app import applied_stage_params
+    from fern.tracking.mlflow_tracker import MlflowTracker
+
+    synth = make_synth(tiny, mimi=make_tiny_mimi(), kernels="auto", backbone_kernels="auto")
+    applied = applied_stage_params(synth)
+    assert applied == {"tts.applied.kernels": "torch", "tts.applied.backbone_kernels": "torch",
+                       "tts.applied.weights": "bf16"}
+    assert applied_stage_params(object()) == {}  # a stage without a CSM engine (espeak) adds nothing
+    tracker = MlflowTracker("kernels", f"sqlite:///{tmp_path / 'mlflow.db'}", "applied")
+    tracker.log_params(applied)
+    run_id = tracker.run_id
+    tracker.close("FINISHED")
+    import mlflow
+
+    params = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).data.params
+    assert params["tts.applied.kernels"] == "torch"
 
 
 def test_auto_kernels_are_torch_on_a_cpu_and_fall_back_where_they_were_chosen(tiny, caplog):

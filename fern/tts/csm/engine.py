@@ -373,6 +373,7 @@ class CsmEngine:
         self.top_k = 0
         self._cached: list[Segment] = []  # segments whose K/V are in the backbone cache, from position 0
         self.stats: dict[str, float] = {}
+        self._probe_auto()
 
     def _fused_depth(self, kernels: str, weights: str, blocks: dict | None = None):
         from fern.errors import ConfigValueError
@@ -407,7 +408,13 @@ class CsmEngine:
         # the persistent kernels, 7.07 ms/frame on the H200 with the persistent backbone against 9.63 for the step
         # kernels and 11.03 for torch (README)
         mode = "frame" if triton and kernels in ("persistent", "auto") else "steps"
-        depth = fused.FusedDepth(self, "triton" if triton else "torch", weights, blocks=blocks, mode=mode)
+        try:
+            depth = fused.FusedDepth(self, "triton" if triton else "torch", weights, blocks=blocks, mode=mode)
+        except ValueError as exc:  # a model the persistent kernel does not take (e.g. per-layer norm epsilons)
+            if kernels != "auto" or mode != "frame":
+                raise
+            log.warning("CSM depth decoder: no persistent kernel for this model (%s): the step kernels", exc)
+            depth = fused.FusedDepth(self, "triton", weights, mode="steps")
         log.info("CSM depth decoder: %s kernels (%s), %s weights (%.0f MB read per frame)", depth.backend, mode,
                  weights, depth.weight_bytes_per_frame() / 1e6)
         if not triton:
@@ -420,11 +427,12 @@ class CsmEngine:
 
         if backbone_kernels not in BACKBONE_KERNELS:
             raise ConfigValueError(f"tts.backbone_kernels must be one of {BACKBONE_KERNELS}, got {backbone_kernels!r}")
-        if backbone_kernels == "torch" or (backbone_kernels == "auto" and self.device.type != "cuda"):
+        if backbone_kernels == "auto" and self.device.type != "cuda":
+            return None  # launch shapes, if any, are for the GPU auto would use them on (as the depth decoder's)
+        if backbone_kernels == "torch":
             if blocks:
                 raise ConfigValueError(f"backbone launch shapes {sorted(blocks)} need tts.backbone_kernels=triton or "
-                                       f"persistent, not {backbone_kernels}" + (" on a CPU" if backbone_kernels ==
-                                                                                "auto" else ""))
+                                       "persistent, not torch")
             return None
         if not self.bb.fused:
             log.warning("CSM backbone: tts.backbone_kernels=%s needs plain Linear layers (no unmerged LoRA): "
@@ -438,7 +446,13 @@ class CsmEngine:
             (log.info if backbone_kernels == "auto" else log.warning)(
                 "CSM backbone: Triton kernels unusable on %s (%s): torch instead", self.device, why)
             return None
-        return FusedBackbone(self, blocks=blocks, mode="layers" if backbone_kernels == "triton" else "frame")
+        try:
+            return FusedBackbone(self, blocks=blocks, mode="layers" if backbone_kernels == "triton" else "frame")
+        except ValueError as exc:  # a model the persistent kernel does not take (e.g. per-layer norm epsilons)
+            if backbone_kernels != "auto":
+                raise
+            log.warning("CSM backbone: no persistent kernel for this model (%s): the step kernels", exc)
+            return FusedBackbone(self, mode="layers")
 
     # ---- embeddings -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -526,16 +540,37 @@ class CsmEngine:
         self.emb_in.copy_(self.model.backbone_model.embed_tokens(frame[:, None]))
         self.pos.add_(1)
 
+    _PARTS = (("depth", "depth decoder", "tts.kernels"), ("backbone", "backbone", "tts.backbone_kernels"))
+
+    def _persistent(self, key: str):
+        part = self.depth if key == "depth" else self.bb_fused
+        # the backbone's kernels are Triton only; the depth decoder's have a torch reference (quantized weights)
+        return part if part is not None and part.mode == "frame" and getattr(part, "backend", "triton") == "triton" \
+            else None
+
+    def _to_step_kernels(self, key: str) -> None:
+        """Replace a persistent part by its step kernels (same math, one launch per phase: no grid barrier)."""
+        if key == "depth":
+            from fern.tts.csm.fused import FusedDepth
+
+            self.depth, self.kernels = FusedDepth(self, "triton", self.weights, mode="steps"), "triton"
+        else:
+            from fern.tts.csm.fused_backbone import FusedBackbone
+
+            self.bb_fused, self.backbone_kernels = FusedBackbone(self, mode="layers"), "triton"
+        self._graph = None  # a captured frame launches the replaced kernel
+
     @torch.no_grad()
-    def _check_barriers(self) -> bool:
+    def _check_barriers(self, mark: bool = True) -> bool:
         """A persistent kernel that gave up waiting at a grid barrier (its output is garbage) is refused, or, with
-        ``barrier_fallback``, replaced by its step kernels. Checked once, after the warm-up before graph capture or
-        after the first eager frame (reading the flag syncs). Returns whether a part was replaced: the frames run
-        since are to be run again."""
-        self._barriers_checked = True
+        ``barrier_fallback``, replaced by its step kernels. Checked at the auto probe, after the warm-up before graph
+        capture or after the first eager frame, and after each utterance (reading the flag syncs). Returns whether a
+        part was replaced: the frames run since are to be run again."""
+        if mark:
+            self._barriers_checked = True
         replaced = False
-        for part, key, what, setting in ((self.depth, "depth", "depth decoder", "tts.kernels"),
-                                         (self.bb_fused, "backbone", "backbone", "tts.backbone_kernels")):
+        for key, what, setting in self._PARTS:
+            part = self._persistent(key)
             if part is None or not part.barrier_timed_out():
                 continue
             message = (f"CSM {what}: the persistent kernel gave up waiting at a grid barrier, so its programs were "
@@ -543,16 +578,33 @@ class CsmEngine:
             if not self.barrier_fallback[key]:
                 raise RuntimeError(f"{message} ({setting}=persistent); use {setting}=triton")
             log.warning("%s: its step kernels instead (%s=triton)", message, setting)
-            if part is self.depth:
-                from fern.tts.csm.fused import FusedDepth
-
-                self.depth, self.kernels = FusedDepth(self, "triton", self.weights, mode="steps"), "triton"
-            else:
-                from fern.tts.csm.fused_backbone import FusedBackbone
-
-                self.bb_fused, self.backbone_kernels = FusedBackbone(self, mode="layers"), "triton"
+            self._to_step_kernels(key)
             replaced = True
         return replaced
+
+    @torch.no_grad()
+    def _probe_auto(self) -> None:
+        """auto: one frame now, so that persistent kernels that do not compile or launch on this GPU (registers,
+        shared memory) or whose barriers give up are replaced by their step kernels before any audio depends on
+        them. The frame's state is restored; its K/V row is rewritten by the first prefill."""
+        keys = [key for key, _, _ in self._PARTS if self.barrier_fallback[key] and self._persistent(key) is not None]
+        if not keys:
+            return
+        saved = (self.emb_in.clone(), self.pos.clone())
+        try:
+            self._frame()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as exc:  # noqa: BLE001 - Triton's compile and launch errors have no common base
+            log.warning("CSM: the persistent kernels failed their first frame on %s (%s: %s): their step kernels "
+                        "instead", self.device, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            for key in keys:
+                self._to_step_kernels(key)
+        else:
+            self._check_barriers(mark=False)
+        finally:
+            self.emb_in.copy_(saved[0])
+            self.pos.copy_(saved[1])
 
     def _run_frame(self) -> None:
         if not self.cuda_graphs:
@@ -739,3 +791,8 @@ class CsmEngine:
             # replay r wrote the row of the segment's row n_text - 1 + r: the text's last row, then frame r - 1.
             # Rows of frames past what was yielded (launched ahead) are not the segment's.
             self.last_rows_written = n_text - 1 + min(replays, yielded + 1)
+        # a barrier can also give up later (another process or stream holding SMs): this utterance's audio is
+        # garbage then, and the next one must not be (the GPU is idle here: the EOS check has synced)
+        if self._barriers_checked and self._check_barriers():
+            log.error("CSM: the utterance just generated came from a persistent kernel whose barrier gave up: its "
+                      "audio is noise")
