@@ -40,7 +40,9 @@ def key(monkeypatch):
 
 def make(server, model="normal", fallback=None, **kw) -> FallbackLLM:
     """Gemini as conf/llm/gemini.yaml builds it: wrapped in FallbackLLM."""
-    kw.setdefault("ttft_timeout_ms", 1000)
+    # generous unless a test is about the timeout: on a loaded 2-core CI machine the first request of a process
+    # (client set-up) once took over 1 s, and a 401 was reported as ttft_timeout
+    kw.setdefault("ttft_timeout_ms", 10000)
     gemini = GeminiLLM(model=model, api_base_url=server.base_url, **kw)
     return FallbackLLM(gemini, [fallback] if fallback is not None else [], apology=APOLOGY)
 
