@@ -544,9 +544,7 @@ class CsmEngine:
 
     def _persistent(self, key: str):
         part = self.depth if key == "depth" else self.bb_fused
-        # the backbone's kernels are Triton only; the depth decoder's have a torch reference (quantized weights)
-        return part if part is not None and part.mode == "frame" and getattr(part, "backend", "triton") == "triton" \
-            else None
+        return part if part is not None and part.mode == "frame" and part.backend == "triton" else None
 
     def _to_step_kernels(self, key: str) -> None:
         """Replace a persistent part by its step kernels (same math, one launch per phase: no grid barrier)."""
@@ -792,7 +790,8 @@ class CsmEngine:
             # Rows of frames past what was yielded (launched ahead) are not the segment's.
             self.last_rows_written = n_text - 1 + min(replays, yielded + 1)
         # a barrier can also give up later (another process or stream holding SMs): this utterance's audio is
-        # garbage then, and the next one must not be (the GPU is idle here: the EOS check has synced)
+        # garbage then, and the next one must not be. Once per utterance: the EOS check has synced, so the flag waits
+        # at most for the frame launched ahead
         if self._barriers_checked and self._check_barriers():
             log.error("CSM: the utterance just generated came from a persistent kernel whose barrier gave up: its "
                       "audio is noise")

@@ -54,6 +54,8 @@ class FusedBackbone:
     """``run(emb, pos)``: the backbone's hidden state (normed) for one row at position ``pos``, through the kernels
     above (``mode``: layers | frame), writing that row's K/V into ``engine.bb``'s cache."""
 
+    backend = "triton"  # as FusedDepth's: the backbone's torch path is the engine's own, not a part of this class
+
     def __init__(self, engine, blocks: dict | None = None, mode: str = "layers"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
